@@ -1,0 +1,184 @@
+"""The protocol every backend implements, and the collection logic they share.
+
+A backend only knows how to submit, ask its scheduler about many jobs at once, cancel, and
+re-attach to jobs recorded in a manifest. Turning the scheduler's view plus the task's own
+``result.json`` into a state (:func:`gridsubmit.states.fate`) and pulling back logs, exit
+codes and metrics happens here, once, for all backends.
+"""
+
+from __future__ import annotations
+
+import csv
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from ..cluster import ClusterProfile, Resources
+from ..manifest import Observation
+from ..states import JobState, fate
+from ..task import RESULT, STDERR, STDOUT, read_json
+
+TAIL_LINES = 50
+TAIL_BYTES = 8 * 1024
+METRICS_FILE = "comparison_metrics.csv"
+MAX_METRIC_ROWS = 200
+
+
+@dataclass
+class Submission:
+    """One attempt the runner wants run."""
+
+    key: str
+    attempt: int
+    argv: Sequence[str]
+    output_dir: Path
+    attempt_dir: Path
+    resources: Resources
+
+
+@dataclass
+class Handle:
+    """A submitted attempt, as far as the backend tracks it; rebuilt from the manifest on re-attach."""
+
+    key: str
+    attempt: int
+    attempt_dir: Path
+    output_dir: Path
+    job_id: str | None = None
+    state: JobState = JobState.SUBMITTED
+    undecided_since: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Backend(ABC):
+    name: str
+    grace_s: float
+    runs_unattended: bool  # do submitted jobs progress with no runner attached?  # how long inconclusive evidence is tolerated before judging (scheduler lag)
+
+    def __init__(self, profile: ClusterProfile, root: Path):
+        self.profile = profile
+        self.root = Path(root)
+
+    # --- what each backend implements ----------------------------------------------------------
+
+    @abstractmethod
+    def submit(self, submissions: Sequence[Submission]) -> list[Handle]:
+        """Hand attempts to the scheduler; every returned handle is recorded before moving on."""
+
+    @abstractmethod
+    def query(self, handles: Sequence[Handle]) -> dict[str, tuple[JobState | None, dict]]:
+        """One bulk question to the scheduler: cell key -> (mapped state, extra fields); a
+        cell the scheduler has no record of is left out."""
+
+    @abstractmethod
+    def cancel(self, handles: Sequence[Handle]) -> None:
+        """Ask the scheduler to stop these attempts; later polls report them CANCELLED."""
+
+    @abstractmethod
+    def reattach(self, records: Sequence[tuple[dict, dict]]) -> list[Handle]:
+        """Handles for (cell, attempt) records of a manifest, from a fresh process."""
+
+    def describe(self, submissions: Sequence[Submission]) -> str:
+        """What would be submitted, for --dry-run."""
+        return "\n".join(f"{s.key}: {' '.join(s.argv)}" for s in submissions)
+
+    def poll_interval(self, previous: float | None, changed: bool) -> float:
+        """Adaptive: quick while things change, backing off to the profile's max when idle."""
+        lo, hi = self.profile.poll_min_s, self.profile.poll_max_s
+        if previous is None or changed:
+            return lo
+        return min(hi, previous * 1.5)
+
+    def close(self) -> None:
+        """Release what the backend holds in this process (jobs keep running)."""
+
+    # --- shared collection -------------------------------------------------------------------
+
+    def poll(self, handles: Sequence[Handle]) -> list[Observation]:
+        if not handles:
+            return []
+        native = self.query(handles)
+        now = time.monotonic()
+        observations = []
+        for h in handles:
+            scheduled, info = native.get(h.key, (None, {}))
+            result = read_json(h.attempt_dir / RESULT)
+            conclusive = result is None and scheduled is not None and scheduled.active
+            if conclusive:
+                h.undecided_since = None
+            elif h.undecided_since is None:
+                h.undecided_since = now
+            waited = 0.0 if h.undecided_since is None else now - h.undecided_since
+            state = fate(result, scheduled, waited, self.grace_s)
+            if state is None:
+                state = scheduled if scheduled is not None and scheduled.active else h.state
+            h.state = state
+            observations.append(self._observe(h, state, result, info))
+        return observations
+
+    def _observe(self, h: Handle, state: JobState, result: dict | None, info: dict) -> Observation:
+        fields: dict[str, Any] = {"job_id": h.job_id, **info}
+        if result is not None and state.terminal:
+            fields.update(
+                started_at=result.get("started_at"),
+                ended_at=result.get("ended_at"),
+                elapsed_s=result.get("elapsed_s"),
+                node=result.get("hostname"),
+                gpus=result.get("cuda_visible_devices"),
+                returncode=result.get("returncode"),
+                interrupted_by=result.get("interrupted_by"),
+                error=result.get("error"),
+            )
+            if not result.get("started", True):
+                fields["error"] = "never started: no slot was granted before its deadline"
+        elif state.terminal and result is None:
+            fields["error"] = f"no result.json: the job ended as {state.value} before the command finished"
+        metrics = None
+        if state.terminal:
+            fields["stdout_tail"] = tail(h.attempt_dir / STDOUT)
+            fields["stderr_tail"] = tail(h.attempt_dir / STDERR)
+            if state is JobState.COMPLETED:
+                metrics = read_metrics(h.output_dir / METRICS_FILE)
+        return Observation(h.key, h.attempt, state, fields, metrics)
+
+    def handle_from_record(self, cell: dict, attempt: dict) -> Handle:
+        return Handle(key=cell["key"], attempt=attempt["attempt"], attempt_dir=self.root / attempt["dir"],
+                      output_dir=Path(cell["output_dir"]), job_id=attempt.get("job_id"),
+                      state=JobState(attempt["state"]))  # fmt: skip
+
+
+def tail(path: Path, lines: int = TAIL_LINES, limit: int = TAIL_BYTES) -> str:
+    """The last lines of a log, bounded in bytes; bytes that are not UTF-8 are replaced."""
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(0, 2)
+            size = fh.tell()
+            fh.seek(max(0, size - limit))
+            data = fh.read()
+    except FileNotFoundError:
+        return ""
+    text = data.decode("utf-8", errors="replace")
+    if size > limit:  # drop the partial first line
+        text = text.split("\n", 1)[-1]
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def read_metrics(path: Path) -> list[dict] | None:
+    try:
+        with open(path, newline="", errors="replace") as fh:
+            rows = list(csv.DictReader(fh))[:MAX_METRIC_ROWS]
+    except (FileNotFoundError, csv.Error):
+        return None
+    return [{k: _number(v) for k, v in row.items() if k is not None} for row in rows]
+
+
+def _number(value: Any) -> Any:
+    if not isinstance(value, str):
+        return value
+    try:
+        number = float(value)
+    except ValueError:
+        return value
+    return number if number == number and abs(number) != float("inf") else value

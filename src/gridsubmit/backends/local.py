@@ -1,0 +1,192 @@
+"""Local backend: submitit's LocalExecutor for real processes, with our own slot scheduler.
+
+LocalExecutor has no concurrency cap and gives every job the same GPUs, so slots are
+scheduled here: at most ``max_parallel`` commands run at once, each with its own GPU ids
+in ``CUDA_VISIBLE_DEVICES``. Starting a job costs two Python interpreters (submitit's
+controller and its task), about 0.3 s; to keep that off the critical path, up to
+``max_parallel`` jobs are started ahead and wait at a gate (``slot.json``) until a slot
+frees. The gate also carries the GPU ids, and the time limit runs from the gate opening.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections import deque
+from pathlib import Path
+from typing import Sequence
+
+import submitit
+
+from ..cluster import ClusterProfile, Resources, visible_gpus
+from ..errors import UsageError
+from ..manifest import STATE_DIR
+from ..states import JobState
+from ..task import RESULT, SLOT, read_json, run_task, write_json_atomic
+from .base import Backend, Handle, Submission
+
+KILL_GRACE_S = 10  # SIGTERM, then SIGKILL this long after (timeouts and cancels)
+
+
+class LocalBackend(Backend):
+    name = "local"
+    grace_s = 1.0  # result.json is written before the process exits: little lag to allow for
+    runs_unattended = False  # slots are granted by the runner
+
+    def __init__(self, profile: ClusterProfile, root: Path):
+        super().__init__(profile, root)
+        gpus = visible_gpus(profile)
+        per_job = profile.resources.gpus_per_job
+        self.gpus_per_job = (1 if gpus else 0) if per_job < 0 else per_job
+        if self.gpus_per_job > len(gpus):
+            raise UsageError(f"{profile.source}: key 'gpus_per_job' asks for {self.gpus_per_job} GPU(s) per job "
+                             f"but {len(gpus)} are visible (set 'gpus' or CUDA_VISIBLE_DEVICES, or gpus_per_job: 0)")  # fmt: skip
+        slots = len(gpus) // self.gpus_per_job if self.gpus_per_job else (os.cpu_count() or 1)
+        self.max_parallel = min(profile.max_parallel or slots, slots)
+        self.free_gpus: list[str] = list(gpus)
+        self.folder = self.root / STATE_DIR / "submitit"
+        self._executor: submitit.LocalExecutor | None = None
+        self.queue: deque[Handle] = deque()  # accepted, no process yet
+        self.waiting: deque[Handle] = deque()  # process started, waiting at the gate
+        self.running: dict[str, list[str]] = {}  # key -> GPU ids of granted handles
+        self.handles: dict[str, Handle] = {}  # key -> the handle of its current attempt
+        self.processes: dict[str, object] = {}  # key -> submitit job (ours) or pid (adopted)
+        self.cancelled: set[str] = set()
+
+    # --- protocol ----------------------------------------------------------------------------
+
+    def submit(self, submissions: Sequence[Submission]) -> list[Handle]:
+        handles = []
+        for sub in submissions:
+            h = Handle(sub.key, sub.attempt, sub.attempt_dir, sub.output_dir, state=JobState.PENDING)
+            h.extra["submission"] = sub
+            handles.append(h)
+            self.handles[h.key] = h
+            self.queue.append(h)
+        self._schedule()
+        return handles
+
+    def query(self, handles: Sequence[Handle]) -> dict:
+        self._release_finished()
+        self._schedule()
+        states = {}
+        for h in handles:
+            if h.key in self.cancelled:
+                states[h.key] = (JobState.CANCELLED, {})
+            elif h.key in self.running:
+                if self._alive(h):
+                    states[h.key] = (JobState.RUNNING, {"job_id": h.job_id})
+            elif h.job_id is None or self._alive(h):
+                states[h.key] = (JobState.PENDING, {"job_id": h.job_id})
+        return states
+
+    def cancel(self, handles: Sequence[Handle]) -> None:
+        for h in handles:
+            self.cancelled.add(h.key)
+            if h in self.queue:
+                self.queue.remove(h)
+            else:
+                if h in self.waiting:
+                    self.waiting.remove(h)
+                self._signal(h, signal.SIGTERM)
+
+    def reattach(self, records: Sequence[tuple[dict, dict]]) -> list[Handle]:
+        handles = []
+        for cell, attempt in records:
+            h = self.handle_from_record(cell, attempt)
+            self.handles[h.key] = h
+            if h.job_id is None:  # accepted by a runner that died before starting it
+                h.extra["submission"] = Submission(h.key, h.attempt, cell["argv"], h.output_dir, h.attempt_dir,
+                                                   Resources(**attempt["resources"]))  # fmt: skip
+                self.queue.append(h)
+            else:
+                self.processes[h.key] = int(h.job_id)
+                grant = read_json(h.attempt_dir / SLOT)
+                if grant is not None:
+                    gpus = [g for g in grant.get("gpus", "").split(",") if g]
+                    self.running[h.key] = gpus
+                    self.free_gpus = [g for g in self.free_gpus if g not in gpus]
+                else:
+                    self.waiting.append(h)
+            handles.append(h)
+        return handles
+
+    def describe(self, submissions: Sequence[Submission]) -> str:
+        head = f"local backend: {len(submissions)} job(s), at most {self.max_parallel} at once, " \
+               f"{self.gpus_per_job} GPU(s) each, GPUs {','.join(self.free_gpus) or 'none'}"
+        return head + "\n" + super().describe(submissions)
+
+    def close(self) -> None:
+        self.queue.clear()
+
+    # --- slots -------------------------------------------------------------------------------
+
+    def _release_finished(self) -> None:
+        # A slot frees as soon as the command's result is written, or its process is gone.
+        for key in list(self.running):
+            h = self.handles[key]
+            if (h.attempt_dir / RESULT).exists() or not self._alive(h):
+                self.free_gpus.extend(self.running.pop(key))
+        self.waiting = deque(h for h in self.waiting if self._alive(h))
+
+    def _schedule(self) -> None:
+        # Open gates while slots are free, starting processes as needed; then start spares.
+        while len(self.running) < self.max_parallel and (self.waiting or self.queue):
+            h = self.waiting.popleft() if self.waiting else self._start(self.queue.popleft())
+            self._grant(h)
+        while self.queue and len(self.waiting) < self.max_parallel:
+            self.waiting.append(self._start(self.queue.popleft()))
+
+    def _grant(self, h: Handle) -> None:
+        gpus, self.free_gpus = self.free_gpus[: self.gpus_per_job], self.free_gpus[self.gpus_per_job :]
+        self.running[h.key] = gpus
+        write_json_atomic(h.attempt_dir / SLOT, {"gpus": ",".join(gpus), "granted_at": time.time()})
+
+    def _start(self, h: Handle) -> Handle:
+        sub: Submission = h.extra.pop("submission")
+        limit = sub.resources.time_s
+        gate_wait = limit + KILL_GRACE_S + 60  # a spare waits for at most one running job
+        # submitit's own limit is only a backstop: the task enforces the real one.
+        if self._executor is None:
+            self._executor = submitit.LocalExecutor(folder=self.folder)
+        self._executor.update_parameters(timeout_min=(gate_wait + limit + KILL_GRACE_S + 60) / 60,
+                                        signal_delay_s=KILL_GRACE_S)  # fmt: skip
+        h.attempt_dir.mkdir(parents=True, exist_ok=True)
+        spec = {"argv": list(sub.argv), "cwd": str(sub.output_dir), "attempt_dir": str(h.attempt_dir),
+                "env": dict(self.profile.env), "time_limit_s": limit, "gate": True,
+                "gate_deadline": time.time() + gate_wait, "kill_grace_s": KILL_GRACE_S}  # fmt: skip
+        job = self._executor.submit(run_task, spec)
+        h.job_id = str(job.job_id)
+        self.processes[h.key] = job
+        return h
+
+    def _alive(self, h: Handle) -> bool:
+        proc = self.processes.get(h.key)
+        if proc is None:
+            return False
+        if isinstance(proc, int):
+            return _pid_alive(proc, str(self.folder))
+        return proc._process is not None and proc._process.poll() is None  # type: ignore[attr-defined]
+
+    def _signal(self, h: Handle, sig: int) -> None:
+        proc = self.processes.get(h.key)
+        pid = proc if isinstance(proc, int) else int(h.job_id)
+        if self._alive(h):
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+
+
+def _pid_alive(pid: int, marker: str) -> bool:
+    """A process started by this backend still runs: exists, is no zombie, and its command
+    line names our submitit folder (pids are reused)."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            state = fh.read().rsplit(")", 1)[1].split()[0]
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            cmdline = fh.read().decode(errors="replace")
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return False
+    return state not in ("Z", "X") and marker in cmdline

@@ -1,0 +1,265 @@
+"""Command line: parse arguments, call the layers below, print. No logic of its own."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from . import __version__
+from . import manifest as mf
+from . import report
+from .cluster import default_local_profile, load_profile
+from .errors import UsageError
+from .progress import Progress
+from .runner import Runner, exit_status, make_backend, prepare, profile_of, request_cancel
+from .study import Filters, load_study, plan
+
+ROOT_FLAGS = ("phase_c", "phase_e", "phase_f")
+
+
+def _filters(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dose", type=int, action="append", default=[], help="only this dose (repeatable)")
+    p.add_argument("--view", action="append", default=[], help="only this view (repeatable)")
+    p.add_argument("--split", action="append", default=[], help="only this split (repeatable)")
+
+
+def _study_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--study", type=Path, help="study YAML (default: the built-in fly64 layout)")
+    for name in ROOT_FLAGS:
+        p.add_argument(f"--{name.replace('_', '-')}-root", type=Path, dest=f"{name}_root", help=f"the {name} root folder")
+    p.add_argument("--strict", action="store_true", help="any BLOCKED cell is an error")
+    _filters(p)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gridsubmit", description="Run a condition grid of comparison jobs on SLURM or locally.")
+    parser.add_argument("--version", action="version", version=f"gridsubmit {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("plan", help="show what would run and what is blocked")
+    _study_args(p)
+    p.add_argument("--artifact-root", type=Path, default=Path("runs/plan"), help="where outputs would go")
+    p.add_argument("--cluster", type=Path, help="cluster profile YAML (for {python})")
+    p.add_argument("--argv", action="store_true", help="print each cell's command line")
+
+    p = sub.add_parser("submit", help="submit the grid (and wait for it, by default)")
+    _study_args(p)
+    p.add_argument("--cluster", type=Path, help="cluster profile YAML (default: local backend)")
+    p.add_argument("--artifact-root", type=Path, required=True)
+    p.add_argument("--no-wait", dest="wait", action="store_false", help="return after submitting")
+    p.add_argument("--rerun-failed", action="store_true", help="run cells that failed before again")
+    p.add_argument("--dry-run", action="store_true", help="print what would be submitted; submit nothing")
+    p.add_argument("--quiet", action="store_true")
+
+    for name, text in (("status", "show the state of every cell (read-only)"),
+                       ("wait", "re-attach to a run and poll it to the end"),
+                       ("cancel", "cancel cells of a run"), ("report", "metrics table, CSV and plot")):  # fmt: skip
+        p = sub.add_parser(name, help=text)
+        p.add_argument("artifact_root", type=Path)
+        if name == "status":
+            p.add_argument("--json", action="store_true", help="the whole manifest as JSON")
+        if name == "wait":
+            p.add_argument("--quiet", action="store_true")
+        if name == "cancel":
+            _filters(p)
+        if name == "report":
+            p.add_argument("--csv", type=Path, help="write the metrics here")
+            p.add_argument("--plot", type=Path, help="write a PNG plot here (needs matplotlib)")
+
+    p = sub.add_parser("demo", help="the whole loop on a synthetic study")
+    p.add_argument("--artifact-root", type=Path, help="default: gridsubmit-demo/<time>")
+    p.add_argument("--cluster", type=Path, help="cluster profile YAML (default: local backend)")
+    p.add_argument("--quiet", action="store_true")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except UsageError as exc:
+        print(f"gridsubmit: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ngridsubmit: interrupted; `gridsubmit wait <artifact-root>` re-attaches", file=sys.stderr)
+        return 130
+
+
+def _grid(args, root: Path, profile):
+    roots = {name: getattr(args, f"{name}_root") for name in ROOT_FLAGS}
+    study = load_study(args.study, roots)
+    filters = Filters(tuple(args.dose), tuple(args.view), tuple(args.split))
+    grid = plan(study, root, filters, python=profile.python)
+    if args.strict and grid.blocked:
+        lines = [f"  {job.key}: missing {', '.join(job.missing)}" for job in grid.blocked]
+        raise UsageError(f"--strict: {len(grid.blocked)} cell(s) blocked by missing inputs:\n" + "\n".join(lines))
+    return grid
+
+
+def _profile(path: Path | None):
+    return load_profile(path) if path else default_local_profile()
+
+
+def cmd_plan(args) -> int:
+    profile = _profile(args.cluster)
+    grid = _grid(args, args.artifact_root, profile)
+    for job in grid.jobs:
+        state = "BLOCKED" if job.blocked else "PLANNED"
+        print(f"{str(job.key):<32} {state}" + (f"  missing: {', '.join(job.missing)}" if job.blocked else ""))
+        if args.argv and not job.blocked:
+            print("    " + " ".join(job.argv))
+    print(f"\n{len(grid.jobs)} cells: {len(grid.runnable)} runnable, {len(grid.blocked)} blocked")
+    return 0
+
+
+def cmd_submit(args) -> int:
+    profile = _profile(args.cluster)
+    root = args.artifact_root.resolve()
+    grid = _grid(args, root, profile)
+    if not grid.runnable:
+        raise UsageError(f"nothing to run: all {len(grid.jobs)} cell(s) are blocked (see `gridsubmit plan`)")
+    mf.load(root)  # refuse a foreign or newer manifest before touching anything
+    backend = make_backend(profile, root)
+    if args.dry_run:
+        runner = Runner(root, prepare(root, grid, profile, args.rerun_failed), profile, backend)
+        print(runner.dry_run())
+        return 0
+    root.mkdir(parents=True, exist_ok=True)
+    with mf.RunLock(root, "submit"):
+        manifest = prepare(root, grid, profile, args.rerun_failed)
+        runner = Runner(root, manifest, profile, backend, Progress(quiet=args.quiet))
+        if not args.wait and not backend.runs_unattended:
+            runner.save()
+        else:
+            print(f"artifact root: {root}  ({len(grid.runnable)} runnable, {len(grid.blocked)} blocked; backend {profile.backend})")
+            manifest = runner.run(wait=args.wait)
+    if not args.wait:
+        if not backend.runs_unattended:
+            _detach_waiter(root)
+        print(f"submitted; `gridsubmit status {root}` shows progress, `gridsubmit wait {root}` waits")
+        return 0
+    _print_outcome(manifest)
+    return exit_status(manifest)
+
+
+def _print_outcome(manifest: dict) -> None:
+    m = mf.with_results(manifest)
+    print("\n" + report.status_table(m))
+    print(f"\n{m['n_jobs']} cells: {m['n_success']} completed, {m['n_failed']} failed, {m['n_blocked']} blocked")
+
+
+def _detach_waiter(root: Path) -> None:
+    """The local backend schedules its own slots, so --no-wait leaves a runner behind."""
+    log = open(root / mf.STATE_DIR / "runner.log", "ab")
+    subprocess.Popen([sys.executable, "-m", "gridsubmit", "wait", str(root), "--quiet"], stdout=log, stderr=log,
+                     stdin=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+    for _ in range(100):  # hand over: return once the runner holds the lock
+        if mf.holder(root) is not None:
+            return
+        time.sleep(0.05)
+
+
+def _existing(root: Path) -> dict:
+    manifest = mf.load(root)
+    if manifest is None:
+        raise UsageError(f"{root}: no {mf.MANIFEST} here; is this an artifact root of `gridsubmit submit`?")
+    return manifest
+
+
+def cmd_status(args) -> int:
+    manifest = mf.with_results(_existing(args.artifact_root))
+    if args.json:
+        json.dump(manifest, sys.stdout, indent=1)
+        print()
+        return 0
+    print(f"run {manifest['run_id']} · {manifest['cluster'].get('backend')} ({manifest['cluster'].get('name')}) · {args.artifact_root}")
+    print(report.status_table(manifest))
+    print(f"\n{manifest['n_jobs']} cells: " + ", ".join(f"{k} {v}" for k, v in manifest["counts"].items()))
+    if not mf.finished(manifest):
+        who = mf.holder(args.artifact_root)
+        print(f"runner: {mf.describe_holder(args.artifact_root)}" if who is not None else
+              f"no runner attached: `gridsubmit wait {args.artifact_root}` resumes")  # fmt: skip
+    return 0
+
+
+def cmd_wait(args) -> int:
+    root = args.artifact_root.resolve()
+    manifest = _existing(root)
+    profile = profile_of(manifest)
+    with mf.RunLock(root, "wait"):
+        manifest = _existing(root)
+        runner = Runner(root, manifest, profile, make_backend(profile, root), Progress(quiet=args.quiet))
+        manifest = runner.run(wait=True)
+    _print_outcome(manifest)
+    return exit_status(manifest)
+
+
+def cmd_cancel(args) -> int:
+    root = args.artifact_root.resolve()
+    manifest = _existing(root)
+    filters = Filters(tuple(args.dose), tuple(args.view), tuple(args.split))
+    if not any(not _terminal(c) for c in mf.select(manifest, filters)):
+        print("nothing to cancel: every selected cell has ended")
+        return 0
+    try:
+        lock = mf.RunLock(root, "cancel").__enter__()
+    except UsageError:  # a runner is attached: it applies the request within one poll cycle
+        request = request_cancel(root, filters)
+        for _ in range(600):
+            if not request.exists():
+                print(f"cancel applied by the attached runner ({mf.describe_holder(root)})")
+                return 0
+            time.sleep(0.05)
+        print(f"cancel requested; the attached runner will apply it ({request})")
+        return 0
+    try:
+        profile = profile_of(manifest)
+        runner = Runner(root, manifest, profile, make_backend(profile, root))
+        keys = runner.cancel(filters)
+        runner.run(wait=True, submit_new=False)  # collect the cancelled jobs' fates
+    finally:
+        lock.__exit__(None, None, None)
+    print(f"cancelled {len(keys)} cell(s)")
+    return 0
+
+
+def _terminal(cell: dict) -> bool:
+    from .states import JobState
+
+    return JobState(cell["state"]).terminal
+
+
+def cmd_report(args) -> int:
+    manifest = mf.with_results(_existing(args.artifact_root))
+    print(report.metrics_table(manifest))
+    if args.csv:
+        n = report.write_csv(manifest, args.csv)
+        print(f"wrote {n} row(s) to {args.csv}")
+    if args.plot:
+        report.plot(manifest, args.plot)
+        print(f"wrote {args.plot}")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from .demo.generate import make_study
+
+    root = (args.artifact_root or Path("gridsubmit-demo") / time.strftime("%Y%m%d-%H%M%S")).resolve()
+    if mf.load(root) is not None:
+        raise UsageError(f"{root}: already holds a run; choose another --artifact-root")
+    study = make_study(root / "study")
+    print(f"synthetic study: {study}")
+    code = cmd_submit(argparse.Namespace(
+        study=study, phase_c_root=None, phase_e_root=None, phase_f_root=None, strict=True, dose=[], view=[], split=[],
+        cluster=args.cluster, artifact_root=root, wait=True, rerun_failed=False, dry_run=False, quiet=args.quiet))  # fmt: skip
+    print("\n" + report.metrics_table(mf.with_results(_existing(root))))
+    print(f"\nartifact root: {root}\n  {root / mf.MANIFEST}\n  {root / mf.SUMMARY}")
+    return code
+
+
+COMMANDS = {"plan": cmd_plan, "submit": cmd_submit, "status": cmd_status, "wait": cmd_wait,
+            "cancel": cmd_cancel, "report": cmd_report, "demo": cmd_demo}  # fmt: skip

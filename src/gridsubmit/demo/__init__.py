@@ -1,0 +1,1 @@
+"""A synthetic fly64-style study and a reference comparison, for the demo and the tests."""

@@ -1,0 +1,321 @@
+"""The manifest: one JSON file per artifact root saying, for every cell, what ran and how it ended.
+
+Pure functions build and merge it; ``load``/``save``/``RunLock`` are the only file I/O.
+Only the runner writes it, under the lock, by atomic replace.
+"""
+
+from __future__ import annotations
+
+import copy
+import fcntl
+import json
+import os
+import platform
+import socket
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+from . import __version__
+from .errors import UsageError
+from .jobs import JobKey
+from .states import JobState
+from .task import read_json, write_json_atomic
+
+SCHEMA_VERSION = 1
+MANIFEST = "comparison_manifest.json"
+SUMMARY = "comparison_summary.txt"
+STATE_DIR = ".gridsubmit"  # lock, cancel requests, submitit's files
+FAILED_STATES = {JobState.FAILED, JobState.TIMEOUT, JobState.CANCELLED, JobState.OUT_OF_MEMORY,
+                 JobState.NODE_FAIL, JobState.PREEMPTED, JobState.LOST}  # fmt: skip
+
+
+@dataclass
+class Observation:
+    """What a backend learned about one attempt in one poll; None fields are unknown."""
+
+    key: str
+    attempt: int
+    state: JobState
+    fields: dict[str, Any] = field(default_factory=dict)
+    metrics: list[dict] | None = None
+
+
+# --- building ------------------------------------------------------------------------------
+
+
+def versions() -> dict:
+    try:
+        from importlib.metadata import version
+
+        submitit_version = version("submitit")
+    except Exception:  # pragma: no cover - submitit is a dependency
+        submitit_version = None
+    return {"gridsubmit": __version__, "submitit": submitit_version, "python": platform.python_version()}
+
+
+def cell_record(job, resources: dict) -> dict:
+    return {
+        "key": str(job.key),
+        "dose": job.key.dose,
+        "view": job.key.view,
+        "split": job.key.split,
+        "inputs": {name: str(path) for name, path in job.inputs.items()},
+        "output_dir": str(job.output_dir),
+        "options": dict(job.options),
+        "argv": list(job.argv),
+        "resources": resources,
+        "state": (JobState.BLOCKED if job.blocked else JobState.PLANNED).value,
+        "missing": list(job.missing),
+        "attempts": [],
+        "retry_base": 0,
+        "cancel_requested": False,
+        "metrics": None,
+    }
+
+
+def new_manifest(grid, profile, artifact_root: Path) -> dict:
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "tool": "gridsubmit",
+        "run_id": uuid.uuid4().hex[:12],
+        "artifact_root": str(artifact_root),
+        "created_at": time.time(),
+        "updated_at": time.time(),
+        "versions": versions(),
+        "study": grid.study.as_dict(),
+        "cluster": profile.as_dict(),
+        "filters": grid.filters.as_dict(),
+        "jobs": [cell_record(job, profile.resources_for(job.key).as_dict()) for job in grid.jobs],
+    }
+
+
+def adopt_plan(old: dict, fresh: dict, rerun_failed: bool) -> dict:
+    """Lay a fresh plan over an existing manifest: cells keep their history; cells not yet
+    run take the fresh plan (inputs may have appeared); failed cells restart when asked."""
+    out = copy.deepcopy(old)
+    out.update({k: fresh[k] for k in ("study", "cluster", "filters", "versions")})
+    by_key = {cell["key"]: cell for cell in out["jobs"]}
+    for new in fresh["jobs"]:
+        cell = by_key.get(new["key"])
+        if cell is None:
+            out["jobs"].append(copy.deepcopy(new))
+            continue
+        state = JobState(cell["state"])
+        if state in (JobState.PLANNED, JobState.BLOCKED) and not cell["attempts"]:
+            cell.update({k: new[k] for k in ("inputs", "output_dir", "options", "argv", "resources", "state", "missing")})
+        elif rerun_failed and state in FAILED_STATES:
+            cell.update({k: new[k] for k in ("inputs", "output_dir", "options", "argv", "resources", "missing")})
+            cell.update(state=new["state"], retry_base=len(cell["attempts"]), cancel_requested=False)
+    order = {cell["key"]: i for i, cell in enumerate(fresh["jobs"])}
+    out["jobs"].sort(key=lambda c: (order.get(c["key"], len(order)), JobKey.parse(c["key"]).sort_key()))
+    return out
+
+
+# --- pure queries and merges ---------------------------------------------------------------
+
+
+def due_cells(manifest: dict, retry) -> list[dict]:
+    """Cells that need a new attempt: never submitted, or ended in a state the retry policy
+    covers with attempts left."""
+    due = []
+    for cell in manifest["jobs"]:
+        state = JobState(cell["state"])
+        if cell["cancel_requested"]:
+            continue
+        tries = len(cell["attempts"]) - cell["retry_base"]
+        if state is JobState.PLANNED or (state in retry.on and tries < retry.max_attempts):
+            due.append(cell)
+    return due
+
+
+def active_attempts(manifest: dict) -> list[tuple[dict, dict]]:
+    return [(cell, cell["attempts"][-1]) for cell in manifest["jobs"]
+            if cell["attempts"] and JobState(cell["attempts"][-1]["state"]).active]  # fmt: skip
+
+
+def add_attempt(manifest: dict, key: str, record: dict) -> None:
+    cell = find(manifest, key)
+    record = {"attempt": len(cell["attempts"]) + 1, **record}
+    cell["attempts"].append(record)
+    cell["state"] = record["state"]
+
+
+def find(manifest: dict, key: str) -> dict:
+    for cell in manifest["jobs"]:
+        if cell["key"] == key:
+            return cell
+    raise KeyError(key)
+
+
+def merge(manifest: dict, observations: Iterable[Observation]) -> bool:
+    """Fold observations into the manifest (in place); True if anything changed."""
+    changed = False
+    for obs in observations:
+        cell = find(manifest, obs.key)
+        attempt = cell["attempts"][obs.attempt - 1]
+        update = {"state": obs.state.value, **{k: v for k, v in obs.fields.items() if v is not None}}
+        if any(attempt.get(k) != v for k, v in update.items()):
+            attempt.update(update)
+            changed = True
+        if obs.attempt == len(cell["attempts"]) and cell["state"] != obs.state.value:
+            cell["state"] = obs.state.value
+            changed = True
+        if obs.metrics is not None and cell["metrics"] != obs.metrics:
+            cell["metrics"] = obs.metrics
+            changed = True
+    return changed
+
+
+def select(manifest: dict, filters) -> list[dict]:
+    return [cell for cell in manifest["jobs"] if filters.matches(JobKey.parse(cell["key"]))]
+
+
+def counts(manifest: dict) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for cell in manifest["jobs"]:
+        out[cell["state"]] = out.get(cell["state"], 0) + 1
+    return out
+
+
+def finished(manifest: dict) -> bool:
+    return all(JobState(cell["state"]).terminal for cell in manifest["jobs"])
+
+
+def with_results(manifest: dict) -> dict:
+    """The manifest with the study's historical fields derived from the cells."""
+    out = dict(manifest)
+    results = []
+    for cell in manifest["jobs"]:
+        attempts = cell["attempts"]
+        if not attempts or not JobState(cell["state"]).terminal:
+            continue
+        last = attempts[-1]
+        entry = {"dose": cell["dose"], "view": cell["view"], "split": cell["split"], "state": cell["state"],
+                 "returncode": last.get("returncode"), "log_path": last.get("stdout"),
+                 "stderr_path": last.get("stderr")}  # fmt: skip
+        if cell["state"] != JobState.COMPLETED.value:
+            entry["error"] = last.get("error") or _error_line(cell["state"], last)
+        results.append(entry)
+    success = sum(1 for r in results if r["state"] == JobState.COMPLETED.value)
+    out.update(
+        n_jobs=len(manifest["jobs"]),
+        n_blocked=sum(1 for c in manifest["jobs"] if c["state"] == JobState.BLOCKED.value),
+        execution_results=results,
+        n_executed=len(results),
+        n_success=success,
+        n_failed=len(results) - success,
+        counts=counts(manifest),
+    )
+    return out
+
+
+def _error_line(state: str, attempt: dict) -> str:
+    rc = attempt.get("returncode")
+    if state == JobState.FAILED.value and rc is not None:
+        return f"exit code {rc}"
+    return state.lower().replace("_", " ")
+
+
+def summary_text(manifest: dict) -> str:
+    m = with_results(manifest)
+    lines = [f"gridsubmit run {m['run_id']} ({m['cluster'].get('backend')}: {m['cluster'].get('name')})",
+             f"artifact root: {m['artifact_root']}",
+             f"jobs: {m['n_jobs']}  executed: {m['n_executed']}  success: {m['n_success']}  "
+             f"failed: {m['n_failed']}  blocked: {m['n_blocked']}", ""]  # fmt: skip
+    for cell in m["jobs"]:
+        last = cell["attempts"][-1] if cell["attempts"] else {}
+        rc = last.get("returncode")
+        detail = f"rc={rc}" if rc is not None else ""
+        if cell["state"] == JobState.BLOCKED.value:
+            detail = "missing: " + ", ".join(cell["missing"])
+        tries = f"attempts={len(cell['attempts'])}" if cell["attempts"] else ""
+        lines.append(f"{cell['key']:<32} {cell['state']:<13} {tries:<11} {detail}".rstrip())
+    return "\n".join(lines) + "\n"
+
+
+# --- files ---------------------------------------------------------------------------------
+
+
+def manifest_path(root: Path) -> Path:
+    return Path(root) / MANIFEST
+
+
+def load(root: Path) -> dict | None:
+    """The manifest in ``root``, None if there is none; refuses one that is not ours."""
+    path = manifest_path(root)
+    if not path.exists():
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UsageError(f"{path}: not a JSON manifest ({exc}); move it away or choose another --artifact-root") from None
+    if not isinstance(data, dict) or data.get("tool") != "gridsubmit" or "schema_version" not in data:
+        raise UsageError(f"{path}: was not written by gridsubmit (no 'tool'/'schema_version' keys); "
+                         "refusing to overwrite it: move it away or choose another --artifact-root")  # fmt: skip
+    if not isinstance(data["schema_version"], int) or data["schema_version"] > SCHEMA_VERSION:
+        raise UsageError(f"{path}: key 'schema_version' is {data['schema_version']!r}, newer than this gridsubmit "
+                         f"understands ({SCHEMA_VERSION}); upgrade gridsubmit to use it")  # fmt: skip
+    return data
+
+
+def save(root: Path, manifest: dict) -> None:
+    """Atomically replace the manifest and its summary (caller holds the RunLock)."""
+    manifest["updated_at"] = time.time()
+    full = with_results(manifest)
+    write_json_atomic(manifest_path(root), full)
+    tmp = Path(root) / f".{SUMMARY}.tmp"
+    tmp.write_text(summary_text(full))
+    os.replace(tmp, Path(root) / SUMMARY)
+
+
+class RunLock:
+    """Exclusive right to write an artifact root's manifest; names its holder when refused."""
+
+    def __init__(self, root: Path, command: str):
+        self.dir = Path(root) / STATE_DIR
+        self.command = command
+        self._fh = None
+
+    def __enter__(self) -> "RunLock":
+        self.dir.mkdir(parents=True, exist_ok=True)
+        fh = open(self.dir / "lock", "a+")
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.close()
+            raise UsageError(f"{self.dir.parent}: in use by {describe_holder(self.dir.parent)}; "
+                             "wait for it to end or stop it first") from None  # fmt: skip
+        self._fh = fh
+        write_json_atomic(self.dir / "holder.json", {"pid": os.getpid(), "host": socket.gethostname(),
+                                                     "command": self.command, "since": time.time()})  # fmt: skip
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._fh is not None:
+            (self.dir / "holder.json").unlink(missing_ok=True)
+            fcntl.flock(self._fh, fcntl.LOCK_UN)
+            self._fh.close()
+            self._fh = None
+
+
+def holder(root: Path) -> dict | None:
+    """Who holds the lock now (None if nobody does)."""
+    lock = Path(root) / STATE_DIR / "lock"
+    if not lock.exists():
+        return None
+    with open(lock, "a+") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return read_json(Path(root) / STATE_DIR / "holder.json") or {}
+        fcntl.flock(fh, fcntl.LOCK_UN)
+    return None
+
+
+def describe_holder(root: Path) -> str:
+    h = holder(root) or {}
+    since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(h["since"])) if "since" in h else "?"
+    return f"'gridsubmit {h.get('command', '?')}' (pid {h.get('pid', '?')} on {h.get('host', '?')}, since {since})"

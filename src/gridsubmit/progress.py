@@ -1,0 +1,64 @@
+"""Live progress while waiting: one rewritten line on a terminal, plain lines otherwise."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import TextIO
+
+from .manifest import counts
+from .states import JobState
+
+ORDER = [s.value for s in JobState]
+
+
+def format_counts(c: dict[str, int]) -> str:
+    return " · ".join(f"{name} {c[name]}" for name in ORDER if c.get(name))
+
+
+class Progress:
+    def __init__(self, stream: TextIO | None = None, quiet: bool = False):
+        self.stream = stream or sys.stdout
+        self.tty = self.stream.isatty()
+        self.quiet = quiet
+        self.start = time.monotonic()
+        self._last_line = ""
+        self._ended: dict[str, int] = {}
+
+    def elapsed(self) -> str:
+        s = int(time.monotonic() - self.start)
+        return f"{s // 3600:d}:{s // 60 % 60:02d}:{s % 60:02d}"
+
+    def update(self, manifest: dict) -> None:
+        if self.quiet:
+            return
+        for cell in manifest["jobs"]:  # one line per attempt that ended since the last update
+            n = len(cell["attempts"])
+            if n and JobState(cell["attempts"][-1]["state"]).terminal and self._ended.get(cell["key"]) != n:
+                self._ended[cell["key"]] = n
+                last = cell["attempts"][-1]
+                rc = last.get("returncode")
+                detail = f"rc {rc}" if rc is not None else (last.get("error") or "")
+                elapsed = f", {last['elapsed_s']:.1f} s" if last.get("elapsed_s") is not None else ""
+                self._print(f"{cell['key']}: {last['state']} ({detail}{elapsed})")
+        line = f"[{self.elapsed()}] {len(manifest['jobs'])} cells: {format_counts(counts(manifest))}"
+        if self.tty:
+            self.stream.write("\r\033[K" + line)
+            self.stream.flush()
+            self._last_line = line
+        elif line.split("] ", 1)[1] != self._last_line.split("] ", 1)[-1]:
+            self._print(line)
+            self._last_line = line
+
+    def _print(self, text: str) -> None:
+        if self.tty:
+            self.stream.write("\r\033[K")
+        self.stream.write(text + "\n")
+        if self.tty and self._last_line:
+            self.stream.write(self._last_line)
+        self.stream.flush()
+
+    def done(self) -> None:
+        if self.tty and not self.quiet:
+            self.stream.write("\n")
+            self.stream.flush()

@@ -1,0 +1,181 @@
+"""The loop: plan -> submit what is due -> poll -> collect -> merge -> retry, until done.
+
+The runner is the manifest's only writer; it holds the artifact root's lock while it runs.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from pathlib import Path
+
+from . import manifest as mf
+from .backends.base import Backend, Handle, Submission
+from .cluster import ClusterProfile, parse_profile
+from .jobs import JobKey
+from .progress import Progress
+from .states import JobState
+from .study import Filters
+from .task import STDERR, STDOUT
+
+CANCEL_DIR = "cancel-requests"
+
+
+def make_backend(profile: ClusterProfile, root: Path) -> Backend:
+    if profile.backend == "slurm":
+        from .backends.slurm import SlurmBackend
+
+        return SlurmBackend(profile, root)
+    from .backends.local import LocalBackend
+
+    return LocalBackend(profile, root)
+
+
+def profile_of(manifest: dict) -> ClusterProfile:
+    """The cluster profile a manifest was run with, re-validated."""
+    raw = {k: v for k, v in manifest["cluster"].items() if k != "source"}
+    return parse_profile(raw, manifest["cluster"]["source"])
+
+
+def prepare(root: Path, grid, profile: ClusterProfile, rerun_failed: bool = False) -> dict:
+    """The manifest to run: a new one, or the existing one with the fresh plan laid over it."""
+    fresh = mf.new_manifest(grid, profile, root)
+    old = mf.load(root)
+    return fresh if old is None else mf.adopt_plan(old, fresh, rerun_failed)
+
+
+class Runner:
+    def __init__(self, root: Path, manifest: dict, profile: ClusterProfile, backend: Backend,
+                 progress: Progress | None = None):  # fmt: skip
+        self.root = Path(root)
+        self.manifest = manifest
+        self.profile = profile
+        self.backend = backend
+        self.progress = progress or Progress(quiet=True)
+        self.handles: dict[str, Handle] = {}
+
+    # --- the loop ------------------------------------------------------------------------------
+
+    def run(self, wait: bool = True, submit_new: bool = True) -> dict:
+        """Drive the grid. ``wait=False`` returns once everything due is submitted."""
+        records = mf.active_attempts(self.manifest)
+        for h in self.backend.reattach(records):
+            self.handles[h.key] = h
+        self.save()
+        interval = None
+        try:
+            while True:
+                changed = self._apply_cancel_requests()
+                if submit_new:
+                    changed |= self._submit_due()
+                observations = self.backend.poll(list(self.handles.values()))
+                changed |= mf.merge(self.manifest, observations)
+                for obs in observations:
+                    if obs.state.terminal:
+                        self.handles.pop(obs.key, None)
+                if changed:
+                    self.save()
+                self.progress.update(self.manifest)
+                more_due = submit_new and mf.due_cells(self.manifest, self.profile.retry)
+                if not self.handles and not more_due:
+                    break
+                if not wait and not more_due and self.backend.runs_unattended:
+                    break
+                interval = self.backend.poll_interval(interval, changed)
+                time.sleep(interval)
+        finally:
+            self.backend.close()
+            self.progress.done()
+        return self.manifest
+
+    def save(self) -> None:
+        mf.save(self.root, self.manifest)
+
+    def _next_submission(self, cell: dict) -> Submission:
+        """The cell's next attempt, with resources grown after TIMEOUT / OUT_OF_MEMORY."""
+        fates = tuple(JobState(a["state"]) for a in cell["attempts"][cell["retry_base"]:])
+        resources = self.profile.resources_for(JobKey.parse(cell["key"]), fates)
+        n = len(cell["attempts"]) + 1
+        attempt_dir = self.root / "logs" / cell["key"] / f"attempt-{n}"
+        return Submission(cell["key"], n, cell["argv"], Path(cell["output_dir"]), attempt_dir, resources)
+
+    def dry_run(self) -> str:
+        due = mf.due_cells(self.manifest, self.profile.retry)
+        return self.backend.describe([self._next_submission(cell) for cell in due])
+
+    def _submit_due(self) -> bool:
+        due = mf.due_cells(self.manifest, self.profile.retry)
+        if not due:
+            return False
+        submissions = [self._next_submission(cell) for cell in due]
+        for sub in submissions:
+            rel = sub.attempt_dir.relative_to(self.root)
+            mf.add_attempt(self.manifest, sub.key, {
+                "backend": self.backend.name, "job_id": None, "state": JobState.SUBMITTED.value,
+                "submitted_at": time.time(), "dir": str(rel), "stdout": str(rel / STDOUT),
+                "stderr": str(rel / STDERR), "resources": sub.resources.as_dict()})  # fmt: skip
+        self.save()  # the intent is on disk before anything reaches the scheduler
+        try:
+            handles = self.backend.submit(submissions)
+        except Exception:
+            for sub in submissions:  # nothing was submitted: these attempts never existed
+                cell = mf.find(self.manifest, sub.key)
+                cell["attempts"].pop()
+                cell["state"] = cell["attempts"][-1]["state"] if cell["attempts"] else JobState.PLANNED.value
+            self.save()
+            raise
+        for h in handles:
+            self.handles[h.key] = h
+            attempt = mf.find(self.manifest, h.key)["attempts"][-1]
+            attempt.update(job_id=h.job_id, state=h.state.value, **h.extra.get("record", {}))
+            mf.find(self.manifest, h.key)["state"] = h.state.value
+        return True
+
+    # --- cancel ------------------------------------------------------------------------------
+
+    def cancel(self, filters: Filters) -> list[str]:
+        """Cancel the selected cells that have not ended; returns their keys."""
+        keys = []
+        for cell in mf.select(self.manifest, filters):
+            if JobState(cell["state"]).terminal:
+                continue
+            cell["cancel_requested"] = True
+            keys.append(cell["key"])
+            if cell["state"] == JobState.PLANNED.value:
+                cell["state"] = JobState.CANCELLED.value
+        targets = [h for key, h in self.handles.items() if key in keys]
+        if targets:
+            self.backend.cancel(targets)
+        return keys
+
+    def _apply_cancel_requests(self) -> bool:
+        folder = self.root / mf.STATE_DIR / CANCEL_DIR
+        if not folder.is_dir():
+            return False
+        changed = False
+        for path in sorted(folder.glob("*.json")):
+            request = json.loads(path.read_text())
+            f = request["filters"]
+            changed |= bool(self.cancel(Filters(tuple(f["dose"]), tuple(f["view"]), tuple(f["split"]))))
+            path.unlink()
+        return changed
+
+
+def request_cancel(root: Path, filters: Filters) -> Path:
+    """Ask the runner that holds the lock to cancel cells (it applies this within one cycle)."""
+    folder = Path(root) / mf.STATE_DIR / CANCEL_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{uuid.uuid4().hex}.json"
+    tmp = folder / f".{path.name}.tmp"
+    tmp.write_text(json.dumps({"filters": filters.as_dict(), "at": time.time()}))
+    tmp.rename(path)
+    return path
+
+
+def exit_status(manifest: dict) -> int:
+    """0 when every runnable cell completed, 1 when any did not."""
+    for cell in manifest["jobs"]:
+        if cell["state"] not in (JobState.COMPLETED.value, JobState.BLOCKED.value):
+            return 1
+    return 0
