@@ -42,8 +42,10 @@ class LocalBackend(Backend):
         if self.gpus_per_job > len(gpus):
             raise UsageError(f"{profile.source}: key 'gpus_per_job' asks for {self.gpus_per_job} GPU(s) per job "
                              f"but {len(gpus)} are visible (set 'gpus' or CUDA_VISIBLE_DEVICES, or gpus_per_job: 0)")  # fmt: skip
-        slots = len(gpus) // self.gpus_per_job if self.gpus_per_job else (os.cpu_count() or 1)
-        self.max_parallel = min(profile.max_parallel or slots, slots)
+        # default: one job per GPU, else per CPU; never more jobs than GPUs can be handed out
+        self.max_parallel = profile.max_parallel or (len(gpus) // self.gpus_per_job if self.gpus_per_job else os.cpu_count() or 1)
+        if self.gpus_per_job:
+            self.max_parallel = min(self.max_parallel, len(gpus) // self.gpus_per_job)
         self.free_gpus: list[str] = list(gpus)
         self.folder = self.root / STATE_DIR / "submitit"
         self._executor: submitit.LocalExecutor | None = None

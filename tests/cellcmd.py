@@ -1,0 +1,35 @@
+"""A stand-in comparison for the tests: what it does depends on the cell.
+
+    python cellcmd.py SPEC.json dose_1000/dense/train OUTPUT_DIR
+
+SPEC.json maps cell keys (or "*") to a behaviour: "ok", "exit:N", "sleep:S", "sleep-ok:S",
+"binary", "big:BYTES". Every run appends one line to OUTPUT_DIR/runs.log.
+"""
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+spec_path, cell, out = sys.argv[1], sys.argv[2], Path(sys.argv[3])
+spec = json.loads(Path(spec_path).read_text())
+what = spec.get(cell, spec.get("*", "ok"))
+out.mkdir(parents=True, exist_ok=True)
+with open(out / "runs.log", "a") as fh:
+    fh.write(f"{time.time()} {os.getpid()} {os.environ.get('CUDA_VISIBLE_DEVICES')}\n")
+kind, _, arg = what.partition(":")
+print(f"cell {cell} doing {what}", flush=True)
+if kind == "exit":
+    print(f"cellcmd: failing on purpose with {arg}", file=sys.stderr, flush=True)
+    sys.exit(int(arg))
+if kind in ("sleep", "sleep-ok"):
+    time.sleep(float(arg))
+if kind == "binary":
+    sys.stdout.buffer.write(b"bad bytes \xff\xfe\xc3\x28 end\n")
+    sys.stderr.buffer.write(b"\x80\x81 not utf-8\n")
+if kind == "big":
+    line = b"x" * 99 + b"\n"
+    for _ in range(int(arg) // 100):
+        sys.stdout.buffer.write(line)
+(out / "comparison_metrics.csv").write_text("model,mae,psnr\npinn,0.1,30.5\n")

@@ -1,0 +1,186 @@
+"""The local backend with real subprocesses: the promises a workstation user relies on."""
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import jsonschema
+import pytest
+
+from conftest import cells, gridsubmit_process, load_manifest, results, run_cli, wait_for
+from gridsubmit.demo.generate import make_study
+
+SCHEMA = json.loads((Path(__file__).parents[1] / "docs" / "manifest.schema.json").read_text())
+ORDER = [f"dose_{d}/{v}/{s}" for d in (1000, 10000, 100000) for v in ("dense", "sparse") for s in ("train", "test")]
+
+
+def test_demo_grid_completes_with_metrics_and_a_manifest_that_validates(tmp_path, capsys):
+    study = make_study(tmp_path / "study")
+    root = tmp_path / "run"
+    assert run_cli("submit", "--study", study, "--artifact-root", root, "--quiet") == 0
+    manifest = load_manifest(root)
+    jsonschema.validate(manifest, SCHEMA)
+    assert [c["key"] for c in manifest["jobs"]] == ORDER
+    assert {c["state"] for c in manifest["jobs"]} == {"COMPLETED"}
+    assert (manifest["n_jobs"], manifest["n_executed"], manifest["n_success"], manifest["n_failed"]) == (12, 12, 12, 0)
+    for cell in manifest["jobs"]:
+        assert {row["model"] for row in cell["metrics"]} == {"pinn", "baseline", "ptychi"}
+        assert all(isinstance(row["psnr"], float) for row in cell["metrics"])
+        assert cell["argv"][1:3] == ["-m", "gridsubmit.demo.compare"]
+    for result in manifest["execution_results"]:
+        assert result["returncode"] == 0 and (root / result["log_path"]).is_file()
+    # more photons, better reconstruction
+    psnr = {c["dose"]: next(r["psnr"] for r in c["metrics"] if r["model"] == "ptychi")
+            for c in manifest["jobs"] if c["view"] == "dense" and c["split"] == "test"}
+    assert psnr[1000] < psnr[10000] < psnr[100000]
+    assert "dose_1000/dense/train" in (root / "comparison_summary.txt").read_text()
+
+
+def test_failures_timeouts_cancels_and_blocked_cells_are_told_apart_while_healthy_cells_complete(scripted, tmp_path):
+    study, profile, root = scripted(
+        {"dose_1000/dense/train": "exit:3", "dose_1000/dense/test": "sleep:60", "dose_1000/sparse/train": "sleep:60"},
+        overrides=[{"match": {"dose": 1000, "view": "dense", "split": "test"}, "set": {"time": "0:02"}}],
+    )
+    missing = tmp_path / "study" / "phase_f" / "dose_10000" / "sparse" / "test" / "ptychi_reconstruction.npz"
+    missing.unlink()
+    proc = gridsubmit_process("submit", "--study", study, "--cluster", profile, "--artifact-root", root)
+    wait_for(lambda: (root / "comparison_manifest.json").exists()
+             and cells(root)["dose_1000/sparse/train"]["state"] == "RUNNING", what="the cell to cancel to run")
+    assert run_cli("cancel", root, "--dose", 1000, "--view", "sparse", "--split", "train") == 0
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 1, out
+    c = cells(root)
+    failed = c["dose_1000/dense/train"]
+    assert failed["state"] == "FAILED"
+    assert failed["attempts"][-1]["returncode"] == 3
+    assert "failing on purpose with 3" in failed["attempts"][-1]["stderr_tail"]
+    assert c["dose_1000/dense/test"]["state"] == "TIMEOUT"
+    assert c["dose_1000/sparse/train"]["state"] == "CANCELLED"
+    blocked = c["dose_10000/sparse/test"]
+    assert blocked["state"] == "BLOCKED" and blocked["attempts"] == [] and str(missing) in blocked["missing"]
+    others = set(c) - {"dose_1000/dense/train", "dose_1000/dense/test", "dose_1000/sparse/train", "dose_10000/sparse/test"}
+    assert {c[k]["state"] for k in others} == {"COMPLETED"}
+    manifest = load_manifest(root)
+    assert (manifest["n_executed"], manifest["n_success"], manifest["n_failed"], manifest["n_blocked"]) == (11, 8, 3, 1)
+    jsonschema.validate(manifest, SCHEMA)
+    assert "missing" in out and "FAILED" in out
+
+
+def _overlaps(intervals):
+    """Largest number of [start, end) intervals open at one instant."""
+    events = sorted([(s, 1) for s, _ in intervals] + [(e, -1) for _, e in intervals], key=lambda x: (x[0], x[1]))
+    depth = best = 0
+    for _, step in events:
+        depth += step
+        best = max(best, depth)
+    return best
+
+
+def test_max_parallel_is_never_exceeded(scripted):
+    study, profile, root = scripted({"*": "sleep-ok:0.4"}, max_parallel=3)
+    assert run_cli("submit", "--study", study, "--cluster", profile, "--artifact-root", root, "--quiet") == 0
+    intervals = [(r["started_at"], r["ended_at"]) for r in results(root)]
+    assert len(intervals) == 12
+    assert _overlaps(intervals) == 3  # the cap is reached, and never exceeded
+
+
+def test_concurrent_jobs_see_distinct_single_gpu_ids(scripted, monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
+    study, profile, root = scripted({"*": "sleep-ok:0.3"}, max_parallel=8)  # capped at 2 by the GPUs
+    assert run_cli("submit", "--study", study, "--cluster", profile, "--artifact-root", root, "--quiet") == 0
+    runs = results(root)
+    assert {r["cuda_visible_devices"] for r in runs} == {"0", "1"}
+    for a in runs:
+        for b in runs:
+            if a is not b and a["started_at"] < b["ended_at"] and b["started_at"] < a["ended_at"]:
+                assert a["cuda_visible_devices"] != b["cuda_visible_devices"]
+    # the command itself saw the id (cellcmd logs its environment)
+    seen = {line.split()[2] for c in cells(root).values() for line in (Path(c["output_dir"]) / "runs.log").read_text().splitlines()}
+    assert seen == {"0", "1"}
+
+
+def test_wait_after_sigkill_of_the_submitter_finishes_the_grid_without_running_a_cell_twice(scripted):
+    study, profile, root = scripted({"*": "sleep-ok:1"}, max_parallel=2)
+    proc = gridsubmit_process("submit", "--study", study, "--cluster", profile, "--artifact-root", root)
+    wait_for(lambda: (root / "comparison_manifest.json").exists()
+             and sum(c["state"] == "COMPLETED" for c in cells(root).values()) >= 3, what="3 cells to complete")
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    before = cells(root)
+    assert any(c["state"] in ("RUNNING", "PENDING") for c in before.values())
+    assert run_cli("wait", root, "--quiet") == 0
+    after = cells(root)
+    assert {c["state"] for c in after.values()} == {"COMPLETED"}
+    for key, cell in after.items():
+        runs = (Path(cell["output_dir"]) / "runs.log").read_text().splitlines()
+        lost = sum(a["state"] == "LOST" for a in cell["attempts"])
+        assert len(runs) == 1 + lost, key  # ran again only after being LOST
+        assert len(cell["attempts"]) == 1 + lost
+
+
+def test_second_runner_on_the_same_artifact_root_is_refused_naming_the_holder(scripted, capsys):
+    study, profile, root = scripted({"*": "sleep-ok:0.5"})
+    proc = gridsubmit_process("submit", "--study", study, "--cluster", profile, "--artifact-root", root)
+    try:
+        wait_for(lambda: (root / ".gridsubmit" / "holder.json").exists(), what="the first runner to hold the lock")
+        before = (root / "comparison_manifest.json").read_bytes()
+        assert run_cli("submit", "--study", study, "--cluster", profile, "--artifact-root", root) == 2
+        err = capsys.readouterr().err
+        assert "in use by 'gridsubmit submit'" in err and f"pid {proc.pid}" in err
+        assert run_cli("wait", root) == 2
+    finally:
+        proc.communicate(timeout=120)
+    assert proc.returncode == 0
+    assert before != (root / "comparison_manifest.json").read_bytes()
+
+
+def test_resubmit_skips_completed_cells_and_rerun_failed_runs_failed_ones_again(scripted, tmp_path):
+    study, profile, root = scripted({"dose_1000/dense/train": "exit:3"}, doses=(1000,))
+    assert run_cli("submit", "--study", study, "--cluster", profile, "--artifact-root", root, "--quiet") == 1
+    assert run_cli("submit", "--study", study, "--cluster", profile, "--artifact-root", root, "--quiet") == 1
+    c = cells(root)
+    assert all(len(cell["attempts"]) == 1 for cell in c.values())
+    (tmp_path / "behaviours.json").write_text("{}")
+    assert run_cli("submit", "--study", study, "--cluster", profile, "--artifact-root", root, "--quiet", "--rerun-failed") == 0
+    c = cells(root)
+    assert [a["state"] for a in c["dose_1000/dense/train"]["attempts"]] == ["FAILED", "COMPLETED"]
+    assert all(len(cell["attempts"]) == 1 for k, cell in c.items() if k != "dose_1000/dense/train")
+
+
+def test_invalid_utf8_and_huge_output_keep_the_manifest_valid_and_small(scripted):
+    study, profile, root = scripted({"dose_1000/dense/train": "binary", "dose_1000/dense/test": "big:50000000"}, doses=(1000,))
+    assert run_cli("submit", "--study", study, "--cluster", profile, "--artifact-root", root, "--quiet") == 0
+    manifest = load_manifest(root)
+    jsonschema.validate(manifest, SCHEMA)
+    assert (root / "comparison_manifest.json").stat().st_size < 100_000
+    c = {cell["key"]: cell for cell in manifest["jobs"]}
+    binary = c["dose_1000/dense/train"]["attempts"][0]
+    assert "bad bytes \ufffd" in binary["stdout_tail"] and "not utf-8" in binary["stderr_tail"]
+    big = c["dose_1000/dense/test"]["attempts"][0]
+    assert (root / big["stdout"]).stat().st_size >= 50_000_000  # the whole log is kept on disk
+    assert len(big["stdout_tail"].encode()) <= 8192 and len(big["stdout_tail"].splitlines()) <= 50
+
+
+def test_no_wait_returns_at_once_and_a_detached_runner_finishes_the_grid(scripted):
+    study, profile, root = scripted({"*": "sleep-ok:0.2"}, doses=(1000,))
+    start = time.monotonic()
+    assert run_cli("submit", "--study", study, "--cluster", profile, "--artifact-root", root, "--no-wait") == 0
+    assert time.monotonic() - start < 5
+    wait_for(lambda: all(c["state"] == "COMPLETED" for c in cells(root).values()), timeout=60, what="the detached runner")
+    wait_for(lambda: not (root / ".gridsubmit" / "holder.json").exists(), what="the runner to let go")
+
+
+def test_status_and_report_read_a_finished_run(scripted, capsys, tmp_path):
+    study, profile, root = scripted({}, doses=(1000,))
+    assert run_cli("submit", "--study", study, "--cluster", profile, "--artifact-root", root, "--quiet") == 0
+    capsys.readouterr()
+    before = (root / "comparison_manifest.json").read_bytes()
+    assert run_cli("status", root) == 0
+    assert "dose_1000/sparse/test" in capsys.readouterr().out
+    assert run_cli("status", root, "--json") == 0
+    assert json.loads(capsys.readouterr().out)["n_success"] == 4
+    assert run_cli("report", root, "--csv", tmp_path / "m.csv") == 0
+    assert (tmp_path / "m.csv").read_text().splitlines()[0] == "dose,view,split,model,mae,psnr"
+    assert before == (root / "comparison_manifest.json").read_bytes()
