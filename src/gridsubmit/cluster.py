@@ -91,7 +91,7 @@ class ClusterProfile:
     env: Mapping[str, str] = field(default_factory=dict)
     python: str | None = None
     poll_min_s: float = 0.02
-    poll_max_s: float = 1.0
+    poll_max_s: float = 0.05
     # local
     max_parallel: int | None = None
     gpus: tuple[int, ...] | None = None
@@ -263,7 +263,7 @@ def parse_profile(d: dict, src: str) -> ClusterProfile:
     poll = expect(d.get("poll_interval") or {}, dict, src, "poll_interval")
     unknown_keys(poll, {"min", "max"}, src, "poll_interval.")
     poll_min = float(expect(poll.get("min", 0.02 if backend == "local" else 1.0), (int, float), src, "poll_interval.min"))
-    poll_max = float(expect(poll.get("max", 1.0 if backend == "local" else 30.0), (int, float), src, "poll_interval.max"))
+    poll_max = float(expect(poll.get("max", 0.05 if backend == "local" else 30.0), (int, float), src, "poll_interval.max"))
     if not 0 < poll_min <= poll_max:
         raise ConfigError(src, "poll_interval", f"expected 0 < min <= max, got min={poll_min}, max={poll_max}")
 

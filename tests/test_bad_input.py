@@ -1,0 +1,101 @@
+"""Bad input: exit 2, one message naming the file and the key, nothing run or overwritten."""
+
+import json
+
+import pytest
+import yaml
+
+from conftest import run_cli
+from gridsubmit.demo.generate import make_study
+
+
+@pytest.fixture
+def study(tmp_path):
+    return make_study(tmp_path / "study", doses=(1000,))
+
+
+def edit(path, **changes):
+    data = yaml.safe_load(path.read_text())
+    data.update(changes)
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def profile(tmp_path, text):
+    path = tmp_path / "cluster.yaml"
+    path.write_text(text)
+    return path
+
+
+CASES = {
+    "malformed YAML": (lambda tmp, study: ["--study", study, "--cluster", profile(tmp, "backend: local\ntime: [1\n")],
+                       ["cluster.yaml", "malformed YAML at line"]),
+    "unknown key": (lambda tmp, study: ["--study", study, "--cluster", profile(tmp, "backend: local\ntime: 5\nmax_paralel: 2\n")],
+                    ["cluster.yaml", "key 'max_paralel'", "unknown key"]),
+    "wrong type": (lambda tmp, study: ["--study", study, "--cluster", profile(tmp, "backend: local\ntime: 5\nmax_parallel: two\n")],
+                   ["cluster.yaml", "key 'max_parallel'", "expected an integer"]),
+    "negative time": (lambda tmp, study: ["--study", study, "--cluster", profile(tmp, "backend: local\ntime: -5\n")],
+                      ["cluster.yaml", "key 'time'", "positive time"]),
+    "missing time": (lambda tmp, study: ["--study", study, "--cluster", profile(tmp, "backend: local\n")],
+                     ["cluster.yaml", "key 'time'", "missing"]),
+    "slurm key in a local profile": (lambda tmp, study: ["--study", study, "--cluster", profile(tmp, "backend: local\ntime: 5\npartition: gpu\n")],
+                                     ["key 'partition'", "applies to backend 'slurm' only"]),
+    "unknown study key": (lambda tmp, study: ["--study", edit(study, dose=[1])], ["study.yaml", "key 'dose'", "unknown key"]),
+    "study wrong type": (lambda tmp, study: ["--study", edit(study, views="dense")], ["study.yaml", "key 'views'", "expected a list"]),
+    "unknown placeholder": (lambda tmp, study: ["--study", edit(study, output_dir="{artefact_root}/x")],
+                            ["study.yaml", "key 'output_dir'", "unknown placeholder {artefact_root}"]),
+    "missing study root": (lambda tmp, study: ["--study", study, "--phase-f-root", tmp / "nowhere"],
+                           ["key 'roots.phase_f'", "folder does not exist", "nowhere"]),
+    "filter matches nothing": (lambda tmp, study: ["--study", study, "--dose", "123"],
+                               ["study.yaml", "--dose 123 matches nothing", "1000"]),
+    "missing study file": (lambda tmp, study: ["--study", tmp / "nope.yaml"], ["nope.yaml", "file not found"]),
+}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_bad_input_exits_2_naming_file_and_key_with_nothing_run(case, tmp_path, study, capsys):
+    make_args, expected = CASES[case]
+    root = tmp_path / "run"
+    code = run_cli("submit", "--artifact-root", root, *make_args(tmp_path, study))
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert err.startswith("gridsubmit: error: ") and err.count("\n") == 1
+    for text in expected:
+        assert text in err
+    assert not root.exists()
+
+
+def test_an_artifact_root_holding_a_foreign_manifest_is_refused_and_left_alone(tmp_path, study, capsys):
+    root = tmp_path / "run"
+    root.mkdir()
+    seed = {"n_jobs": 12, "execution_results": [], "n_executed": 0, "n_success": 0, "n_failed": 0}
+    (root / "comparison_manifest.json").write_text(json.dumps(seed))
+    assert run_cli("submit", "--study", study, "--artifact-root", root) == 2
+    err = capsys.readouterr().err
+    assert "comparison_manifest.json" in err and "was not written by gridsubmit" in err
+    assert json.loads((root / "comparison_manifest.json").read_text()) == seed
+    assert sorted(p.name for p in root.iterdir()) == ["comparison_manifest.json"]
+
+
+def test_a_manifest_of_a_newer_schema_is_refused(tmp_path, study, capsys):
+    root = tmp_path / "run"
+    root.mkdir()
+    (root / "comparison_manifest.json").write_text(json.dumps({"tool": "gridsubmit", "schema_version": 99}))
+    assert run_cli("wait", root) == 2
+    assert "'schema_version' is 99" in capsys.readouterr().err
+
+
+def test_strict_makes_a_blocked_cell_an_error_and_runs_nothing(tmp_path, study, capsys):
+    (tmp_path / "study" / "phase_c" / "dose_1000" / "patched_test.npz").unlink()
+    root = tmp_path / "run"
+    assert run_cli("submit", "--study", study, "--artifact-root", root, "--strict") == 2
+    err = capsys.readouterr().err
+    assert "dose_1000/dense/test: missing" in err and "patched_test.npz" in err
+    assert not root.exists()
+
+
+def test_gpus_per_job_beyond_the_visible_gpus_is_an_error(tmp_path, study, capsys, monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
+    cluster = profile(tmp_path, "backend: local\ntime: 5\ngpus_per_job: 2\n")
+    assert run_cli("submit", "--study", study, "--cluster", cluster, "--artifact-root", tmp_path / "run") == 2
+    assert "key 'gpus_per_job'" in capsys.readouterr().err

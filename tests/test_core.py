@@ -1,0 +1,136 @@
+"""The pure core: planning, resources, states and their judgement, without a scheduler."""
+
+import pytest
+
+from conftest import run_cli
+from gridsubmit.cluster import format_time, parse_profile, parse_time
+from gridsubmit.errors import ConfigError
+from gridsubmit.jobs import JobKey
+from gridsubmit.states import JobState, fate, from_slurm
+from gridsubmit.study import Filters, load_study, plan
+
+S = JobState
+FLY64 = [f"dose_{d}/{v}/{s}" for d in (1000, 10000, 100000) for v in ("dense", "sparse") for s in ("train", "test")]
+
+
+def touch_fly64_layout(root, doses=(1000, 10000, 100000)):
+    """The seed's fake-artifact layout: every input of the study as an empty file."""
+    for dose in doses:
+        for split in ("train", "test"):
+            paths = [f"phase_c/dose_{dose}/patched_{split}.npz", f"phase_c/dose_{dose}/sparse/sparse_{split}.npz"]
+            paths += [f"phase_f/dose_{dose}/{view}/{split}/ptychi_reconstruction.npz" for view in ("dense", "sparse")]
+            paths += [f"phase_e/dose_{dose}/{view}/gs2/wts.h5.zip" for view in ("dense", "sparse")]
+            paths += [f"phase_e/dose_{dose}/baseline/gs1/wts.h5.zip"]
+            for rel in paths:
+                (root / rel).parent.mkdir(parents=True, exist_ok=True)
+                (root / rel).touch()
+
+
+def fly64_grid(root, filters=Filters()):
+    roots = {"phase_c": root / "phase_c", "phase_e": root / "phase_e", "phase_f": root / "phase_f"}
+    return plan(load_study(None, roots), root / "out", filters, python="python")
+
+
+def test_the_seed_fake_artifact_layout_plans_the_same_twelve_cells_in_the_same_order(tmp_path):
+    touch_fly64_layout(tmp_path)
+    grid = fly64_grid(tmp_path)
+    assert [str(j.key) for j in grid.jobs] == FLY64
+    assert not grid.blocked
+    job = grid.jobs[2]  # dose_1000/sparse/train
+    assert job.argv == (
+        "python", "-m", "scripts.compare_models",
+        "--pinn_dir", str(tmp_path / "phase_e/dose_1000/sparse/gs2"),
+        "--baseline_dir", str(tmp_path / "phase_e/dose_1000/baseline/gs1"),
+        "--test_data", str(tmp_path / "phase_c/dose_1000/sparse/sparse_train.npz"),
+        "--output_dir", str((tmp_path / "out").resolve() / "dose_1000/sparse/train"),
+        "--ms-ssim-sigma", "1.0",
+        "--tike_recon_path", str(tmp_path / "phase_f/dose_1000/sparse/train/ptychi_reconstruction.npz"),
+        "--register-ptychi-only",
+    )  # fmt: skip
+
+
+def test_plan_on_the_command_line_without_a_study_file(tmp_path, capsys):
+    touch_fly64_layout(tmp_path)
+    (tmp_path / "phase_c/dose_10000/patched_test.npz").unlink()
+    code = run_cli("plan", "--phase-c-root", tmp_path / "phase_c", "--phase-e-root", tmp_path / "phase_e",
+                   "--phase-f-root", tmp_path / "phase_f", "--view", "dense")  # fmt: skip
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "dose_10000/dense/test" in out and "BLOCKED  missing:" in out and "patched_test.npz" in out
+    assert "6 cells: 5 runnable, 1 blocked" in out
+
+
+def test_filters_narrow_the_grid(tmp_path):
+    touch_fly64_layout(tmp_path)
+    grid = fly64_grid(tmp_path, Filters(doses=(10000, 1000), views=("sparse",)))
+    assert [str(j.key) for j in grid.jobs] == [k for k in FLY64 if "sparse" in k and "100000" not in k]
+
+
+def test_order_is_dose_ascending_then_dense_before_sparse_then_train_before_test():
+    keys = [JobKey(10, "sparse", "test"), JobKey(2, "other", "train"), JobKey(2, "dense", "test"),
+            JobKey(2, "sparse", "train"), JobKey(2, "dense", "train")]  # fmt: skip
+    assert [str(k) for k in sorted(keys, key=JobKey.sort_key)] == [
+        "dose_2/dense/train", "dose_2/dense/test", "dose_2/sparse/train", "dose_2/other/train", "dose_10/sparse/test"]
+
+
+@pytest.mark.parametrize("text,seconds", [(30, 1800), (0.05, 3), ("30", 1800), ("0:03", 3), ("1:30:00", 5400),
+                                          ("2-00:00:00", 172800), ("1-12", 129600)])
+def test_time_limits_read_like_slurm(text, seconds):
+    assert parse_time(text, "p.yaml", "time") == seconds
+
+
+@pytest.mark.parametrize("bad", [-1, 0, "0:00", "soon", "1:2:3:4", True])
+def test_bad_time_limits_are_refused(bad):
+    with pytest.raises(ConfigError, match="p.yaml, key 'time'"):
+        parse_time(bad, "p.yaml", "time")
+
+
+def test_format_time_round_trips():
+    assert format_time(5400) == "1:30:00" and parse_time(format_time(3725), "", "") == 3725
+
+
+def test_per_condition_overrides_apply_in_order_and_retries_grow_time_and_memory():
+    profile = parse_profile({"backend": "slurm", "time": "1:00:00", "partition": "gpu", "mem": "8G",
+                             "overrides": [{"match": {"dose": ">=2000"}, "set": {"time": "4:00:00", "partition": "gpu-long"}},
+                                           {"match": {"view": "sparse", "split": ["test"]}, "set": {"mem": "16G"}}]}, "p.yaml")  # fmt: skip
+    low = profile.resources_for(JobKey(1000, "sparse", "test"))
+    high = profile.resources_for(JobKey(2000, "dense", "train"))
+    assert (low.time_s, low.partition, low.mem_mb) == (3600, "gpu", 16384)
+    assert (high.time_s, high.partition, high.mem_mb) == (14400, "gpu-long", 8192)
+    grown = profile.resources_for(JobKey(1000, "dense", "train"), (S.TIMEOUT, S.OUT_OF_MEMORY))
+    assert (grown.time_s, grown.mem_mb) == (7200, 16384)
+
+
+@pytest.mark.parametrize("text,state", [("COMPLETED", S.COMPLETED), ("CANCELLED by 0", S.CANCELLED), ("CD", S.COMPLETED),
+                                        ("TO", S.TIMEOUT), ("OUT_OF_MEMORY", S.OUT_OF_MEMORY), ("NODE_FAIL", S.NODE_FAIL),
+                                        ("PREEMPTED", S.PREEMPTED), ("REQUEUED", S.PENDING), ("COMPLETING", S.RUNNING),
+                                        ("PD", S.PENDING), ("R", S.RUNNING), ("FAILED", S.FAILED), ("BOOT_FAIL", S.NODE_FAIL),
+                                        ("UNKNOWN", None), ("", None)])  # fmt: skip
+def test_slurm_states_map_onto_the_one_vocabulary(text, state):
+    assert from_slurm(text) is state
+
+
+def test_completed_means_the_command_itself_exited_zero():
+    assert fate({"returncode": 0}, S.FAILED, 0, 5) is S.COMPLETED
+    assert fate({"returncode": 3}, S.FAILED, 0, 5) is S.FAILED
+    assert fate({"returncode": 3}, None, 0, 5) is S.FAILED  # no need to wait for the scheduler
+
+
+def test_a_missing_or_unknown_row_is_never_success_and_is_judged_only_after_the_grace_period():
+    assert fate(None, None, 1, 5) is None
+    assert fate(None, None, 6, 5) is S.LOST
+    assert fate(None, S.COMPLETED, 1, 5) is None  # result file may still be on its way
+    assert fate(None, S.COMPLETED, 6, 5) is S.LOST
+    assert fate(None, S.RUNNING, 100, 5) is S.RUNNING
+
+
+def test_fates_imposed_by_the_scheduler_win_over_the_killed_commands_exit_status():
+    killed = {"returncode": -15, "interrupted_by": "SIGTERM"}
+    assert fate(killed, S.TIMEOUT, 0, 5) is S.TIMEOUT
+    assert fate(killed, S.CANCELLED, 0, 5) is S.CANCELLED
+    assert fate(killed, S.RUNNING, 1, 5) is None  # wait for the scheduler to say why
+    assert fate(killed, S.RUNNING, 6, 5) is S.FAILED
+    assert fate(None, S.OUT_OF_MEMORY, 0, 5) is S.OUT_OF_MEMORY
+    assert fate({"returncode": -15, "timed_out": True}, None, 0, 5) is S.TIMEOUT
+    assert fate({"started": False}, None, 0, 5) is S.LOST
+    assert fate({"started": False}, S.CANCELLED, 0, 5) is S.CANCELLED
