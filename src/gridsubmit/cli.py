@@ -122,15 +122,15 @@ def cmd_submit(args) -> int:
     grid = _grid(args, root, profile)
     if not grid.runnable:
         raise UsageError(f"nothing to run: all {len(grid.jobs)} cell(s) are blocked (see `gridsubmit plan`)")
-    mf.load(root)  # refuse a foreign or newer manifest before touching anything
-    backend = make_backend(profile, root)
+    run_id = mf.new_run_id()
+    manifest = prepare(root, grid, profile, args.rerun_failed, run_id)  # refuses a foreign manifest
+    backend = make_backend(profile, root, manifest["run_id"])
     if args.dry_run:
-        runner = Runner(root, prepare(root, grid, profile, args.rerun_failed), profile, backend)
-        print(runner.dry_run())
+        print(Runner(root, manifest, profile, backend).dry_run())
         return 0
     root.mkdir(parents=True, exist_ok=True)
     with mf.RunLock(root, "submit"):
-        manifest = prepare(root, grid, profile, args.rerun_failed)
+        manifest = prepare(root, grid, profile, args.rerun_failed, run_id)
         runner = Runner(root, manifest, profile, backend, Progress(quiet=args.quiet))
         if not args.wait and not backend.runs_unattended:
             runner.save()
@@ -192,7 +192,7 @@ def cmd_wait(args) -> int:
     profile = profile_of(manifest)
     with mf.RunLock(root, "wait"):
         manifest = _existing(root)
-        runner = Runner(root, manifest, profile, make_backend(profile, root), Progress(quiet=args.quiet))
+        runner = Runner(root, manifest, profile, make_backend(profile, root, manifest["run_id"]), Progress(quiet=args.quiet))
         manifest = runner.run(wait=True)
     _print_outcome(manifest)
     return exit_status(manifest)
@@ -218,7 +218,7 @@ def cmd_cancel(args) -> int:
         return 0
     try:
         profile = profile_of(manifest)
-        runner = Runner(root, manifest, profile, make_backend(profile, root))
+        runner = Runner(root, manifest, profile, make_backend(profile, root, manifest["run_id"]))
         keys = runner.cancel(filters)
         runner.run(wait=True, submit_new=False)  # collect the cancelled jobs' fates
     finally:

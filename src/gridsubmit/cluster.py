@@ -45,7 +45,7 @@ class Resources:
 
 RESOURCE_KEYS = {"time", "gpus_per_job", "partition", "gpu_type", "cpus_per_task", "mem", "account", "qos", "constraint"}
 SLURM_ONLY = {"partition", "gpu_type", "cpus_per_task", "mem", "account", "qos", "constraint", "gpu_request",
-              "array_parallelism", "max_array_size", "setup", "use_srun", "sbatch_extra"}  # fmt: skip
+              "array_parallelism", "max_array_size", "setup", "use_srun", "sbatch_extra", "warn_signal"}  # fmt: skip
 LOCAL_ONLY = {"max_parallel", "gpus"}
 TOP_KEYS = RESOURCE_KEYS | SLURM_ONLY | LOCAL_ONLY | {"backend", "name", "env", "python", "poll_interval", "retry", "overrides"}
 RETRYABLE = {JobState.LOST, JobState.NODE_FAIL, JobState.PREEMPTED, JobState.TIMEOUT, JobState.OUT_OF_MEMORY}
@@ -243,14 +243,14 @@ def parse_profile(d: dict, src: str) -> ClusterProfile:
     retry = Retry()
     if "retry" in d:
         r = expect(d["retry"], dict, src, "retry")
-        unknown_keys(r, {"max_attempts", "on", "time_factor", "memory_factor"}, src, "retry.")
+        unknown_keys(r, {"max_attempts", "states", "time_factor", "memory_factor"}, src, "retry.")
         on = retry.on
-        if "on" in r:
-            names = expect(r["on"], list, src, "retry.on")
+        if "states" in r:
+            names = expect(r["states"], list, src, "retry.states")
             allowed = sorted(s.value for s in RETRYABLE)
             bad = [n for n in names if n not in allowed]
             if bad:
-                raise ConfigError(src, "retry.on", f"cannot retry on {bad[0]!r}; expected states among: {', '.join(allowed)}")
+                raise ConfigError(src, "retry.states", f"cannot retry on {bad[0]!r}; expected states among: {', '.join(allowed)}")
             on = frozenset(JobState(n) for n in names) | {JobState.LOST}
         factors = {}
         for fkey in ("time_factor", "memory_factor"):
@@ -279,6 +279,8 @@ def parse_profile(d: dict, src: str) -> ClusterProfile:
     setup = expect(d.get("setup") or [], list, src, "setup")
     for i, line in enumerate(setup):
         expect(line, str, src, f"setup[{i}]")
+    if d.get("warn_signal") is not None and not re.fullmatch(r"(?:[RB]:)?\w+@\d+", str(d["warn_signal"])):
+        raise ConfigError(src, "warn_signal", f"expected a SLURM --signal value such as 'USR2@90', got {d['warn_signal']!r}")
     extra = expect(d.get("sbatch_extra") or {}, dict, src, "sbatch_extra")
     for k, v in extra.items():
         expect(v, (str, int), src, f"sbatch_extra.{k}")

@@ -76,11 +76,15 @@ def cell_record(job, resources: dict) -> dict:
     }
 
 
-def new_manifest(grid, profile, artifact_root: Path) -> dict:
+def new_run_id() -> str:
+    return time.strftime("%m%d%H%M") + uuid.uuid4().hex[:4]
+
+
+def new_manifest(grid, profile, artifact_root: Path, run_id: str) -> dict:
     return {
         "schema_version": SCHEMA_VERSION,
         "tool": "gridsubmit",
-        "run_id": uuid.uuid4().hex[:12],
+        "run_id": run_id,
         "artifact_root": str(artifact_root),
         "created_at": time.time(),
         "updated_at": time.time(),

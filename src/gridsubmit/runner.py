@@ -22,11 +22,11 @@ from .task import STDERR, STDOUT
 CANCEL_DIR = "cancel-requests"
 
 
-def make_backend(profile: ClusterProfile, root: Path) -> Backend:
+def make_backend(profile: ClusterProfile, root: Path, run_id: str) -> Backend:
     if profile.backend == "slurm":
         from .backends.slurm import SlurmBackend
 
-        return SlurmBackend(profile, root)
+        return SlurmBackend(profile, root, run_id)
     from .backends.local import LocalBackend
 
     return LocalBackend(profile, root)
@@ -38,10 +38,10 @@ def profile_of(manifest: dict) -> ClusterProfile:
     return parse_profile(raw, manifest["cluster"]["source"])
 
 
-def prepare(root: Path, grid, profile: ClusterProfile, rerun_failed: bool = False) -> dict:
+def prepare(root: Path, grid, profile: ClusterProfile, rerun_failed: bool, run_id: str) -> dict:
     """The manifest to run: a new one, or the existing one with the fresh plan laid over it."""
-    fresh = mf.new_manifest(grid, profile, root)
     old = mf.load(root)
+    fresh = mf.new_manifest(grid, profile, root, old["run_id"] if old else run_id)
     return fresh if old is None else mf.adopt_plan(old, fresh, rerun_failed)
 
 
@@ -60,8 +60,7 @@ class Runner:
     def run(self, wait: bool = True, submit_new: bool = True) -> dict:
         """Drive the grid. ``wait=False`` returns once everything due is submitted."""
         records = mf.active_attempts(self.manifest)
-        for h in self.backend.reattach(records):
-            self.handles[h.key] = h
+        self._record_handles(self.backend.reattach(records))
         self.save()
         interval = None
         try:
@@ -109,28 +108,39 @@ class Runner:
         if not due:
             return False
         submissions = [self._next_submission(cell) for cell in due]
+        self.backend.assign(submissions)
         for sub in submissions:
             rel = sub.attempt_dir.relative_to(self.root)
             mf.add_attempt(self.manifest, sub.key, {
                 "backend": self.backend.name, "job_id": None, "state": JobState.SUBMITTED.value,
                 "submitted_at": time.time(), "dir": str(rel), "stdout": str(rel / STDOUT),
-                "stderr": str(rel / STDERR), "resources": sub.resources.as_dict()})  # fmt: skip
+                "stderr": str(rel / STDERR), "resources": sub.resources.as_dict(), **sub.record})  # fmt: skip
         self.save()  # the intent is on disk before anything reaches the scheduler
         try:
             handles = self.backend.submit(submissions)
-        except Exception:
-            for sub in submissions:  # nothing was submitted: these attempts never existed
-                cell = mf.find(self.manifest, sub.key)
-                cell["attempts"].pop()
-                cell["state"] = cell["attempts"][-1]["state"] if cell["attempts"] else JobState.PLANNED.value
+        except Exception as exc:
+            self._record_handles(getattr(exc, "handles", []))
+            accepted = {h.key for h in getattr(exc, "handles", [])}
+            for sub in submissions:  # refused: these attempts never existed
+                if sub.key not in accepted:
+                    cell = mf.find(self.manifest, sub.key)
+                    cell["attempts"].pop()
+                    cell["state"] = cell["attempts"][-1]["state"] if cell["attempts"] else JobState.PLANNED.value
             self.save()
+            if accepted:
+                exc.args = (f"{exc.args[0]}\n{len(accepted)} job(s) submitted before the refusal are recorded in the "
+                            f"manifest: `gridsubmit wait {self.root}` collects them, `gridsubmit cancel {self.root}` stops them",)  # fmt: skip
             raise
+        self._record_handles(handles)
+        return True
+
+    def _record_handles(self, handles: list[Handle]) -> None:
         for h in handles:
             self.handles[h.key] = h
-            attempt = mf.find(self.manifest, h.key)["attempts"][-1]
-            attempt.update(job_id=h.job_id, state=h.state.value, **h.extra.get("record", {}))
-            mf.find(self.manifest, h.key)["state"] = h.state.value
-        return True
+            cell = mf.find(self.manifest, h.key)
+            cell["attempts"][-1].update(job_id=h.job_id, state=h.state.value, **h.extra.get("record", {}))
+            cell["state"] = h.state.value
+            h.extra["submitted_at"] = cell["attempts"][-1]["submitted_at"]
 
     # --- cancel ------------------------------------------------------------------------------
 

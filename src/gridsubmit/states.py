@@ -59,6 +59,7 @@ IMPOSED = frozenset(
         JobState.OUT_OF_MEMORY,
         JobState.NODE_FAIL,
         JobState.PREEMPTED,
+        JobState.LOST,  # the backend knows the job never reached the scheduler
     }
 )
 

@@ -45,12 +45,18 @@ def read_json(path: Path) -> dict | None:
 
 
 class _Signals:
-    """Remembers the first ending signal and forwards every signal to the child's group."""
+    """Remembers the first ending signal and forwards signals to the child's group.
 
-    def __init__(self) -> None:
+    SIGUSR2 is the schedulers' "time is nearly up" warning (submitit asks SLURM for it);
+    it is forwarded only when the profile asked for it, as a command that does not handle
+    it would die of it long before its real limit."""
+
+    def __init__(self, forward_usr2: bool) -> None:
         self.child: subprocess.Popen | None = None
         self.received: str | None = None
         self.ending_at: float | None = None
+        self.warned = False
+        self.forward_usr2 = forward_usr2
         self._previous = {sig: signal.signal(sig, self._handle) for sig in _FORWARDED}
 
     def _handle(self, signum: int, _frame) -> None:
@@ -58,8 +64,10 @@ class _Signals:
         if signum in _ENDING:
             self.received = self.received or name
             self.ending_at = self.ending_at or time.monotonic()
-        elif self.received is None:
-            self.received = name
+        else:
+            self.warned = True
+            if not self.forward_usr2:
+                return
         if self.child is not None and self.child.poll() is None:
             try:
                 os.killpg(self.child.pid, signum)
@@ -85,10 +93,10 @@ def _wait_for_slot(folder: Path, deadline: float | None, signals: _Signals) -> d
 def run_task(spec: dict) -> dict:
     """Run one attempt. ``spec``: argv, cwd, attempt_dir, env (additions), and optionally
     time_limit_s (enforced here: the local backend's limit), gate (wait for slot.json),
-    gate_deadline (epoch seconds to give up waiting), kill_grace_s."""
+    gate_deadline (epoch seconds to give up waiting), kill_grace_s, forward_usr2."""
     folder = Path(spec["attempt_dir"])
     folder.mkdir(parents=True, exist_ok=True)
-    signals = _Signals()
+    signals = _Signals(bool(spec.get("forward_usr2")))
     env = dict(os.environ)
     env.update(spec.get("env") or {})
     result: dict = {"argv": list(spec["argv"]), "cwd": spec["cwd"], "hostname": socket.gethostname(), "pid": os.getpid()}
@@ -103,6 +111,7 @@ def run_task(spec: dict) -> dict:
         result.update(_run(spec, env, folder, signals))
     finally:
         signals.restore()
+    result["warned_by_usr2"] = signals.warned
     result["scheduler"] = {k: os.environ[k] for k in _SCHEDULER_ENV if k in os.environ}
     result["cuda_visible_devices"] = env.get("CUDA_VISIBLE_DEVICES")
     write_json_atomic(folder / RESULT, result)
@@ -142,7 +151,9 @@ def _run(spec: dict, env: dict, folder: Path, signals: _Signals) -> dict:
                 pass
         _signal_group(child, signal.SIGKILL)  # leave no grandchildren behind
     ended = time.time()
-    return {**out, "returncode": child.returncode, "interrupted_by": signals.received,
+    # a child killed by a forwarded warning was interrupted too
+    received = signals.received or ("SIGUSR2" if signals.warned and signals.forward_usr2 else None)
+    return {**out, "returncode": child.returncode, "interrupted_by": received,
             "ended_at": ended, "elapsed_s": round(ended - started, 3)}  # fmt: skip
 
 

@@ -9,6 +9,7 @@ codes and metrics happens here, once, for all backends.
 from __future__ import annotations
 
 import csv
+import math
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
@@ -36,6 +37,7 @@ class Submission:
     output_dir: Path
     attempt_dir: Path
     resources: Resources
+    record: dict[str, Any] = field(default_factory=dict)  # backend fields saved before submitting
 
 
 @dataclass
@@ -62,6 +64,10 @@ class Backend(ABC):
         self.root = Path(root)
 
     # --- what each backend implements ----------------------------------------------------------
+
+    def assign(self, submissions: Sequence[Submission]) -> None:
+        """Fill ``submission.record`` with what must be on disk before submitting (names
+        to find the jobs by if the runner dies right after submitting)."""
 
     @abstractmethod
     def submit(self, submissions: Sequence[Submission]) -> list[Handle]:
@@ -99,12 +105,14 @@ class Backend(ABC):
     def poll(self, handles: Sequence[Handle]) -> list[Observation]:
         if not handles:
             return []
-        native = self.query(handles)
+        results = {h.key: read_json(h.attempt_dir / RESULT) for h in handles}
+        # A result that settles the attempt on its own needs no scheduler query.
+        native = self.query([h for h in handles if fate(results[h.key], None, 0.0, math.inf) is None])
         now = time.monotonic()
         observations = []
         for h in handles:
             scheduled, info = native.get(h.key, (None, {}))
-            result = read_json(h.attempt_dir / RESULT)
+            result = results[h.key]
             conclusive = result is None and scheduled is not None and scheduled.active
             if conclusive:
                 h.undecided_since = None

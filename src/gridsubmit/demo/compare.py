@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         truth, measured = data["ground_truth"].astype(float), data["measurement"].astype(float)
         dose = float(data["dose"])
     # "pinn": a denoiser that smooths as much as the photon noise calls for
-    recons = {"pinn": gaussian_blur(measured, 8 / np.sqrt(dose)), "baseline": measured}
+    recons = {"pinn": gaussian_blur(measured, max(0.5, 20 / np.sqrt(dose))), "baseline": measured}
     if args.tike_recon_path:
         with np.load(args.tike_recon_path) as data:
             recons["ptychi"] = data["reconstruction"].astype(float)

@@ -1,0 +1,331 @@
+"""SLURM backend: submitit's SlurmExecutor, job arrays per resource group, one sacct per poll.
+
+Cells with equal resources go into one array (one sbatch through submitit's ``batch()``),
+split into chunks no larger than the cluster's MaxArraySize. Every chunk has its own job
+name ``gs-<run>-<chunk>``, written to the manifest with each cell's array index *before*
+sbatch runs, so a runner that dies right after sbatch can be followed by one that adopts
+the jobs by name instead of submitting them again.
+
+Status comes from one ``sacct`` call for all job ids of the run (filtered by name and
+start time: job ids are reused when a cluster is reset), with ``squeue`` when sacct fails;
+and only for attempts whose own ``result.json`` does not already settle them.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import subprocess
+import time
+import uuid
+from collections import defaultdict
+from pathlib import Path
+from typing import Sequence
+
+import submitit
+from submitit.slurm.slurm import SlurmJob
+
+from ..cluster import ClusterProfile, Resources
+from ..errors import UsageError
+from ..manifest import STATE_DIR
+from ..states import JobState, from_slurm
+from ..task import run_task
+from .base import Backend, Handle, Submission
+
+DEFAULT_MAX_ARRAY_SIZE = 1001  # SLURM's own default
+SACCT_FIELDS = "JobID,JobName,State,ExitCode,NodeList,MaxRSS"
+
+
+class SchedulerError(RuntimeError):
+    pass
+
+
+class SubmitError(UsageError):
+    """sbatch refused a chunk; ``handles`` are the chunks submitted before it."""
+
+    def __init__(self, message: str, handles: list[Handle]):
+        super().__init__(message)
+        self.handles = handles
+
+
+def run_command(argv: list[str], timeout: float = 60) -> str:
+    try:
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise SchedulerError(f"{argv[0]}: {exc}") from None
+    if proc.returncode != 0:
+        raise SchedulerError(f"{argv[0]} exited {proc.returncode}: {(proc.stderr or proc.stdout).strip()}")
+    return proc.stdout
+
+
+class SlurmBackend(Backend):
+    name = "slurm"
+    grace_s = 30.0  # sacct trails squeue by seconds; never judge a missing row sooner
+    runs_unattended = True
+
+    def __init__(self, profile: ClusterProfile, root: Path, run_id: str):
+        super().__init__(profile, root)
+        self.run_id = run_id
+        self.folder = self.root / STATE_DIR / "submitit"
+        self._max_array_size = profile.max_array_size
+        self._native: dict = {}
+        self._last_query = -math.inf
+        self._query_every = profile.poll_min_s
+
+    # --- submission ----------------------------------------------------------------------------
+
+    @property
+    def max_array_size(self) -> int:
+        if self._max_array_size is None:
+            try:
+                out = run_command(["scontrol", "show", "config"], timeout=30)
+                m = re.search(r"^MaxArraySize\s*=\s*(\d+)", out, re.M)
+                self._max_array_size = int(m.group(1)) if m else DEFAULT_MAX_ARRAY_SIZE
+            except SchedulerError:
+                self._max_array_size = DEFAULT_MAX_ARRAY_SIZE
+        return self._max_array_size
+
+    def chunks(self, submissions: Sequence[Submission]) -> list[list[Submission]]:
+        """Equal resources share an array; arrays are cut at MaxArraySize tasks."""
+        groups: dict[Resources, list[Submission]] = defaultdict(list)
+        for sub in submissions:
+            groups[sub.resources].append(sub)
+        size = self.max_array_size
+        return [subs[i : i + size] for subs in groups.values() for i in range(0, len(subs), size)]
+
+    def assign(self, submissions: Sequence[Submission]) -> None:
+        for chunk in self.chunks(submissions):
+            name = f"gs-{self.run_id}-{uuid.uuid4().hex[:6]}"
+            for index, sub in enumerate(chunk):
+                sub.record.update(job_name=name, array_task_id=index if len(chunk) > 1 else None)
+
+    def submit(self, submissions: Sequence[Submission]) -> list[Handle]:
+        by_name: dict[str, list[Submission]] = defaultdict(list)
+        for sub in submissions:
+            by_name[sub.record["job_name"]].append(sub)
+        handles: list[Handle] = []
+        for name, chunk in by_name.items():
+            executor = self._executor(chunk[0].resources, name)
+            try:
+                with executor.batch():
+                    jobs = [executor.submit(run_task, self._spec(sub)) for sub in chunk]
+            except Exception as exc:  # sbatch's own message is the useful part
+                raise SubmitError(f"sbatch refused {len(chunk)} job(s) for partition "
+                                  f"{chunk[0].resources.partition or '(default)'}: {_clean(exc)}", handles) from None  # fmt: skip
+            for sub, job in zip(chunk, jobs):
+                array_id = job.job_id.split("_")[0]
+                script = SlurmJob(self.folder, array_id).paths.submission_file
+                h = Handle(sub.key, sub.attempt, sub.attempt_dir, sub.output_dir, job_id=job.job_id, state=JobState.PENDING,
+                           extra={"job_name": name, "record": {"array_job_id": array_id, "script": str(script)}})  # fmt: skip
+                handles.append(h)
+        return handles
+
+    def _spec(self, sub: Submission) -> dict:
+        return {"argv": list(sub.argv), "cwd": str(sub.output_dir), "attempt_dir": str(sub.attempt_dir),
+                "env": dict(self.profile.env), "forward_usr2": bool(self.profile.raw.get("warn_signal"))}  # fmt: skip
+
+    def _executor(self, res: Resources, name: str) -> submitit.SlurmExecutor:
+        p = self.profile
+        executor = submitit.SlurmExecutor(folder=self.folder, python=p.python)
+        params: dict = {"job_name": name, "time": max(1, math.ceil(res.time_s / 60)), "use_srun": p.use_srun,
+                        "stderr_to_stdout": False, "signal_delay_s": 0}  # fmt: skip
+        for key in ("partition", "cpus_per_task", "account", "qos", "constraint"):
+            if getattr(res, key) is not None:
+                params[key] = getattr(res, key)
+        if res.mem_mb:
+            params["mem"] = f"{res.mem_mb}M"
+        extra = dict(p.sbatch_extra)
+        if res.gpus_per_job:
+            count = f"{res.gpu_type}:{res.gpus_per_job}" if res.gpu_type else str(res.gpus_per_job)
+            if p.gpu_request == "gres":
+                params["gres"] = f"gpu:{count}"
+            elif p.gpu_request == "gpus-per-node":
+                params["gpus_per_node"] = count
+            else:
+                extra["gpus"] = count
+        if p.raw.get("warn_signal"):  # a warning before the limit, forwarded to the command
+            extra["signal"] = p.raw["warn_signal"]
+        if p.array_parallelism:
+            params["array_parallelism"] = p.array_parallelism
+        if p.setup:
+            params["setup"] = list(p.setup)
+        if extra:
+            params["additional_parameters"] = extra
+        executor.update_parameters(**params)
+        return executor
+
+    def describe(self, submissions: Sequence[Submission]) -> str:
+        """The exact sbatch script of each array chunk (nothing is submitted)."""
+        parts = []
+        for chunk in self.chunks(submissions):
+            executor = self._executor(chunk[0].resources, f"gs-{self.run_id}-<chunk>")
+            if len(chunk) > 1:
+                executor.parameters["map_count"] = len(chunk)
+            script = executor._make_submission_file_text(executor._submitit_command_str, "dry-run")
+            cells = "\n".join(f"#   [{i}] {sub.key}: {' '.join(sub.argv)}" for i, sub in enumerate(chunk))
+            parts.append(f"# --- array of {len(chunk)} job(s) ---\n# array index -> cell:\n{cells}\n{script}")
+        return "\n".join(parts)
+
+    # --- status --------------------------------------------------------------------------------
+
+    def query(self, handles: Sequence[Handle]) -> dict:
+        """One sacct (or, when sacct fails, one squeue) for every job id of the run; at most
+        once per adaptive interval, the answer cached in between."""
+        now = time.monotonic()
+        if now - self._last_query < self._query_every:
+            return self._native
+        ids = sorted({h.job_id.split("_")[0] for h in handles if h.job_id})
+        rows: dict[str, tuple[JobState | None, dict]] = {}
+        if ids:
+            names = sorted({h.extra.get("job_name") for h in handles if h.extra.get("job_name")})
+            try:
+                by_id = sacct(ids, names, self._since(handles))
+            except SchedulerError:
+                by_id = squeue(ids)
+            for h in handles:
+                if h.job_id in by_id:
+                    rows[h.key] = by_id[h.job_id]
+        for h in handles:
+            if h.job_id is None:
+                rows[h.key] = (JobState.LOST, {"error": "not found by job name in squeue or sacct: never submitted"})
+        changed = {k: v[0] for k, v in rows.items()} != {k: v[0] for k, v in self._native.items()}
+        self._query_every = self.profile.poll_min_s if changed else min(self.profile.poll_max_s, self._query_every * 1.5)
+        self._native, self._last_query = rows, now
+        return rows
+
+    def poll_interval(self, previous: float | None, changed: bool) -> float:
+        return min(0.25, self.profile.poll_min_s)  # result files every tick; the scheduler when due
+
+    @staticmethod
+    def _since(handles: Sequence[Handle]) -> str:
+        first = min((h.extra.get("submitted_at") or time.time()) for h in handles)
+        return time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(first - 300))
+
+    def cancel(self, handles: Sequence[Handle]) -> None:
+        ids = [h.job_id for h in handles if h.job_id]
+        if ids:
+            run_command(["scancel", *ids])
+        self._last_query = -math.inf  # ask again at once
+
+    # --- re-attach -----------------------------------------------------------------------------
+
+    def reattach(self, records: Sequence[tuple[dict, dict]]) -> list[Handle]:
+        handles = []
+        for cell, attempt in records:
+            h = self.handle_from_record(cell, attempt)
+            h.extra.update(job_name=attempt.get("job_name"), submitted_at=attempt.get("submitted_at"),
+                           array_task_id=attempt.get("array_task_id"))  # fmt: skip
+            handles.append(h)
+        orphans = [h for h in handles if h.job_id is None and h.extra.get("job_name")]
+        if orphans:
+            found = find_by_name(sorted({h.extra["job_name"] for h in orphans}), self._since(orphans))
+            for h in orphans:
+                job_id = found.get((h.extra["job_name"], h.extra["array_task_id"]))
+                if job_id:
+                    h.job_id = job_id
+                    h.extra["record"] = {"array_job_id": job_id.split("_")[0], "adopted": True}
+        return handles
+
+
+# --- parsing scheduler output (pure) -------------------------------------------------------------
+
+
+def expand_job_id(text: str) -> list[str]:
+    """``123_[0-2,5%4]`` -> ``123_0 123_1 123_2 123_5``; ``123_4`` and ``124`` as they are."""
+    m = re.fullmatch(r"(\d+)_\[([^\]]+)\]", text)
+    if not m:
+        return [text]
+    base, spec = m.group(1), m.group(2).split("%")[0]
+    ids = []
+    for part in spec.split(","):
+        lo, _, hi = part.partition("-")
+        ids += [f"{base}_{i}" for i in range(int(lo), int(hi or lo) + 1)]
+    return ids
+
+
+def parse_sacct(text: str) -> dict[str, tuple[JobState | None, dict]]:
+    """Rows of ``sacct -n -P -o JobID,JobName,State,ExitCode,NodeList,MaxRSS`` by job id;
+    MaxRSS comes from the step rows (``.batch``, ``.0``)."""
+    jobs: dict[str, tuple[JobState | None, dict]] = {}
+    rss: dict[str, str] = {}
+    for line in text.splitlines():
+        parts = line.split("|")
+        if len(parts) < 6:
+            continue
+        job_id, _name, state, exit_code, nodes, max_rss = parts[:6]
+        base, dot, _step = job_id.partition(".")
+        if dot:
+            if max_rss and _rss_bytes(max_rss) > _rss_bytes(rss.get(base, "")):
+                rss[base] = max_rss
+            continue
+        info = {"scheduler_state": state, "scheduler_exit_code": exit_code}
+        if nodes and nodes not in ("None assigned", "(null)"):
+            info["node"] = nodes
+        for jid in expand_job_id(base):
+            jobs[jid] = (from_slurm(state), dict(info))
+    for jid, value in rss.items():
+        if jid in jobs:
+            jobs[jid][1]["max_rss"] = value
+    return jobs
+
+
+def parse_squeue(text: str) -> dict[str, tuple[JobState | None, dict]]:
+    """Rows of ``squeue -h -r -o %i|%T|%N``."""
+    jobs = {}
+    for line in text.splitlines():
+        parts = line.strip().split("|")
+        if len(parts) < 3:
+            continue
+        info = {"scheduler_state": parts[1]}
+        if parts[2]:
+            info["node"] = parts[2]
+        for jid in expand_job_id(parts[0]):
+            jobs[jid] = (from_slurm(parts[1]), info)
+    return jobs
+
+
+def _rss_bytes(text: str) -> float:
+    m = re.fullmatch(r"([\d.]+)([KMGT]?)", text.strip())
+    if not m:
+        return 0.0
+    return float(m.group(1)) * {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}[m.group(2)]
+
+
+def sacct(ids: list[str], names: list[str], since: str) -> dict:
+    argv = ["sacct", "-n", "-P", "-o", SACCT_FIELDS, "-S", since, "-j", ",".join(ids)]
+    if names:
+        argv += ["--name", ",".join(names)]
+    return parse_sacct(run_command(argv))
+
+
+def squeue(ids: list[str]) -> dict:
+    try:
+        return parse_squeue(run_command(["squeue", "-h", "-r", "-t", "all", "-o", "%i|%T|%N", "-j", ",".join(ids)]))
+    except SchedulerError:
+        return {}  # every id purged or unknown: the result files and the grace period decide
+
+
+def find_by_name(names: list[str], since: str) -> dict[tuple[str, int | None], str]:
+    """Job ids of the runs' chunks, by (job name, array index), from squeue and sacct."""
+    found: dict[tuple[str, int | None], str] = {}
+    outputs = []
+    for argv in (["squeue", "-h", "-r", "-t", "all", "-o", "%i|%j", "--name", ",".join(names)],
+                 ["sacct", "-n", "-P", "-X", "-o", "JobID,JobName", "-S", since, "--name", ",".join(names)]):  # fmt: skip
+        try:
+            outputs.append(run_command(argv))
+        except SchedulerError:
+            continue
+    for out in outputs:
+        for line in out.splitlines():
+            job_id, _, name = line.strip().partition("|")
+            for jid in expand_job_id(job_id):
+                index = int(jid.split("_")[1]) if "_" in jid else None
+                found[(name, index)] = jid
+    return found
+
+
+def _clean(exc: Exception) -> str:
+    text = str(exc).strip()
+    lines = [line for line in text.splitlines() if line.strip()]
+    errors = [line for line in lines if "error" in line.lower()]
+    return " / ".join(errors or lines[-3:])
