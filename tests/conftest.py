@@ -67,3 +67,68 @@ def wait_for(predicate, timeout=60.0, what="condition"):
 def results(root: Path) -> list[dict]:
     """Every result.json the tasks wrote under the artifact root."""
     return [json.loads(p.read_text()) for p in sorted((root / "logs").rglob("result.json"))]
+
+
+# --- the real SLURM test cluster ---------------------------------------------------------------
+
+SLURM_HINT = "start it with `sudo scripts/slurm-test-cluster up` (Debian 12, root), or run the README's test command"
+
+
+def slurm_ready() -> str | None:
+    """None when the test cluster answers with an idle gpu partition, else why not."""
+    import shutil
+
+    if not shutil.which("sinfo"):
+        return "SLURM client commands are not installed"
+    try:
+        out = subprocess.run(["sinfo", "-h", "-p", "gpu", "-o", "%T"], capture_output=True, text=True, timeout=20)
+    except subprocess.TimeoutExpired:
+        return "sinfo timed out"
+    if out.returncode != 0 or not out.stdout.strip():
+        return f"no gpu partition answers: {(out.stderr or out.stdout).strip()}"
+    return None
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster():
+    problem = slurm_ready()
+    if problem:
+        message = f"SLURM test cluster not available ({problem}); {SLURM_HINT}"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(message)  # in CI the SLURM promises must be proven, never skipped
+        pytest.skip(message)
+
+
+@pytest.fixture
+def slurm_scripted(tmp_path, slurm_cluster):
+    """Like ``scripted``, on the test cluster's gpu partition with one GPU per job."""
+
+    def make(behaviours=None, doses=(1000, 10000, 100000), views=("dense", "sparse"), splits=("train", "test"), **keys):
+        spec = tmp_path / "behaviours.json"
+        spec.write_text(json.dumps(behaviours or {}))
+        command = ["{python}", str(CELLCMD), str(spec), "dose_{dose}/{view}/{split}", "{output_dir}"]
+        study = make_study(tmp_path / "study", doses=doses, views=views, splits=splits, command=command)
+        profile = tmp_path / "slurm.yaml"
+        data = {"backend": "slurm", "partition": "gpu", "gpus_per_job": 1, "cpus_per_task": 1, "time": "0:10:00",
+                "poll_interval": {"min": 1, "max": 3}, **keys}
+        profile.write_text(yaml.safe_dump(data))
+        return study, profile, tmp_path / "run"
+
+    return make
+
+
+def sacct_jobs(name_prefix: str) -> list[tuple[str, str, str, str]]:
+    """(job id, name, state, time limit) of every job whose name starts with the prefix."""
+    out = subprocess.run(["sacct", "-n", "-P", "-X", "-S", "now-1days", "-o", "JobID,JobName,State,Timelimit"],
+                         capture_output=True, text=True, check=True).stdout
+    return [tuple(line.split("|")) for line in out.splitlines() if line.split("|")[1].startswith(name_prefix)]
+
+
+def sacct_settled(name_prefix: str, count: int, timeout: float = 30) -> list[tuple[str, str, str, str]]:
+    """sacct_jobs once it lists ``count`` jobs (accounting trails the jobs by seconds)."""
+
+    def rows():
+        jobs = sacct_jobs(name_prefix)
+        return jobs if len(jobs) >= count else None
+
+    return wait_for(rows, timeout=timeout, what=f"{count} jobs named {name_prefix}* in sacct")

@@ -54,6 +54,7 @@ class Runner:
         self.backend = backend
         self.progress = progress or Progress(quiet=True)
         self.handles: dict[str, Handle] = {}
+        self.ended: list[Handle] = []
 
     # --- the loop ------------------------------------------------------------------------------
 
@@ -72,7 +73,7 @@ class Runner:
                 changed |= mf.merge(self.manifest, observations)
                 for obs in observations:
                     if obs.state.terminal:
-                        self.handles.pop(obs.key, None)
+                        self.ended.append(self.handles.pop(obs.key))
                 if changed:
                     self.save()
                 self.progress.update(self.manifest)
@@ -83,10 +84,20 @@ class Runner:
                     break
                 interval = self.backend.poll_interval(interval, changed)
                 time.sleep(interval)
+            self._enrich()
         finally:
             self.backend.close()
             self.progress.done()
         return self.manifest
+
+    def _enrich(self) -> None:
+        facts = self.backend.enrich(self.ended)
+        for h in self.ended:
+            if facts.get(h.key):
+                attempt = mf.find(self.manifest, h.key)["attempts"][h.attempt - 1]
+                attempt.update({k: v for k, v in facts[h.key].items() if attempt.get(k) is None})
+        if facts:
+            self.save()
 
     def save(self) -> None:
         mf.save(self.root, self.manifest)

@@ -97,6 +97,10 @@ class Backend(ABC):
             return lo
         return min(hi, previous * 1.5)
 
+    def enrich(self, handles: Sequence[Handle]) -> dict[str, dict]:
+        """Accounting facts about ended attempts (cell key -> fields), asked once at the end."""
+        return {}
+
     def close(self) -> None:
         """Release what the backend holds in this process (jobs keep running)."""
 

@@ -201,6 +201,19 @@ class SlurmBackend(Backend):
         first = min((h.extra.get("submitted_at") or time.time()) for h in handles)
         return time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(first - 300))
 
+    def enrich(self, handles: Sequence[Handle]) -> dict[str, dict]:
+        """MaxRSS and the scheduler's own verdict for attempts that ended on their result
+        file alone: one sacct for all of them."""
+        ids = sorted({h.job_id.split("_")[0] for h in handles if h.job_id})
+        if not ids:
+            return {}
+        names = sorted({h.extra["job_name"] for h in handles if h.extra.get("job_name")})
+        try:
+            by_id = sacct(ids, names, self._since(handles))
+        except SchedulerError:
+            return {}
+        return {h.key: by_id[h.job_id][1] for h in handles if h.job_id in by_id}
+
     def cancel(self, handles: Sequence[Handle]) -> None:
         ids = [h.job_id for h in handles if h.job_id]
         if ids:

@@ -1,0 +1,171 @@
+"""The SLURM backend against the real test cluster (scripts/slurm-test-cluster up)."""
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import jsonschema
+import pytest
+
+from conftest import cells, gridsubmit_process, load_manifest, results, run_cli, sacct_jobs, sacct_settled, wait_for
+
+pytestmark = pytest.mark.slurm
+SCHEMA = json.loads((Path(__file__).parents[1] / "docs" / "manifest.schema.json").read_text())
+SLURM_DIR = Path(os.environ.get("SLURM_TEST_DIR", "/var/tmp/gridsubmit-slurm"))
+
+
+def prefix(root: Path) -> str:
+    return f"gs-{load_manifest(root)['run_id']}-"
+
+
+def test_grid_on_the_gpu_partition_completes_with_one_distinct_gpu_per_running_job(slurm_scripted):
+    study, profile, root = slurm_scripted({"*": "sleep-ok:3"})
+    assert run_cli("submit", "--study", study, "--cluster", profile, "--artifact-root", root, "--quiet") == 0
+    manifest = load_manifest(root)
+    jsonschema.validate(manifest, SCHEMA)
+    assert {c["state"] for c in manifest["jobs"]} == {"COMPLETED"}
+    runs = results(root)
+    assert len(runs) == 12
+    for r in runs:
+        ids = r["cuda_visible_devices"].split(",")
+        assert len(ids) == 1 and ids[0] in {"0", "1", "2", "3"}, r["cuda_visible_devices"]
+        assert r["scheduler"]["SLURM_JOB_PARTITION"] == "gpu"
+    overlapping = 0
+    for a in runs:
+        for b in runs:
+            if a is not b and a["started_at"] < b["ended_at"] and b["started_at"] < a["ended_at"]:
+                overlapping += 1
+                assert a["cuda_visible_devices"] != b["cuda_visible_devices"]
+    assert overlapping > 0  # the jobs did run side by side
+    for cell in manifest["jobs"]:
+        attempt = cell["attempts"][0]
+        assert attempt["gpus"] in {"0", "1", "2", "3"} and attempt["node"]
+        assert Path(attempt["script"]).is_file() and "--gres=gpu:1" in Path(attempt["script"]).read_text()
+        assert attempt["job_name"].startswith(prefix(root))
+    assert any(c["attempts"][0].get("max_rss") for c in manifest["jobs"])  # MaxRSS from the step rows
+
+
+def test_exit_code_timeout_and_cancel_are_told_apart_while_healthy_cells_complete(slurm_scripted):
+    study, profile, root = slurm_scripted(
+        {"dose_1000/dense/train": "exit:3", "dose_1000/dense/test": "sleep:600", "dose_1000/sparse/train": "sleep:600"},
+        overrides=[{"match": {"dose": 1000, "view": "dense", "split": "test"}, "set": {"time": 1}}],
+    )
+    proc = gridsubmit_process("submit", "--study", study, "--cluster", profile, "--artifact-root", root)
+    wait_for(lambda: (root / "comparison_manifest.json").exists()
+             and cells(root)["dose_1000/sparse/train"]["state"] == "RUNNING", timeout=60, what="the cell to cancel to run")
+    assert run_cli("cancel", root, "--dose", 1000, "--view", "sparse", "--split", "train") == 0
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 1, out
+    c = cells(root)
+    failed = c["dose_1000/dense/train"]["attempts"][-1]
+    assert (c["dose_1000/dense/train"]["state"], failed["returncode"]) == ("FAILED", 3)
+    assert "failing on purpose with 3" in failed["stderr_tail"]
+    assert c["dose_1000/dense/test"]["state"] == "TIMEOUT"
+    assert c["dose_1000/sparse/train"]["state"] == "CANCELLED"
+    healthy = [k for k in c if k not in ("dose_1000/dense/train", "dose_1000/dense/test", "dose_1000/sparse/train")]
+    assert {c[k]["state"] for k in healthy} == {"COMPLETED"}
+    states = {job_id: state for job_id, _, state, _ in sacct_settled(prefix(root), 12)}
+    assert states[c["dose_1000/dense/test"]["attempts"][-1]["job_id"]] == "TIMEOUT"
+    assert states[c["dose_1000/sparse/train"]["attempts"][-1]["job_id"]].startswith("CANCELLED")
+
+
+def test_twenty_five_cells_with_max_array_size_ten_go_out_as_three_arrays_all_collected(slurm_scripted):
+    study, profile, root = slurm_scripted({}, doses=(1, 2, 3, 4, 5), views=("dense", "sparse", "v3", "v4", "v5"), splits=("test",))
+    assert run_cli("submit", "--study", study, "--cluster", profile, "--artifact-root", root, "--quiet") == 0
+    manifest = load_manifest(root)
+    assert manifest["n_jobs"] == 25 and manifest["n_success"] == 25
+    arrays = {}
+    for cell in manifest["jobs"]:
+        attempt = cell["attempts"][0]
+        arrays.setdefault(attempt["array_job_id"], []).append(attempt["array_task_id"])
+    assert sorted(len(tasks) for tasks in arrays.values()) == [5, 10, 10]
+    assert all(sorted(tasks) == list(range(len(tasks))) for tasks in arrays.values())
+    assert len({job_id for job_id, *_ in sacct_settled(prefix(root), 25)}) == 25
+
+
+def test_sigkill_after_submission_and_again_mid_run_then_wait_submits_nothing_twice(slurm_scripted):
+    study, profile, root = slurm_scripted({"*": "sleep-ok:4"})
+    proc = gridsubmit_process("submit", "--study", study, "--cluster", profile, "--artifact-root", root)
+    wait_for(lambda: (root / "comparison_manifest.json").exists()
+             and all(c["attempts"] and c["attempts"][-1]["job_id"] for c in cells(root).values()), what="all job ids")
+    proc.send_signal(signal.SIGKILL)  # right after submission
+    proc.wait()
+    waiter = gridsubmit_process("wait", root)
+    wait_for(lambda: sum(c["state"] == "COMPLETED" for c in cells(root).values()) >= 1, timeout=120, what="a completed cell")
+    waiter.send_signal(signal.SIGKILL)  # mid-run
+    waiter.wait()
+    assert run_cli("wait", root, "--quiet") == 0
+    c = cells(root)
+    assert {cell["state"] for cell in c.values()} == {"COMPLETED"}
+    assert all(len(cell["attempts"]) == 1 for cell in c.values())
+    sacct_settled(prefix(root), 12)
+    time.sleep(2)  # and no thirteenth arriving late
+    jobs = sacct_jobs(prefix(root))
+    assert len(jobs) == 12 and len({j[0] for j in jobs}) == 12  # exactly one job per cell
+
+
+def test_jobs_submitted_just_before_the_submitter_died_are_adopted_by_name(slurm_scripted, monkeypatch):
+    from gridsubmit.runner import Runner
+
+    study, profile, root = slurm_scripted({"*": "sleep-ok:1"}, doses=(1000,))
+
+    def die_before_recording(self, handles):
+        if handles:
+            raise KeyboardInterrupt  # sbatch returned, the job ids never reached the manifest
+
+    monkeypatch.setattr(Runner, "_record_handles", die_before_recording)
+    assert run_cli("submit", "--study", study, "--cluster", profile, "--artifact-root", root, "--quiet") == 130
+    monkeypatch.undo()
+    assert all(c["attempts"][-1]["job_id"] is None for c in cells(root).values())
+    sacct_settled(prefix(root), 4)  # they were submitted all the same
+    assert run_cli("wait", root, "--quiet") == 0
+    c = cells(root)
+    assert {cell["state"] for cell in c.values()} == {"COMPLETED"}
+    assert all(len(cell["attempts"]) == 1 and cell["attempts"][0]["adopted"] for cell in c.values())
+    assert len(sacct_jobs(prefix(root))) == 4
+
+
+def test_the_grid_completes_through_squeue_and_result_files_while_slurmdbd_is_down(slurm_scripted):
+    study, profile, root = slurm_scripted({"*": "sleep-ok:1"}, doses=(1000,))
+    pid = int((SLURM_DIR / "run" / "slurmdbd.pid").read_text())
+    os.kill(pid, signal.SIGTERM)
+    try:
+        wait_for(lambda: subprocess.run(["sacct", "-n"], capture_output=True).returncode != 0, timeout=30, what="sacct to fail")
+        assert run_cli("submit", "--study", study, "--cluster", profile, "--artifact-root", root, "--quiet") == 0
+        assert {c["state"] for c in cells(root).values()} == {"COMPLETED"}
+    finally:
+        subprocess.run([str(Path(__file__).parents[1] / "scripts" / "slurm-test-cluster"), "up"], check=True)
+
+
+def test_a_per_condition_override_reaches_sbatch(slurm_scripted):
+    study, profile, root = slurm_scripted({}, doses=(1000, 10000),
+                                          overrides=[{"match": {"dose": ">=10000"}, "set": {"time": "0:07:00"}}])
+    assert run_cli("submit", "--study", study, "--cluster", profile, "--artifact-root", root, "--quiet") == 0
+    limits = {job_id: limit for job_id, _, _, limit in sacct_settled(prefix(root), 8)}
+    for cell in cells(root).values():
+        attempt = cell["attempts"][0]
+        expected = "00:07:00" if cell["dose"] == 10000 else "00:10:00"
+        assert limits[attempt["job_id"]] == expected, cell["key"]
+        assert f"--time={7 if cell['dose'] == 10000 else 10}" in Path(attempt["script"]).read_text()
+
+
+def test_dry_run_prints_each_groups_sbatch_script_and_submits_nothing(slurm_scripted, capsys):
+    study, profile, root = slurm_scripted({}, overrides=[{"match": {"split": "test"}, "set": {"partition": "cpu"}}])
+    before = len(sacct_jobs("gs-"))
+    assert run_cli("submit", "--study", study, "--cluster", profile, "--artifact-root", root, "--dry-run") == 0
+    out = capsys.readouterr().out
+    assert out.count("#!/bin/bash") == 2  # two resource groups
+    assert "#SBATCH --partition=gpu" in out and "#SBATCH --partition=cpu" in out and "#SBATCH --array=0-5%6" in out
+    assert "dose_1000/dense/train" in out
+    assert not root.exists() and len(sacct_jobs("gs-")) == before
+
+
+def test_a_submission_the_cluster_refuses_is_a_clear_error_with_nothing_left_unrecorded(slurm_scripted, capsys):
+    study, profile, root = slurm_scripted({}, doses=(1000,), partition="no-such-partition")
+    assert run_cli("submit", "--study", study, "--cluster", profile, "--artifact-root", root) == 2
+    err = capsys.readouterr().err
+    assert "sbatch refused" in err and "invalid partition" in err.lower()
+    assert all(c["attempts"] == [] and c["state"] == "PLANNED" for c in cells(root).values())
