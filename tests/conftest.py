@@ -124,11 +124,15 @@ def sacct_jobs(name_prefix: str) -> list[tuple[str, str, str, str]]:
     return [tuple(line.split("|")) for line in out.splitlines() if line.split("|")[1].startswith(name_prefix)]
 
 
-def sacct_settled(name_prefix: str, count: int, timeout: float = 30) -> list[tuple[str, str, str, str]]:
-    """sacct_jobs once it lists ``count`` jobs (accounting trails the jobs by seconds)."""
+def sacct_settled(name_prefix: str, job_ids, timeout: float = 30) -> list[tuple[str, str, str, str]]:
+    """sacct_jobs once it lists every one of ``job_ids`` (accounting trails the jobs by seconds)."""
 
     def rows():
         jobs = sacct_jobs(name_prefix)
-        return jobs if len(jobs) >= count else None
+        return jobs if set(job_ids) <= {j[0] for j in jobs} else None
 
-    return wait_for(rows, timeout=timeout, what=f"{count} jobs named {name_prefix}* in sacct")
+    return wait_for(rows, timeout=timeout, what=f"jobs {sorted(job_ids)} in sacct")
+
+
+def job_ids(root: Path) -> set[str]:
+    return {a["job_id"] for c in load_manifest(root)["jobs"] for a in c["attempts"] if a["job_id"]}

@@ -124,7 +124,8 @@ def test_second_runner_on_the_same_artifact_root_is_refused_naming_the_holder(sc
     study, profile, root = scripted({"*": "sleep-ok:0.5"})
     proc = gridsubmit_process("submit", "--study", study, "--cluster", profile, "--artifact-root", root)
     try:
-        wait_for(lambda: (root / ".gridsubmit" / "holder.json").exists(), what="the first runner to hold the lock")
+        wait_for(lambda: (root / ".gridsubmit" / "holder.json").exists() and (root / "comparison_manifest.json").exists(),
+                 what="the first runner to hold the lock")
         before = (root / "comparison_manifest.json").read_bytes()
         assert run_cli("submit", "--study", study, "--cluster", profile, "--artifact-root", root) == 2
         err = capsys.readouterr().err

@@ -10,7 +10,7 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from conftest import cells, gridsubmit_process, load_manifest, results, run_cli, sacct_jobs, sacct_settled, wait_for
+from conftest import cells, gridsubmit_process, job_ids, load_manifest, results, run_cli, sacct_jobs, sacct_settled, wait_for
 
 pytestmark = pytest.mark.slurm
 SCHEMA = json.loads((Path(__file__).parents[1] / "docs" / "manifest.schema.json").read_text())
@@ -67,7 +67,7 @@ def test_exit_code_timeout_and_cancel_are_told_apart_while_healthy_cells_complet
     assert c["dose_1000/sparse/train"]["state"] == "CANCELLED"
     healthy = [k for k in c if k not in ("dose_1000/dense/train", "dose_1000/dense/test", "dose_1000/sparse/train")]
     assert {c[k]["state"] for k in healthy} == {"COMPLETED"}
-    states = {job_id: state for job_id, _, state, _ in sacct_settled(prefix(root), 12)}
+    states = {job_id: state for job_id, _, state, _ in sacct_settled(prefix(root), job_ids(root))}
     assert states[c["dose_1000/dense/test"]["attempts"][-1]["job_id"]] == "TIMEOUT"
     assert states[c["dose_1000/sparse/train"]["attempts"][-1]["job_id"]].startswith("CANCELLED")
 
@@ -83,7 +83,7 @@ def test_twenty_five_cells_with_max_array_size_ten_go_out_as_three_arrays_all_co
         arrays.setdefault(attempt["array_job_id"], []).append(attempt["array_task_id"])
     assert sorted(len(tasks) for tasks in arrays.values()) == [5, 10, 10]
     assert all(sorted(tasks) == list(range(len(tasks))) for tasks in arrays.values())
-    assert len({job_id for job_id, *_ in sacct_settled(prefix(root), 25)}) == 25
+    assert len({job_id for job_id, *_ in sacct_settled(prefix(root), job_ids(root))}) == 25
 
 
 def test_sigkill_after_submission_and_again_mid_run_then_wait_submits_nothing_twice(slurm_scripted):
@@ -101,7 +101,7 @@ def test_sigkill_after_submission_and_again_mid_run_then_wait_submits_nothing_tw
     c = cells(root)
     assert {cell["state"] for cell in c.values()} == {"COMPLETED"}
     assert all(len(cell["attempts"]) == 1 for cell in c.values())
-    sacct_settled(prefix(root), 12)
+    sacct_settled(prefix(root), job_ids(root))
     time.sleep(2)  # and no thirteenth arriving late
     jobs = sacct_jobs(prefix(root))
     assert len(jobs) == 12 and len({j[0] for j in jobs}) == 12  # exactly one job per cell
@@ -120,7 +120,7 @@ def test_jobs_submitted_just_before_the_submitter_died_are_adopted_by_name(slurm
     assert run_cli("submit", "--study", study, "--cluster", profile, "--artifact-root", root, "--quiet") == 130
     monkeypatch.undo()
     assert all(c["attempts"][-1]["job_id"] is None for c in cells(root).values())
-    sacct_settled(prefix(root), 4)  # they were submitted all the same
+    wait_for(lambda: len(sacct_jobs(prefix(root))) == 4, timeout=30, what="4 jobs in sacct")  # submitted all the same
     assert run_cli("wait", root, "--quiet") == 0
     c = cells(root)
     assert {cell["state"] for cell in c.values()} == {"COMPLETED"}
@@ -144,7 +144,7 @@ def test_a_per_condition_override_reaches_sbatch(slurm_scripted):
     study, profile, root = slurm_scripted({}, doses=(1000, 10000),
                                           overrides=[{"match": {"dose": ">=10000"}, "set": {"time": "0:07:00"}}])
     assert run_cli("submit", "--study", study, "--cluster", profile, "--artifact-root", root, "--quiet") == 0
-    limits = {job_id: limit for job_id, _, _, limit in sacct_settled(prefix(root), 8)}
+    limits = {job_id: limit for job_id, _, _, limit in sacct_settled(prefix(root), job_ids(root))}
     for cell in cells(root).values():
         attempt = cell["attempts"][0]
         expected = "00:07:00" if cell["dose"] == 10000 else "00:10:00"
@@ -152,15 +152,19 @@ def test_a_per_condition_override_reaches_sbatch(slurm_scripted):
         assert f"--time={7 if cell['dose'] == 10000 else 10}" in Path(attempt["script"]).read_text()
 
 
-def test_dry_run_prints_each_groups_sbatch_script_and_submits_nothing(slurm_scripted, capsys):
+def test_dry_run_prints_each_groups_sbatch_script_and_submits_nothing(slurm_scripted, capsys, tmp_path, monkeypatch):
     study, profile, root = slurm_scripted({}, overrides=[{"match": {"split": "test"}, "set": {"partition": "cpu"}}])
-    before = len(sacct_jobs("gs-"))
+    spy = tmp_path / "bin"
+    spy.mkdir()
+    (spy / "sbatch").write_text(f"#!/bin/sh\ntouch {tmp_path}/sbatch-called\nexit 1\n")
+    (spy / "sbatch").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{spy}:{os.environ['PATH']}")
     assert run_cli("submit", "--study", study, "--cluster", profile, "--artifact-root", root, "--dry-run") == 0
     out = capsys.readouterr().out
     assert out.count("#!/bin/bash") == 2  # two resource groups
     assert "#SBATCH --partition=gpu" in out and "#SBATCH --partition=cpu" in out and "#SBATCH --array=0-5%6" in out
     assert "dose_1000/dense/train" in out
-    assert not root.exists() and len(sacct_jobs("gs-")) == before
+    assert not root.exists() and not (tmp_path / "sbatch-called").exists()
 
 
 def test_a_submission_the_cluster_refuses_is_a_clear_error_with_nothing_left_unrecorded(slurm_scripted, capsys):

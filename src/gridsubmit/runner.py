@@ -20,6 +20,7 @@ from .study import Filters
 from .task import STDERR, STDOUT
 
 CANCEL_DIR = "cancel-requests"
+SAVE_EVERY_S = 0.5  # while running, the manifest is rewritten at most this often (and at the end)
 
 
 def make_backend(profile: ClusterProfile, root: Path, run_id: str) -> Backend:
@@ -55,6 +56,8 @@ class Runner:
         self.progress = progress or Progress(quiet=True)
         self.handles: dict[str, Handle] = {}
         self.ended: list[Handle] = []
+        self._saved_at = 0.0
+        self.dirty = False
 
     # --- the loop ------------------------------------------------------------------------------
 
@@ -75,6 +78,8 @@ class Runner:
                     if obs.state.terminal:
                         self.ended.append(self.handles.pop(obs.key))
                 if changed:
+                    self.dirty = True
+                if self.dirty and time.monotonic() - self._saved_at >= SAVE_EVERY_S:
                     self.save()
                 self.progress.update(self.manifest)
                 more_due = submit_new and mf.due_cells(self.manifest, self.profile.retry)
@@ -86,6 +91,8 @@ class Runner:
                 time.sleep(interval)
             self._enrich()
         finally:
+            if self.dirty:
+                self.save()
             self.backend.close()
             self.progress.done()
         return self.manifest
@@ -96,11 +103,12 @@ class Runner:
             if facts.get(h.key):
                 attempt = mf.find(self.manifest, h.key)["attempts"][h.attempt - 1]
                 attempt.update({k: v for k, v in facts[h.key].items() if attempt.get(k) is None})
-        if facts:
-            self.save()
+                self.dirty = True
 
     def save(self) -> None:
         mf.save(self.root, self.manifest)
+        self.dirty = False
+        self._saved_at = time.monotonic()
 
     def _next_submission(self, cell: dict) -> Submission:
         """The cell's next attempt, with resources grown after TIMEOUT / OUT_OF_MEMORY."""
@@ -143,6 +151,7 @@ class Runner:
                             f"manifest: `gridsubmit wait {self.root}` collects them, `gridsubmit cancel {self.root}` stops them",)  # fmt: skip
             raise
         self._record_handles(handles)
+        self.save()  # every job id is on disk before the runner moves on
         return True
 
     def _record_handles(self, handles: list[Handle]) -> None:

@@ -188,8 +188,10 @@ class SlurmBackend(Backend):
         for h in handles:
             if h.job_id is None:
                 rows[h.key] = (JobState.LOST, {"error": "not found by job name in squeue or sacct: never submitted"})
-        changed = {k: v[0] for k, v in rows.items()} != {k: v[0] for k, v in self._native.items()}
-        self._query_every = self.profile.poll_min_s if changed else min(self.profile.poll_max_s, self._query_every * 1.5)
+        # Ask again soon only when the scheduler has just ended jobs; queued -> running is not urgent.
+        ended = {k for k, (state, _) in rows.items() if state is not None and state.terminal}
+        fresh = ended - {k for k, (state, _) in self._native.items() if state is not None and state.terminal}
+        self._query_every = self.profile.poll_min_s if fresh else min(self.profile.poll_max_s, self._query_every * 1.5)
         self._native, self._last_query = rows, now
         return rows
 
