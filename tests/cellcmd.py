@@ -3,7 +3,8 @@
     python cellcmd.py SPEC.json dose_1000/dense/train OUTPUT_DIR
 
 SPEC.json maps cell keys (or "*") to a behaviour: "ok", "exit:N", "sleep:S", "sleep-ok:S",
-"binary", "big:BYTES". Every run appends one line to OUTPUT_DIR/runs.log.
+"binary", "big:BYTES", "kill-wrapper-once" (the first run kills the task wrapper running it,
+as if its node process vanished). Every run appends one line to OUTPUT_DIR/runs.log.
 """
 
 import json
@@ -19,6 +20,12 @@ out.mkdir(parents=True, exist_ok=True)
 with open(out / "runs.log", "a") as fh:
     fh.write(f"{time.time()} {os.getpid()} {os.environ.get('CUDA_VISIBLE_DEVICES')}\n")
 kind, _, arg = what.partition(":")
+if kind == "kill-wrapper-once" and len((out / "runs.log").read_text().splitlines()) == 1:
+    import signal
+
+    os.kill(os.getppid(), signal.SIGKILL)
+    time.sleep(0.5)
+    sys.exit(9)
 print(f"cell {cell} doing {what}", flush=True)
 if kind == "exit":
     print(f"cellcmd: failing on purpose with {arg}", file=sys.stderr, flush=True)

@@ -185,3 +185,38 @@ def test_status_and_report_read_a_finished_run(scripted, capsys, tmp_path):
     assert run_cli("report", root, "--csv", tmp_path / "m.csv") == 0
     assert (tmp_path / "m.csv").read_text().splitlines()[0] == "dose,view,split,model,mae,psnr"
     assert before == (root / "comparison_manifest.json").read_bytes()
+
+
+def test_a_job_whose_process_vanishes_without_a_result_is_lost_and_run_again(scripted):
+    study, profile, root = scripted({"dose_1000/dense/train": "kill-wrapper-once"}, doses=(1000,))
+    assert run_cli("submit", "--study", study, "--cluster", profile, "--artifact-root", root, "--quiet") == 0
+    cell = cells(root)["dose_1000/dense/train"]
+    assert [a["state"] for a in cell["attempts"]] == ["LOST", "COMPLETED"]
+    assert "no result.json" in cell["attempts"][0]["error"]
+    assert len((Path(cell["output_dir"]) / "runs.log").read_text().splitlines()) == 2
+
+
+def test_a_timeout_is_retried_with_more_time_when_the_profile_says_so(scripted):
+    study, profile, root = scripted({"dose_1000/dense/train": "sleep-ok:2.5"}, doses=(1000,), time="0:01",
+                                    retry={"states": ["TIMEOUT"], "max_attempts": 2, "time_factor": 4})
+    assert run_cli("submit", "--study", study, "--cluster", profile, "--artifact-root", root, "--quiet") == 0
+    attempts = cells(root)["dose_1000/dense/train"]["attempts"]
+    assert [a["state"] for a in attempts] == ["TIMEOUT", "COMPLETED"]
+    assert [a["resources"]["time_s"] for a in attempts] == [1, 4]
+
+
+def test_ctrl_c_on_a_local_run_cancels_its_jobs_and_records_them(scripted):
+    study, profile, root = scripted({"*": "sleep:60"}, doses=(1000,))
+    proc = gridsubmit_process("submit", "--study", study, "--cluster", profile, "--artifact-root", root,
+                              start_new_session=True)  # its own process group, like a terminal's job
+    running = wait_for(lambda: (root / "comparison_manifest.json").exists()
+                       and [k for k, c in cells(root).items() if c["state"] == "RUNNING"] or None, what="running cells")
+    time.sleep(0.5)
+    os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C does: the whole foreground group
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 130, out
+    assert "local jobs were cancelled" in out
+    c = cells(root)
+    assert all(c[key]["state"] == "CANCELLED" for key in running)
+    # nothing is left looking alive; a job still waiting for its slot never ran (LOST: run again by `wait`)
+    assert {cell["state"] for cell in c.values()} <= {"CANCELLED", "LOST", "PLANNED"}

@@ -85,7 +85,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"gridsubmit: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("\ngridsubmit: interrupted; `gridsubmit wait <artifact-root>` re-attaches", file=sys.stderr)
+        print("\ngridsubmit: interrupted. SLURM jobs keep running and `gridsubmit wait <artifact-root>` re-attaches; "
+              "local jobs were cancelled (`gridsubmit submit ... --rerun-failed` runs them again)", file=sys.stderr)  # fmt: skip
         return 130
 
 

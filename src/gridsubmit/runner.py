@@ -69,19 +69,7 @@ class Runner:
         interval = None
         try:
             while True:
-                changed = self._apply_cancel_requests()
-                if submit_new:
-                    changed |= self._submit_due()
-                observations = self.backend.poll(list(self.handles.values()))
-                changed |= mf.merge(self.manifest, observations)
-                for obs in observations:
-                    if obs.state.terminal:
-                        self.ended.append(self.handles.pop(obs.key))
-                if changed:
-                    self.dirty = True
-                if self.dirty and time.monotonic() - self._saved_at >= SAVE_EVERY_S:
-                    self.save()
-                self.progress.update(self.manifest)
+                changed = self._cycle(submit_new)
                 more_due = submit_new and mf.due_cells(self.manifest, self.profile.retry)
                 if not self.handles and not more_due:
                     break
@@ -90,12 +78,43 @@ class Runner:
                 interval = self.backend.poll_interval(interval, changed)
                 time.sleep(interval)
             self._enrich()
+        except KeyboardInterrupt:
+            if not self.backend.runs_unattended:
+                self._stop_attached_jobs()
+            raise
         finally:
             if self.dirty:
                 self.save()
             self.backend.close()
             self.progress.done()
         return self.manifest
+
+    def _cycle(self, submit_new: bool) -> bool:
+        """One round: cancel requests, submissions, one poll, merge; True if anything changed."""
+        changed = self._apply_cancel_requests()
+        if submit_new:
+            changed |= self._submit_due()
+        observations = self.backend.poll(list(self.handles.values()))
+        changed |= mf.merge(self.manifest, observations)
+        for obs in observations:
+            if obs.state.terminal:
+                self.ended.append(self.handles.pop(obs.key))
+        self.dirty |= changed
+        if self.dirty and time.monotonic() - self._saved_at >= SAVE_EVERY_S:
+            self.save()
+        self.progress.update(self.manifest)
+        return changed
+
+    def _stop_attached_jobs(self, timeout_s: float = 15.0) -> None:
+        """Interrupted while jobs depend on this process: cancel them and record their ends."""
+        for cell in self.manifest["jobs"]:
+            if cell["key"] in self.handles:
+                cell["cancel_requested"] = True
+        self.backend.cancel(list(self.handles.values()))
+        deadline = time.monotonic() + timeout_s
+        while self.handles and time.monotonic() < deadline:
+            self._cycle(submit_new=False)
+            time.sleep(0.05)
 
     def _enrich(self) -> None:
         facts = self.backend.enrich(self.ended)

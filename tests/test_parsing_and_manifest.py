@@ -1,0 +1,103 @@
+"""Pure pieces: scheduler output parsing (faked text is fine here) and manifest merging."""
+
+
+from gridsubmit import manifest as mf
+from gridsubmit.backends.base import read_metrics, tail
+from gridsubmit.backends.slurm import expand_job_id, parse_sacct, parse_squeue
+from gridsubmit.cluster import Retry
+from gridsubmit.states import JobState as S
+
+SACCT = """\
+41_0|gs-run-a|COMPLETED|0:0|localhost|
+41_0.batch|batch|COMPLETED|0:0|localhost|10240K
+41_0.extern|extern|COMPLETED|0:0|localhost|512K
+41_1|gs-run-a|FAILED|1:0|localhost|
+41_1.batch|batch|FAILED|1:0|localhost|2M
+41_2|gs-run-a|CANCELLED by 0|0:0|localhost|
+41_3|gs-run-a|TIMEOUT|0:0|localhost|
+41_[4-6,9%2]|gs-run-a|PENDING|0:0|None assigned|
+42|gs-run-b|OUT_OF_MEMORY|0:125|localhost|
+"""
+
+
+def test_sacct_rows_map_to_states_with_max_rss_from_the_step_rows():
+    jobs = parse_sacct(SACCT)
+    assert jobs["41_0"] == (S.COMPLETED, {"scheduler_state": "COMPLETED", "scheduler_exit_code": "0:0",
+                                          "node": "localhost", "max_rss": "10240K"})  # fmt: skip
+    assert jobs["41_1"][0] is S.FAILED and jobs["41_1"][1]["max_rss"] == "2M"
+    assert jobs["41_2"][0] is S.CANCELLED and jobs["41_3"][0] is S.TIMEOUT and jobs["42"][0] is S.OUT_OF_MEMORY
+    assert [jobs[f"41_{i}"][0] for i in (4, 5, 6, 9)] == [S.PENDING] * 4
+    assert "node" not in jobs["41_4"][1] and "41_7" not in jobs
+
+
+def test_squeue_rows_map_to_states():
+    jobs = parse_squeue("50_0|RUNNING|localhost\n50_1|COMPLETING|localhost\n50_[2-3]|PENDING|\n51|TIMEOUT|localhost\n")
+    assert {k: v[0] for k, v in jobs.items()} == {"50_0": S.RUNNING, "50_1": S.RUNNING, "50_2": S.PENDING,
+                                                 "50_3": S.PENDING, "51": S.TIMEOUT}  # fmt: skip
+
+
+def test_array_ranges_expand_to_task_ids():
+    assert expand_job_id("7_[0-2,5%4]") == ["7_0", "7_1", "7_2", "7_5"]
+    assert expand_job_id("7_3") == ["7_3"] and expand_job_id("8") == ["8"]
+
+
+def test_tails_are_bounded_and_never_break_on_bad_bytes(tmp_path):
+    log = tmp_path / "out.log"
+    log.write_bytes(b"".join(b"line %d \xff\n" % i for i in range(5000)))
+    text = tail(log)
+    assert len(text.splitlines()) == 50 and text.endswith("line 4999 \ufffd") and len(text.encode()) <= 8192
+    assert tail(tmp_path / "missing.log") == ""
+
+
+def test_metrics_rows_keep_numbers_as_numbers(tmp_path):
+    (tmp_path / "m.csv").write_text("model,psnr,ssim,note\npinn,30.5,0.91,ok\nbaseline,nan,0.8,\n")
+    assert read_metrics(tmp_path / "m.csv") == [{"model": "pinn", "psnr": 30.5, "ssim": 0.91, "note": "ok"},
+                                               {"model": "baseline", "psnr": "nan", "ssim": 0.8, "note": ""}]  # fmt: skip
+    assert read_metrics(tmp_path / "none.csv") is None
+
+
+def _manifest(states):
+    jobs = []
+    for i, attempts in enumerate(states):
+        jobs.append({"key": f"dose_{i + 1}/dense/train", "dose": i + 1, "view": "dense", "split": "train",
+                     "state": attempts[-1] if attempts else "PLANNED", "retry_base": 0, "cancel_requested": False,
+                     "metrics": None, "missing": [], "attempts": [{"attempt": n + 1, "state": s, "returncode": None,
+                                                                   "stdout": "o", "stderr": "e"} for n, s in enumerate(attempts)]})  # fmt: skip
+    return {"jobs": jobs, "run_id": "r", "artifact_root": "/x", "cluster": {"backend": "local", "name": "l"}}
+
+
+def test_due_cells_are_the_unsubmitted_and_the_retryable_with_attempts_left():
+    m = _manifest([[], ["COMPLETED"], ["FAILED"], ["LOST"], ["LOST", "LOST", "LOST"], ["NODE_FAIL"], ["TIMEOUT"]])
+    due = [c["key"] for c in mf.due_cells(m, Retry())]
+    assert due == ["dose_1/dense/train", "dose_4/dense/train", "dose_6/dense/train"]
+    m["jobs"][0]["cancel_requested"] = True
+    assert "dose_1/dense/train" not in [c["key"] for c in mf.due_cells(m, Retry())]
+
+
+def test_merge_updates_the_attempt_and_the_cell_and_says_whether_anything_changed():
+    m = _manifest([["RUNNING"]])
+    obs = mf.Observation("dose_1/dense/train", 1, S.FAILED, {"returncode": 3, "error": None}, None)
+    assert mf.merge(m, [obs]) is True
+    assert m["jobs"][0]["state"] == "FAILED" and m["jobs"][0]["attempts"][0]["returncode"] == 3
+    assert mf.merge(m, [obs]) is False
+
+
+def test_historical_fields_are_derived_from_the_cells():
+    m = mf.with_results(_manifest([["COMPLETED"], ["FAILED"], ["RUNNING"], []]))
+    assert (m["n_jobs"], m["n_executed"], m["n_success"], m["n_failed"]) == (4, 2, 1, 1)
+    assert [r["state"] for r in m["execution_results"]] == ["COMPLETED", "FAILED"]
+    assert "error" not in m["execution_results"][0] and m["execution_results"][1]["error"] == "failed"
+
+
+def test_rerun_failed_restarts_failed_cells_and_keeps_their_history():
+    old = _manifest([["COMPLETED"], ["FAILED"]])
+    fresh = _manifest([[], []])
+    for cell in fresh["jobs"]:
+        cell.update(inputs={}, output_dir="/o", options={}, argv=["x"], resources={"time_s": 60, "gpus_per_job": 0})
+    for key in ("study", "cluster", "filters", "versions"):
+        fresh[key] = old.setdefault(key, {})
+    keep = mf.adopt_plan(old, fresh, rerun_failed=False)
+    assert [c["state"] for c in keep["jobs"]] == ["COMPLETED", "FAILED"]
+    rerun = mf.adopt_plan(old, fresh, rerun_failed=True)
+    assert [c["state"] for c in rerun["jobs"]] == ["COMPLETED", "PLANNED"]
+    assert rerun["jobs"][1]["retry_base"] == 1 and len(rerun["jobs"][1]["attempts"]) == 1
