@@ -220,3 +220,36 @@ def test_ctrl_c_on_a_local_run_cancels_its_jobs_and_records_them(scripted):
     assert all(c[key]["state"] == "CANCELLED" for key in running)
     # nothing is left looking alive; a job still waiting for its slot never ran (LOST: run again by `wait`)
     assert {cell["state"] for cell in c.values()} <= {"CANCELLED", "LOST", "PLANNED"}
+
+
+def test_cancel_with_no_runner_attached_cancels_only_the_selected_cells(scripted):
+    study, profile, root = scripted({"*": "sleep-ok:3", "dose_1000/sparse/test": "sleep:60"}, doses=(1000,), max_parallel=4)
+    proc = gridsubmit_process("submit", "--study", study, "--cluster", profile, "--artifact-root", root)
+    wait_for(lambda: (root / "comparison_manifest.json").exists()
+             and cells(root)["dose_1000/sparse/test"]["state"] == "RUNNING", what="the long cell to run")
+    proc.send_signal(signal.SIGKILL)  # the runner is gone; the jobs run on
+    proc.wait()
+    start = time.monotonic()
+    assert run_cli("cancel", root, "--view", "sparse", "--split", "test") == 0
+    assert time.monotonic() - start < 15  # did not wait for the other cells
+    assert cells(root)["dose_1000/sparse/test"]["state"] == "CANCELLED"
+    assert run_cli("wait", root, "--quiet") == 1  # the rest complete; the cancelled cell makes it 1
+    c = cells(root)
+    assert {k: cell["state"] for k, cell in c.items()} == {
+        "dose_1000/dense/train": "COMPLETED", "dose_1000/dense/test": "COMPLETED",
+        "dose_1000/sparse/train": "COMPLETED", "dose_1000/sparse/test": "CANCELLED"}
+    assert all(len(cell["attempts"]) == 1 for cell in c.values())
+
+
+def test_switching_backend_while_cells_are_active_is_refused(scripted, tmp_path, capsys):
+    study, profile, root = scripted({"*": "sleep-ok:1"}, doses=(1000,))
+    proc = gridsubmit_process("submit", "--study", study, "--cluster", profile, "--artifact-root", root)
+    wait_for(lambda: (root / "comparison_manifest.json").exists()
+             and any(c["state"] == "RUNNING" for c in cells(root).values()), what="a running cell")
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    slurm = tmp_path / "slurm.yaml"
+    slurm.write_text("backend: slurm\ntime: 10\n")
+    assert run_cli("submit", "--study", study, "--cluster", slurm, "--artifact-root", root) == 2
+    assert "still active on the local backend" in capsys.readouterr().err
+    assert run_cli("wait", root, "--quiet") == 0

@@ -221,7 +221,7 @@ def cmd_cancel(args) -> int:
         profile = profile_of(manifest)
         runner = Runner(root, manifest, profile, make_backend(profile, root, manifest["run_id"]))
         keys = runner.cancel(filters)
-        runner.run(wait=True, submit_new=False)  # collect the cancelled jobs' fates
+        runner.run(submit_new=False, until_ended=set(keys))  # collect the cancelled jobs' fates
     finally:
         lock.__exit__(None, None, None)
     print(f"cancelled {len(keys)} cell(s)")

@@ -13,6 +13,7 @@ from pathlib import Path
 from . import manifest as mf
 from .backends.base import Backend, Handle, Submission
 from .cluster import ClusterProfile, parse_profile
+from .errors import UsageError
 from .jobs import JobKey
 from .progress import Progress
 from .states import JobState
@@ -42,6 +43,11 @@ def profile_of(manifest: dict) -> ClusterProfile:
 def prepare(root: Path, grid, profile: ClusterProfile, rerun_failed: bool, run_id: str) -> dict:
     """The manifest to run: a new one, or the existing one with the fresh plan laid over it."""
     old = mf.load(root)
+    if old is not None:
+        active = {a["backend"] for _, a in mf.active_attempts(old)} - {profile.backend}
+        if active:
+            raise UsageError(f"{root}: cells of this run are still active on the {active.pop()} backend; "
+                             f"`gridsubmit wait {root}` or `gridsubmit cancel {root}` before switching to {profile.backend}")  # fmt: skip
     fresh = mf.new_manifest(grid, profile, root, old["run_id"] if old else run_id)
     return fresh if old is None else mf.adopt_plan(old, fresh, rerun_failed)
 
@@ -58,13 +64,14 @@ class Runner:
         self.ended: list[Handle] = []
         self._saved_at = 0.0
         self.dirty = False
+        self._attached = False
 
     # --- the loop ------------------------------------------------------------------------------
 
-    def run(self, wait: bool = True, submit_new: bool = True) -> dict:
-        """Drive the grid. ``wait=False`` returns once everything due is submitted."""
-        records = mf.active_attempts(self.manifest)
-        self._record_handles(self.backend.reattach(records))
+    def run(self, wait: bool = True, submit_new: bool = True, until_ended: set[str] | None = None) -> dict:
+        """Drive the grid. ``wait=False`` returns once everything due is submitted;
+        ``until_ended`` returns once those cells have ended."""
+        self.attach()
         self.save()
         interval = None
         try:
@@ -72,6 +79,8 @@ class Runner:
                 changed = self._cycle(submit_new)
                 more_due = submit_new and mf.due_cells(self.manifest, self.profile.retry)
                 if not self.handles and not more_due:
+                    break
+                if until_ended is not None and not until_ended & self.handles.keys():
                     break
                 if not wait and not more_due and self.backend.runs_unattended:
                     break
@@ -88,6 +97,12 @@ class Runner:
             self.backend.close()
             self.progress.done()
         return self.manifest
+
+    def attach(self) -> None:
+        """Take over the manifest's active attempts (once)."""
+        if not self._attached:
+            self._record_handles(self.backend.reattach(mf.active_attempts(self.manifest)))
+            self._attached = True
 
     def _cycle(self, submit_new: bool) -> bool:
         """One round: cancel requests, submissions, one poll, merge; True if anything changed."""
@@ -185,6 +200,7 @@ class Runner:
 
     def cancel(self, filters: Filters) -> list[str]:
         """Cancel the selected cells that have not ended; returns their keys."""
+        self.attach()
         keys = []
         for cell in mf.select(self.manifest, filters):
             if JobState(cell["state"]).terminal:
