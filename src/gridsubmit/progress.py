@@ -42,7 +42,7 @@ class Progress:
                 elapsed = f", {last['elapsed_s']:.1f} s" if last.get("elapsed_s") is not None else ""
                 self._print(f"{cell['key']}: {last['state']} ({detail}{elapsed})")
         line = f"[{self.elapsed()}] {len(manifest['jobs'])} cells: {format_counts(counts(manifest))}"
-        if self.tty:
+        if self.tty and line != self._last_line:  # redraw on change (the clock ticks each second)
             self.stream.write("\r\033[K" + line)
             self.stream.flush()
             self._last_line = line

@@ -144,7 +144,8 @@ class Backend(ABC):
                 error=result.get("error"),
             )
             if not result.get("started", True):
-                fields["error"] = "never started: no slot was granted before its deadline"
+                why = f"{result['interrupted_by']} arrived" if result.get("interrupted_by") else "its deadline passed"
+                fields["error"] = f"never started: {why} while it waited for a slot"
         elif state.terminal and result is None:
             fields["error"] = f"no result.json: the job ended as {state.value} before the command finished"
         metrics = None

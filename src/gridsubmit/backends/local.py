@@ -74,8 +74,9 @@ class LocalBackend(Backend):
         self._schedule()
         states = {}
         for h in handles:
-            if h.key in self.cancelled:
-                states[h.key] = (JobState.CANCELLED, {})
+            if h.key in self.cancelled:  # CANCELLED once its result is written, or its process is gone
+                stopping = self._alive(h) and not (h.attempt_dir / RESULT).exists()
+                states[h.key] = (JobState.RUNNING if stopping else JobState.CANCELLED, {})
             elif h.key in self.running:
                 if self._alive(h):
                     states[h.key] = (JobState.RUNNING, {"job_id": h.job_id})
