@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -15,7 +14,7 @@ from . import report
 from .cluster import default_local_profile, load_profile
 from .errors import UsageError
 from .progress import Progress
-from .runner import Runner, exit_status, make_backend, prepare, profile_of, request_cancel
+from .runner import Runner, cancel, detach_waiter, existing, exit_status, make_backend, prepare, profile_of
 from .study import Filters, load_study, plan
 
 ROOT_FLAGS = ("phase_c", "phase_e", "phase_f")
@@ -140,7 +139,7 @@ def cmd_submit(args) -> int:
             manifest = runner.run(wait=args.wait)
     if not args.wait:
         if not backend.runs_unattended:
-            _detach_waiter(root)
+            detach_waiter(root)
         print(f"submitted; `gridsubmit status {root}` shows progress, `gridsubmit wait {root}` waits")
         return 0
     _print_outcome(manifest)
@@ -153,26 +152,8 @@ def _print_outcome(manifest: dict) -> None:
     print(f"\n{m['n_jobs']} cells: {m['n_success']} completed, {m['n_failed']} failed, {m['n_blocked']} blocked")
 
 
-def _detach_waiter(root: Path) -> None:
-    """The local backend schedules its own slots, so --no-wait leaves a runner behind."""
-    log = open(root / mf.STATE_DIR / "runner.log", "ab")
-    subprocess.Popen([sys.executable, "-m", "gridsubmit", "wait", str(root), "--quiet"], stdout=log, stderr=log,
-                     stdin=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
-    for _ in range(100):  # hand over: return once the runner holds the lock
-        if mf.holder(root) is not None:
-            return
-        time.sleep(0.05)
-
-
-def _existing(root: Path) -> dict:
-    manifest = mf.load(root)
-    if manifest is None:
-        raise UsageError(f"{root}: no {mf.MANIFEST} here; is this an artifact root of `gridsubmit submit`?")
-    return manifest
-
-
 def cmd_status(args) -> int:
-    manifest = mf.with_results(_existing(args.artifact_root))
+    manifest = mf.with_results(existing(args.artifact_root))
     if args.json:
         json.dump(manifest, sys.stdout, indent=1)
         print()
@@ -189,10 +170,10 @@ def cmd_status(args) -> int:
 
 def cmd_wait(args) -> int:
     root = args.artifact_root.resolve()
-    manifest = _existing(root)
+    manifest = existing(root)
     profile = profile_of(manifest)
     with mf.RunLock(root, "wait"):
-        manifest = _existing(root)
+        manifest = existing(root)
         runner = Runner(root, manifest, profile, make_backend(profile, root, manifest["run_id"]), Progress(quiet=args.quiet))
         manifest = runner.run(wait=True)
     _print_outcome(manifest)
@@ -200,42 +181,13 @@ def cmd_wait(args) -> int:
 
 
 def cmd_cancel(args) -> int:
-    root = args.artifact_root.resolve()
-    manifest = _existing(root)
     filters = Filters(tuple(args.dose), tuple(args.view), tuple(args.split))
-    if not any(not _terminal(c) for c in mf.select(manifest, filters)):
-        print("nothing to cancel: every selected cell has ended")
-        return 0
-    try:
-        lock = mf.RunLock(root, "cancel").__enter__()
-    except UsageError:  # a runner is attached: it applies the request within one poll cycle
-        request = request_cancel(root, filters)
-        for _ in range(600):
-            if not request.exists():
-                print(f"cancel applied by the attached runner ({mf.describe_holder(root)})")
-                return 0
-            time.sleep(0.05)
-        print(f"cancel requested; the attached runner will apply it ({request})")
-        return 0
-    try:
-        profile = profile_of(manifest)
-        runner = Runner(root, manifest, profile, make_backend(profile, root, manifest["run_id"]))
-        keys = runner.cancel(filters)
-        runner.run(submit_new=False, until_ended=set(keys))  # collect the cancelled jobs' fates
-    finally:
-        lock.__exit__(None, None, None)
-    print(f"cancelled {len(keys)} cell(s)")
+    print(cancel(args.artifact_root.resolve(), filters))
     return 0
 
 
-def _terminal(cell: dict) -> bool:
-    from .states import JobState
-
-    return JobState(cell["state"]).terminal
-
-
 def cmd_report(args) -> int:
-    manifest = mf.with_results(_existing(args.artifact_root))
+    manifest = mf.with_results(existing(args.artifact_root))
     print(report.metrics_table(manifest))
     if args.csv:
         n = report.write_csv(manifest, args.csv)
@@ -257,7 +209,7 @@ def cmd_demo(args) -> int:
     code = cmd_submit(argparse.Namespace(
         study=study, phase_c_root=None, phase_e_root=None, phase_f_root=None, strict=True, dose=[], view=[], split=[],
         cluster=args.cluster, artifact_root=root, wait=True, rerun_failed=False, dry_run=False, quiet=args.quiet))  # fmt: skip
-    print("\n" + report.metrics_table(mf.with_results(_existing(root))))
+    print("\n" + report.metrics_table(mf.with_results(existing(root))))
     print(f"\nartifact root: {root}\n  {root / mf.MANIFEST}\n  {root / mf.SUMMARY}")
     return code
 

@@ -283,26 +283,35 @@ class RunLock:
         self.command = command
         self._fh = None
 
-    def __enter__(self) -> "RunLock":
+    def acquire(self) -> bool:
+        """Take the lock if nobody holds it; False if somebody does."""
         self.dir.mkdir(parents=True, exist_ok=True)
         fh = open(self.dir / "lock", "a+")
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             fh.close()
-            raise UsageError(f"{self.dir.parent}: in use by {describe_holder(self.dir.parent)}; "
-                             "wait for it to end or stop it first") from None  # fmt: skip
+            return False
         self._fh = fh
         write_json_atomic(self.dir / "holder.json", {"pid": os.getpid(), "host": socket.gethostname(),
                                                      "command": self.command, "since": time.time()})  # fmt: skip
-        return self
+        return True
 
-    def __exit__(self, *exc) -> None:
+    def release(self) -> None:
         if self._fh is not None:
             (self.dir / "holder.json").unlink(missing_ok=True)
             fcntl.flock(self._fh, fcntl.LOCK_UN)
             self._fh.close()
             self._fh = None
+
+    def __enter__(self) -> "RunLock":
+        if not self.acquire():
+            raise UsageError(f"{self.dir.parent}: in use by {describe_holder(self.dir.parent)}; "
+                             "wait for it to end or stop it first")  # fmt: skip
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
 
 
 def holder(root: Path) -> dict | None:

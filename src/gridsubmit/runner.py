@@ -6,6 +6,8 @@ The runner is the manifest's only writer; it holds the artifact root's lock whil
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -225,6 +227,48 @@ class Runner:
             changed |= bool(self.cancel(Filters(tuple(f["dose"]), tuple(f["view"]), tuple(f["split"]))))
             path.unlink()
         return changed
+
+
+def existing(root: Path) -> dict:
+    manifest = mf.load(root)
+    if manifest is None:
+        raise UsageError(f"{root}: no {mf.MANIFEST} here; is this an artifact root of `gridsubmit submit`?")
+    return manifest
+
+
+def cancel(root: Path, filters: Filters) -> str:
+    """Cancel cells of a run: through its attached runner if one holds the lock, else here."""
+    manifest = existing(root)
+    if all(JobState(cell["state"]).terminal for cell in mf.select(manifest, filters)):
+        return "nothing to cancel: every selected cell has ended"
+    lock = mf.RunLock(root, "cancel")
+    if not lock.acquire():  # the attached runner applies the request within one poll cycle
+        request = request_cancel(root, filters)
+        deadline = time.monotonic() + 30
+        while request.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if request.exists():
+            return f"cancel requested; the attached runner will apply it ({request})"
+        return f"cancel applied by the attached runner {mf.describe_holder(root)}"
+    try:
+        manifest = existing(root)
+        profile = profile_of(manifest)
+        runner = Runner(root, manifest, profile, make_backend(profile, root, manifest["run_id"]))
+        keys = runner.cancel(filters)
+        runner.run(submit_new=False, until_ended=set(keys))  # collect the cancelled jobs' fates
+    finally:
+        lock.release()
+    return f"cancelled {len(keys)} cell(s)"
+
+
+def detach_waiter(root: Path) -> None:
+    """The local backend schedules its own slots, so `submit --no-wait` leaves a runner behind."""
+    with open(root / mf.STATE_DIR / "runner.log", "ab") as log:
+        subprocess.Popen([sys.executable, "-m", "gridsubmit", "wait", str(root), "--quiet"], stdout=log, stderr=log,
+                         stdin=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+    deadline = time.monotonic() + 5
+    while mf.holder(root) is None and time.monotonic() < deadline:  # hand over: it holds the lock
+        time.sleep(0.05)
 
 
 def request_cancel(root: Path, filters: Filters) -> Path:
