@@ -129,7 +129,9 @@ def test_fates_imposed_by_the_scheduler_win_over_the_killed_commands_exit_status
     assert fate(killed, S.TIMEOUT, 0, 5) is S.TIMEOUT
     assert fate(killed, S.CANCELLED, 0, 5) is S.CANCELLED
     assert fate(killed, S.RUNNING, 1, 5) is None  # wait for the scheduler to say why
-    assert fate(killed, S.RUNNING, 6, 5) is S.FAILED
+    assert fate(killed, S.PENDING, 600, 5) is None  # requeued: the job will run again
+    assert fate(killed, S.FAILED, 0, 5) is S.FAILED
+    assert fate(killed, None, 1, 5) is None and fate(killed, None, 6, 5) is S.FAILED
     assert fate(None, S.OUT_OF_MEMORY, 0, 5) is S.OUT_OF_MEMORY
     assert fate({"returncode": -15, "timed_out": True}, None, 0, 5) is S.TIMEOUT
     assert fate({"started": False}, None, 0, 5) is S.LOST

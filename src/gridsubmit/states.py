@@ -127,10 +127,13 @@ def fate(result: dict | None, scheduled: JobState | None, undecided_for_s: float
             return JobState.COMPLETED
         if not result.get("interrupted_by"):
             return JobState.FAILED  # the command failed on its own
-        # Killed through a forwarded signal: the scheduler knows why.
+        # Killed through a forwarded signal: the scheduler knows why. While it still calls the
+        # job queued or running (ending, or requeued after preemption), keep waiting.
         if scheduled in IMPOSED:
             return scheduled
-        if scheduled is not None and scheduled.terminal or undecided_for_s >= grace_s:
+        if scheduled is not None and scheduled.active:
+            return None
+        if scheduled is not None or undecided_for_s >= grace_s:
             return JobState.FAILED
         return None
     if scheduled is None:
