@@ -3,7 +3,7 @@
     python cellcmd.py SPEC.json dose_1000/dense/train OUTPUT_DIR
 
 SPEC.json maps cell keys (or "*") to a behaviour: "ok", "exit:N", "sleep:S", "sleep-ok:S",
-"binary", "big:BYTES", "kill-wrapper-once" (the first run kills the task wrapper running it,
+"sleep-once:S" (sleeps on its first run only), "binary", "big:BYTES", "kill-wrapper-once" (the first run kills the task wrapper running it,
 as if its node process vanished). Every run appends one line to OUTPUT_DIR/runs.log.
 """
 
@@ -30,7 +30,7 @@ print(f"cell {cell} doing {what}", flush=True)
 if kind == "exit":
     print(f"cellcmd: failing on purpose with {arg}", file=sys.stderr, flush=True)
     sys.exit(int(arg))
-if kind in ("sleep", "sleep-ok"):
+if kind in ("sleep", "sleep-ok") or kind == "sleep-once" and len((out / "runs.log").read_text().splitlines()) == 1:
     time.sleep(float(arg))
 if kind == "binary":
     sys.stdout.buffer.write(b"bad bytes \xff\xfe\xc3\x28 end\n")

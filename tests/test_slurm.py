@@ -173,3 +173,24 @@ def test_a_submission_the_cluster_refuses_is_a_clear_error_with_nothing_left_unr
     err = capsys.readouterr().err
     assert "sbatch refused" in err and "invalid partition" in err.lower()
     assert all(c["attempts"] == [] and c["state"] == "PLANNED" for c in cells(root).values())
+
+
+def test_a_node_failure_is_resubmitted_as_a_new_attempt_by_the_retry_policy(slurm_scripted):
+    study, profile, root = slurm_scripted({"*": "sleep-once:60"}, doses=(1000,), sbatch_extra={"no-requeue": True},
+                                          retry={"max_attempts": 2, "states": ["NODE_FAIL"]})
+    proc = gridsubmit_process("submit", "--study", study, "--cluster", profile, "--artifact-root", root,
+                              "--view", "dense", "--split", "train")
+    key = "dose_1000/dense/train"
+    try:
+        wait_for(lambda: (root / "comparison_manifest.json").exists() and cells(root)[key]["state"] == "RUNNING",
+                 timeout=60, what="the cell to run")
+        subprocess.run(["scontrol", "update", "nodename=localhost", "state=down", "reason=gridsubmit-test"], check=True)
+        wait_for(lambda: len(cells(root)[key]["attempts"]) == 2, timeout=90, what="a second attempt")
+    finally:  # the test cluster returns a DOWN node by itself (ReturnToService=2); make sure
+        subprocess.run(["scontrol", "update", "nodename=localhost", "state=resume"], capture_output=True)
+    out, _ = proc.communicate(timeout=180)
+    assert proc.returncode == 0, out
+    attempts = cells(root)[key]["attempts"]
+    assert [a["state"] for a in attempts] == ["NODE_FAIL", "COMPLETED"]
+    assert attempts[0]["job_id"] != attempts[1]["job_id"]
+    assert "--no-requeue" in Path(attempts[1]["script"]).read_text()

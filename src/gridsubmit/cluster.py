@@ -101,7 +101,7 @@ class ClusterProfile:
     max_array_size: int | None = None
     setup: tuple[str, ...] = ()
     use_srun: bool = False
-    sbatch_extra: Mapping[str, str] = field(default_factory=dict)
+    sbatch_extra: Mapping[str, str | bool] = field(default_factory=dict)  # true: a flag without value
     raw: Mapping[str, Any] = field(default_factory=dict)  # as written, for the manifest
 
     def resources_for(self, key: JobKey, attempt_fates: tuple[JobState, ...] = ()) -> Resources:
@@ -283,7 +283,7 @@ def parse_profile(d: dict, src: str) -> ClusterProfile:
         raise ConfigError(src, "warn_signal", f"expected a SLURM --signal value such as 'USR2@90', got {d['warn_signal']!r}")
     extra = expect(d.get("sbatch_extra") or {}, dict, src, "sbatch_extra")
     for k, v in extra.items():
-        expect(v, (str, int), src, f"sbatch_extra.{k}")
+        expect(v, (str, int, bool), src, f"sbatch_extra.{k}")
     return ClusterProfile(
         source=src,
         backend=backend,
@@ -302,7 +302,7 @@ def parse_profile(d: dict, src: str) -> ClusterProfile:
         max_array_size=_positive_int(d["max_array_size"], src, "max_array_size") if d.get("max_array_size") else None,
         setup=tuple(setup),
         use_srun=bool(expect(d.get("use_srun", False), bool, src, "use_srun")),
-        sbatch_extra={str(k): str(v) for k, v in extra.items()},
+        sbatch_extra={str(k): v if isinstance(v, bool) else str(v) for k, v in extra.items() if v is not False},
         raw=d,
     )
 

@@ -68,7 +68,7 @@ class SlurmBackend(Backend):
         self.run_id = run_id
         self.folder = self.root / STATE_DIR / "submitit"
         self._max_array_size = profile.max_array_size
-        self._native: dict = {}
+        self._by_id: dict[str, tuple[JobState | None, dict]] = {}  # the last answer, by job id
         self._last_query = -math.inf
         self._query_every = profile.poll_min_s
 
@@ -169,30 +169,28 @@ class SlurmBackend(Backend):
     # --- status --------------------------------------------------------------------------------
 
     def query(self, handles: Sequence[Handle]) -> dict:
-        """One sacct (or, when sacct fails, one squeue) for every job id of the run; at most
-        once per adaptive interval, the answer cached in between."""
+        """One sacct (or, when sacct fails, one squeue) for every job id of the run, when due:
+        after the adaptive interval, or sooner (poll_min_s) while some job has no row yet.
+        The answer is kept by job id in between."""
         now = time.monotonic()
-        if now - self._last_query < self._query_every:
-            return self._native
+        elapsed = now - self._last_query
+        unseen = any(h.job_id and h.job_id not in self._by_id for h in handles)
         ids = sorted({h.job_id.split("_")[0] for h in handles if h.job_id})
-        rows: dict[str, tuple[JobState | None, dict]] = {}
-        if ids:
-            names = sorted({h.extra.get("job_name") for h in handles if h.extra.get("job_name")})
+        if ids and (elapsed >= self._query_every or unseen and elapsed >= self.profile.poll_min_s):
+            names = sorted({h.extra["job_name"] for h in handles if h.extra.get("job_name")})
             try:
                 by_id = sacct(ids, names, self._since(handles))
             except SchedulerError:
                 by_id = squeue(ids)
-            for h in handles:
-                if h.job_id in by_id:
-                    rows[h.key] = by_id[h.job_id]
+            # Ask again soon only when the scheduler has just ended jobs; queued -> running is not urgent.
+            ended = {j for j, (state, _) in by_id.items() if state is not None and state.terminal}
+            fresh = ended - {j for j, (state, _) in self._by_id.items() if state is not None and state.terminal}
+            self._query_every = self.profile.poll_min_s if fresh else min(self.profile.poll_max_s, self._query_every * 1.5)
+            self._by_id, self._last_query = by_id, now
+        rows = {h.key: self._by_id[h.job_id] for h in handles if h.job_id in self._by_id}
         for h in handles:
             if h.job_id is None:
                 rows[h.key] = (JobState.LOST, {"error": "not found by job name in squeue or sacct: never submitted"})
-        # Ask again soon only when the scheduler has just ended jobs; queued -> running is not urgent.
-        ended = {k for k, (state, _) in rows.items() if state is not None and state.terminal}
-        fresh = ended - {k for k, (state, _) in self._native.items() if state is not None and state.terminal}
-        self._query_every = self.profile.poll_min_s if fresh else min(self.profile.poll_max_s, self._query_every * 1.5)
-        self._native, self._last_query = rows, now
         return rows
 
     def poll_interval(self, previous: float | None, changed: bool) -> float:
