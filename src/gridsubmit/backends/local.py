@@ -51,10 +51,9 @@ class LocalBackend(Backend):
         self._executor: submitit.LocalExecutor | None = None
         self.queue: deque[Handle] = deque()  # accepted, no process yet
         self.waiting: deque[Handle] = deque()  # process started, waiting at the gate
-        self.running: dict[str, list[str]] = {}  # key -> GPU ids of granted handles
-        self.handles: dict[str, Handle] = {}  # key -> the handle of its current attempt
-        self.processes: dict[str, object] = {}  # key -> submitit job (ours) or pid (adopted)
-        self.cancelled: set[str] = set()
+        self.running: dict[str, tuple[Handle, list[str]]] = {}  # key -> granted attempt, its GPU ids
+        # per handle: extra["process"] is our submitit job, or the pid of an adopted one;
+        # extra["cancelled"] marks an attempt cancel() was asked for
 
     # --- protocol ----------------------------------------------------------------------------
 
@@ -64,7 +63,6 @@ class LocalBackend(Backend):
             h = Handle(sub.key, sub.attempt, sub.attempt_dir, sub.output_dir, state=JobState.PENDING)
             h.extra["submission"] = sub
             handles.append(h)
-            self.handles[h.key] = h
             self.queue.append(h)
         self._schedule()
         return handles
@@ -74,10 +72,10 @@ class LocalBackend(Backend):
         self._schedule()
         states = {}
         for h in handles:
-            if h.key in self.cancelled:  # CANCELLED once its result is written, or its process is gone
+            if h.extra.get("cancelled"):  # CANCELLED once its result is written, or its process is gone
                 stopping = self._alive(h) and not (h.attempt_dir / RESULT).exists()
                 states[h.key] = (JobState.RUNNING if stopping else JobState.CANCELLED, {})
-            elif h.key in self.running:
+            elif h.key in self.running and self.running[h.key][0] is h:
                 if self._alive(h):
                     states[h.key] = (JobState.RUNNING, {"job_id": h.job_id})
             elif h.job_id is None or self._alive(h):
@@ -86,7 +84,7 @@ class LocalBackend(Backend):
 
     def cancel(self, handles: Sequence[Handle]) -> None:
         for h in handles:
-            self.cancelled.add(h.key)
+            h.extra["cancelled"] = True
             if h in self.queue:
                 self.queue.remove(h)
             else:
@@ -98,17 +96,16 @@ class LocalBackend(Backend):
         handles = []
         for cell, attempt in records:
             h = self.handle_from_record(cell, attempt)
-            self.handles[h.key] = h
             if h.job_id is None:  # accepted by a runner that died before starting it
                 h.extra["submission"] = Submission(h.key, h.attempt, cell["argv"], h.output_dir, h.attempt_dir,
                                                    Resources(**attempt["resources"]))  # fmt: skip
                 self.queue.append(h)
             else:
-                self.processes[h.key] = int(h.job_id)
+                h.extra["process"] = int(h.job_id)
                 grant = read_json(h.attempt_dir / SLOT)
                 if grant is not None:
                     gpus = [g for g in grant.get("gpus", "").split(",") if g]
-                    self.running[h.key] = gpus
+                    self.running[h.key] = (h, gpus)
                     self.free_gpus = [g for g in self.free_gpus if g not in gpus]
                 else:
                     self.waiting.append(h)
@@ -127,10 +124,10 @@ class LocalBackend(Backend):
 
     def _release_finished(self) -> None:
         # A slot frees as soon as the command's result is written, or its process is gone.
-        for key in list(self.running):
-            h = self.handles[key]
+        for key, (h, gpus) in list(self.running.items()):
             if (h.attempt_dir / RESULT).exists() or not self._alive(h):
-                self.free_gpus.extend(self.running.pop(key))
+                del self.running[key]
+                self.free_gpus.extend(gpus)
         self.waiting = deque(h for h in self.waiting if self._alive(h))
 
     def _schedule(self) -> None:
@@ -143,7 +140,7 @@ class LocalBackend(Backend):
 
     def _grant(self, h: Handle) -> None:
         gpus, self.free_gpus = self.free_gpus[: self.gpus_per_job], self.free_gpus[self.gpus_per_job :]
-        self.running[h.key] = gpus
+        self.running[h.key] = (h, gpus)
         write_json_atomic(h.attempt_dir / SLOT, {"gpus": ",".join(gpus), "granted_at": time.time()})
 
     def _start(self, h: Handle) -> Handle:
@@ -161,23 +158,21 @@ class LocalBackend(Backend):
                 "gate_deadline": time.time() + gate_wait, "kill_grace_s": KILL_GRACE_S}  # fmt: skip
         job = self._executor.submit(run_task, spec)
         h.job_id = str(job.job_id)
-        self.processes[h.key] = job
+        h.extra["process"] = job
         return h
 
     def _alive(self, h: Handle) -> bool:
-        proc = self.processes.get(h.key)
+        proc = h.extra.get("process")
         if proc is None:
             return False
         if isinstance(proc, int):
             return _pid_alive(proc, str(self.folder))
-        return proc._process is not None and proc._process.poll() is None  # type: ignore[attr-defined]
+        return not proc.done()  # our own child: submitit polls (and reaps) it
 
     def _signal(self, h: Handle, sig: int) -> None:
-        proc = self.processes.get(h.key)
-        pid = proc if isinstance(proc, int) else int(h.job_id)
         if self._alive(h):
             try:
-                os.kill(pid, sig)
+                os.kill(int(h.job_id), sig)
             except ProcessLookupError:
                 pass
 
