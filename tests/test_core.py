@@ -3,7 +3,7 @@
 import pytest
 
 from conftest import run_cli
-from gridsubmit.cluster import format_time, parse_profile, parse_time
+from gridsubmit.cluster import parse_profile, parse_time
 from gridsubmit.errors import ConfigError
 from gridsubmit.jobs import JobKey
 from gridsubmit.states import JobState, fate, from_slurm
@@ -83,10 +83,6 @@ def test_time_limits_read_like_slurm(text, seconds):
 def test_bad_time_limits_are_refused(bad):
     with pytest.raises(ConfigError, match="p.yaml, key 'time'"):
         parse_time(bad, "p.yaml", "time")
-
-
-def test_format_time_round_trips():
-    assert format_time(5400) == "1:30:00" and parse_time(format_time(3725), "", "") == 3725
 
 
 def test_per_condition_overrides_apply_in_order_and_retries_grow_time_and_memory():

@@ -102,6 +102,7 @@ class ClusterProfile:
     setup: tuple[str, ...] = ()
     use_srun: bool = False
     sbatch_extra: Mapping[str, str | bool] = field(default_factory=dict)  # true: a flag without value
+    warn_signal: str | None = None  # SLURM --signal before the limit, forwarded to the command
     raw: Mapping[str, Any] = field(default_factory=dict)  # as written, for the manifest
 
     def resources_for(self, key: JobKey, attempt_fates: tuple[JobState, ...] = ()) -> Resources:
@@ -149,11 +150,6 @@ def parse_time(value: Any, src: Any, key: str) -> int:
     if seconds <= 0:
         raise ConfigError(src, key, f"expected a positive time, got {value!r}")
     return seconds
-
-
-def format_time(seconds: int) -> str:
-    h, rest = divmod(int(seconds), 3600)
-    return f"{h}:{rest // 60:02d}:{rest % 60:02d}"
 
 
 def parse_memory(value: Any, src: Any, key: str) -> int:
@@ -303,6 +299,7 @@ def parse_profile(d: dict, src: str) -> ClusterProfile:
         setup=tuple(setup),
         use_srun=bool(expect(d.get("use_srun", False), bool, src, "use_srun")),
         sbatch_extra={str(k): v if isinstance(v, bool) else str(v) for k, v in extra.items() if v is not False},
+        warn_signal=_opt_str(d.get("warn_signal"), src, "warn_signal"),
         raw=d,
     )
 

@@ -7,9 +7,6 @@ from pathlib import Path
 
 from .errors import UsageError
 
-METRIC_KEYS = ("mae", "mse", "psnr", "ssim", "frc50")
-
-
 def _table(header: list[str], rows: list[list[str]]) -> str:
     widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
     line = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731

@@ -96,7 +96,6 @@ class Runner:
         finally:
             if self.dirty:
                 self.save()
-            self.backend.close()
             self.progress.done()
         return self.manifest
 

@@ -101,9 +101,6 @@ class Backend(ABC):
         """Accounting facts about ended attempts (cell key -> fields), asked once at the end."""
         return {}
 
-    def close(self) -> None:
-        """Release what the backend holds in this process (jobs keep running)."""
-
     # --- shared collection -------------------------------------------------------------------
 
     def poll(self, handles: Sequence[Handle]) -> list[Observation]:

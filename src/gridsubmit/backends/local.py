@@ -117,9 +117,6 @@ class LocalBackend(Backend):
                f"{self.gpus_per_job} GPU(s) each, GPUs {','.join(self.free_gpus) or 'none'}"
         return head + "\n" + super().describe(submissions)
 
-    def close(self) -> None:
-        self.queue.clear()
-
     # --- slots -------------------------------------------------------------------------------
 
     def _release_finished(self) -> None:

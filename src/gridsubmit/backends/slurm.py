@@ -122,7 +122,7 @@ class SlurmBackend(Backend):
 
     def _spec(self, sub: Submission) -> dict:
         return {"argv": list(sub.argv), "cwd": str(sub.output_dir), "attempt_dir": str(sub.attempt_dir),
-                "env": dict(self.profile.env), "forward_usr2": bool(self.profile.raw.get("warn_signal"))}  # fmt: skip
+                "env": dict(self.profile.env), "forward_usr2": bool(self.profile.warn_signal)}  # fmt: skip
 
     def _executor(self, res: Resources, name: str) -> submitit.SlurmExecutor:
         p = self.profile
@@ -143,8 +143,8 @@ class SlurmBackend(Backend):
                 params["gpus_per_node"] = count
             else:
                 extra["gpus"] = count
-        if p.raw.get("warn_signal"):  # a warning before the limit, forwarded to the command
-            extra["signal"] = p.raw["warn_signal"]
+        if p.warn_signal:  # a warning before the limit, forwarded to the command
+            extra["signal"] = p.warn_signal
         if p.array_parallelism:
             params["array_parallelism"] = p.array_parallelism
         if p.setup:
