@@ -1,0 +1,86 @@
+"""The task wrapper on its own: exit codes, streamed logs, forwarded signals, the gate."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import wait_for
+
+CHILD = r"""
+import signal, sys, time
+signal.signal(signal.SIGUSR2, lambda *_: print("got USR2", flush=True))
+signal.signal(signal.SIGTERM, lambda *_: (print("got TERM", flush=True), sys.exit(7)))
+print("ready", flush=True)
+time.sleep(60)
+"""
+
+
+def start_task(tmp_path, argv, **spec):
+    spec = {"argv": argv, "cwd": str(tmp_path / "out"), "attempt_dir": str(tmp_path / "attempt"), **spec}
+    code = f"from gridsubmit.task import run_task; run_task({spec!r})"
+    return subprocess.Popen([sys.executable, "-c", code])
+
+
+def result(tmp_path):
+    return json.loads((tmp_path / "attempt" / "result.json").read_text())
+
+
+def test_the_commands_own_exit_code_and_streams_are_recorded(tmp_path):
+    argv = [sys.executable, "-c", "import sys; print('to out'); print('to err', file=sys.stderr); sys.exit(3)"]
+    assert start_task(tmp_path, argv).wait(timeout=30) == 0
+    r = result(tmp_path)
+    assert r["returncode"] == 3 and r["started"] and r["elapsed_s"] >= 0 and r["hostname"]
+    assert (tmp_path / "attempt" / "stdout.log").read_text() == "to out\n"
+    assert (tmp_path / "attempt" / "stderr.log").read_text() == "to err\n"
+    assert (tmp_path / "out").is_dir()  # the command ran in the cell's output folder
+
+
+def test_a_missing_program_is_exit_127_with_the_reason_in_stderr(tmp_path):
+    assert start_task(tmp_path, ["no-such-program-xyz"]).wait(timeout=30) == 0
+    assert result(tmp_path)["returncode"] == 127
+    assert "cannot start 'no-such-program-xyz'" in (tmp_path / "attempt" / "stderr.log").read_text()
+
+
+@pytest.mark.parametrize("forward", [True, False])
+def test_sigterm_is_forwarded_and_usr2_only_when_asked(tmp_path, forward):
+    proc = start_task(tmp_path, [sys.executable, "-c", CHILD], forward_usr2=forward)
+    out = tmp_path / "attempt" / "stdout.log"
+    wait_for(lambda: out.exists() and "ready" in out.read_text(), timeout=30, what="the child to start")
+    proc.send_signal(signal.SIGUSR2)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) == 0
+    text = out.read_text()
+    assert "got TERM" in text
+    assert ("got USR2" in text) is forward
+    r = result(tmp_path)
+    assert r["returncode"] == 7 and r["interrupted_by"] == "SIGTERM" and r["warned_by_usr2"]
+
+
+def test_the_local_time_limit_stops_the_command_and_says_so(tmp_path):
+    proc = start_task(tmp_path, [sys.executable, "-c", CHILD], time_limit_s=1, kill_grace_s=1)
+    assert proc.wait(timeout=30) == 0
+    r = result(tmp_path)
+    assert r["timed_out"] and r["returncode"] == 7 and 1 <= r["elapsed_s"] < 5
+
+
+def test_a_gated_task_waits_for_its_slot_and_takes_its_gpu_ids(tmp_path):
+    argv = [sys.executable, "-c", "import os; print(os.environ['CUDA_VISIBLE_DEVICES'])"]
+    proc = start_task(tmp_path, argv, gate=True, gate_deadline=time.time() + 60)
+    time.sleep(0.5)
+    assert not (tmp_path / "attempt" / "result.json").exists()  # still at the gate
+    (tmp_path / "attempt" / "slot.json").write_text(json.dumps({"gpus": "3"}))
+    assert proc.wait(timeout=30) == 0
+    assert (tmp_path / "attempt" / "stdout.log").read_text() == "3\n"
+    assert result(tmp_path)["cuda_visible_devices"] == "3"
+
+
+def test_a_gated_task_gives_up_at_its_deadline_without_running(tmp_path):
+    proc = start_task(tmp_path, ["true"], gate=True, gate_deadline=time.time() + 0.5)
+    assert proc.wait(timeout=30) == 0
+    assert result(tmp_path)["started"] is False
+    assert not (tmp_path / "attempt" / "stdout.log").exists()
