@@ -194,3 +194,13 @@ def test_a_node_failure_is_resubmitted_as_a_new_attempt_by_the_retry_policy(slur
     assert [a["state"] for a in attempts] == ["NODE_FAIL", "COMPLETED"]
     assert attempts[0]["job_id"] != attempts[1]["job_id"]
     assert "--no-requeue" in Path(attempts[1]["script"]).read_text()
+
+
+def test_the_demo_runs_on_the_test_clusters_gpu_partition_with_the_shipped_profile(slurm_cluster, tmp_path):
+    profile = Path(__file__).parents[1] / "cluster_configs" / "slurm-ci.yaml"
+    root = tmp_path / "demo"
+    assert run_cli("demo", "--cluster", profile, "--artifact-root", root, "--quiet") == 0
+    manifest = load_manifest(root)
+    assert manifest["n_success"] == 12 and manifest["cluster"]["name"] == "slurm-ci"
+    assert all(c["metrics"] for c in manifest["jobs"])
+    assert {r["scheduler"]["SLURM_JOB_PARTITION"] for r in results(root)} == {"gpu"}
