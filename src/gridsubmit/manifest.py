@@ -157,8 +157,9 @@ def find(manifest: dict, key: str) -> dict:
 def merge(manifest: dict, observations: Iterable[Observation]) -> bool:
     """Fold observations into the manifest (in place); True if anything changed."""
     changed = False
+    cells = {cell["key"]: cell for cell in manifest["jobs"]}  # once per poll, not once per observation
     for obs in observations:
-        cell = find(manifest, obs.key)
+        cell = cells[obs.key]
         attempt = cell["attempts"][obs.attempt - 1]
         update = {"state": obs.state.value, **{k: v for k, v in obs.fields.items() if v is not None}}
         if any(attempt.get(k) != v for k, v in update.items()):
@@ -223,8 +224,8 @@ def _error_line(state: str, attempt: dict) -> str:
     return state.lower().replace("_", " ")
 
 
-def summary_text(manifest: dict) -> str:
-    m = with_results(manifest)
+def summary_text(m: dict) -> str:
+    """One line per cell; ``m`` is a manifest as :func:`with_results` returns it."""
     lines = [f"gridsubmit run {m['run_id']} ({m['cluster'].get('backend')}: {m['cluster'].get('name')})",
              f"artifact root: {m['artifact_root']}",
              f"jobs: {m['n_jobs']}  executed: {m['n_executed']}  success: {m['n_success']}  "
