@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -11,13 +13,13 @@ from pathlib import Path
 from . import __version__
 from . import manifest as mf
 from . import report
-from .cluster import default_local_profile, load_profile
+from .api import GridExecutor, Run
 from .errors import UsageError
 from .progress import Progress
-from .runner import Runner, cancel, detach_waiter, existing, exit_status, make_backend, prepare, profile_of
-from .study import Filters, load_study, plan
+from .study import Filters, load_study
 
 ROOT_FLAGS = ("phase_c", "phase_e", "phase_f")
+TIMED_OUT = 3  # `wait --timeout` passed; the run goes on
 
 
 def _filters(p: argparse.ArgumentParser) -> None:
@@ -30,7 +32,9 @@ def _study_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--study", type=Path, help="study YAML (default: the built-in fly64 layout)")
     for name in ROOT_FLAGS:
         p.add_argument(f"--{name.replace('_', '-')}-root", type=Path, dest=f"{name}_root", help=f"the {name} root folder")
-    p.add_argument("--strict", action="store_true", help="any BLOCKED cell is an error")
+    p.add_argument("--workdir", type=Path, help="where the cells' command runs (default: the study's `workdir`, "
+                   "else the current directory); a run keeps the one it was first submitted with")
+    p.add_argument("--strict", action="store_true", help="a BLOCKED cell or a command that cannot start is an error")
     _filters(p)
 
 
@@ -48,11 +52,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("submit", help="submit the grid (and wait for it, by default)")
     _study_args(p)
     p.add_argument("--cluster", type=Path, help="cluster profile YAML (default: local backend)")
-    p.add_argument("--artifact-root", type=Path, required=True)
+    p.add_argument("--artifact-root", type=Path, required=True,
+                   help="folder for the manifest, logs and outputs (shared with the nodes on a cluster)")
     p.add_argument("--no-wait", dest="wait", action="store_false", help="return after submitting")
     p.add_argument("--rerun-failed", action="store_true", help="run cells that failed before again")
     p.add_argument("--dry-run", action="store_true", help="print what would be submitted; submit nothing")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no progress display")
 
     for name, text in (("status", "show the state of every cell (read-only)"),
                        ("wait", "re-attach to a run and poll it to the end"),
@@ -62,7 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "status":
             p.add_argument("--json", action="store_true", help="the whole manifest as JSON")
         if name == "wait":
-            p.add_argument("--quiet", action="store_true")
+            p.add_argument("--quiet", action="store_true", help="no progress display")
+            p.add_argument("--timeout", type=float, help=f"give up after this many seconds (exit {TIMED_OUT}); the run goes on")
         if name == "cancel":
             _filters(p)
         if name == "report":
@@ -72,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="the whole loop on a synthetic study")
     p.add_argument("--artifact-root", type=Path, help="default: gridsubmit-demo/<time>")
     p.add_argument("--cluster", type=Path, help="cluster profile YAML (default: local backend)")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no progress display")
     return parser
 
 
@@ -83,111 +89,108 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as exc:
         print(f"gridsubmit: error: {exc}", file=sys.stderr)
         return 2
+    except TimeoutError as exc:
+        print(f"gridsubmit: {exc}", file=sys.stderr)
+        return TIMED_OUT
+    except BrokenPipeError:  # the reader went away (| head): end quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     except KeyboardInterrupt:
         print("\ngridsubmit: interrupted. SLURM jobs keep running and `gridsubmit wait <artifact-root>` re-attaches; "
               "local jobs were cancelled (`gridsubmit submit ... --rerun-failed` runs them again)", file=sys.stderr)  # fmt: skip
         return 130
 
 
-def _grid(args, root: Path, profile):
+def _executor(args, root: Path, quiet: bool = True) -> GridExecutor:
+    return GridExecutor(root, args.cluster, progress=Progress(quiet=quiet))
+
+
+def _grid(args, executor: GridExecutor):
     roots = {name: getattr(args, f"{name}_root") for name in ROOT_FLAGS}
     study = load_study(args.study, roots)
     filters = Filters(tuple(args.dose), tuple(args.view), tuple(args.split))
-    grid = plan(study, root, filters, python=profile.python)
+    grid = executor.plan(study, filters=filters, workdir=args.workdir)
     if args.strict and grid.blocked:
-        lines = [f"  {job.key}: missing {', '.join(job.missing)}" for job in grid.blocked]
-        raise UsageError(f"--strict: {len(grid.blocked)} cell(s) blocked by missing inputs:\n" + "\n".join(lines))
+        lines = [f"  {job.key}: {'; '.join(job.missing)}" for job in grid.blocked]
+        raise UsageError(f"--strict: {len(grid.blocked)} cell(s) blocked:\n" + "\n".join(lines))
+    problems = executor.check(grid)
+    if problems and args.strict:
+        raise UsageError("--strict: the command cannot start:\n  " + "\n  ".join(problems))
+    for problem in problems:
+        print(f"gridsubmit: warning: {problem}", file=sys.stderr)
     return grid
 
 
-def _profile(path: Path | None):
-    return load_profile(path) if path else default_local_profile()
-
-
 def cmd_plan(args) -> int:
-    profile = _profile(args.cluster)
-    grid = _grid(args, args.artifact_root, profile)
+    executor = _executor(args, args.artifact_root)
+    grid = _grid(args, executor)
+    print(f"working directory: {grid.workdir}")
     for job in grid.jobs:
         state = "BLOCKED" if job.blocked else "PLANNED"
-        print(f"{str(job.key):<32} {state}" + (f"  missing: {', '.join(job.missing)}" if job.blocked else ""))
+        print(f"{str(job.key):<32} {state}" + (f"  {'; '.join(job.missing)}" if job.blocked else ""))
         if args.argv and not job.blocked:
-            print("    " + " ".join(job.argv))
+            print("    " + shlex.join(job.argv))
     print(f"\n{len(grid.jobs)} cells: {len(grid.runnable)} runnable, {len(grid.blocked)} blocked")
     return 0
 
 
 def cmd_submit(args) -> int:
-    profile = _profile(args.cluster)
-    root = args.artifact_root.resolve()
-    grid = _grid(args, root, profile)
+    executor = _executor(args, args.artifact_root, quiet=args.quiet)
+    grid = _grid(args, executor)
+    root = executor.root
     if not grid.runnable:
         raise UsageError(f"nothing to run: all {len(grid.jobs)} cell(s) are blocked (see `gridsubmit plan`)")
-    run_id = mf.new_run_id()
-    manifest = prepare(root, grid, profile, args.rerun_failed, run_id)  # refuses a foreign manifest
-    backend = make_backend(profile, root, manifest["run_id"])
     if args.dry_run:
-        print(Runner(root, manifest, profile, backend).dry_run())
+        print(executor.dry_run(grid, rerun_failed=args.rerun_failed))
         return 0
-    root.mkdir(parents=True, exist_ok=True)
-    with mf.RunLock(root, "submit"):
-        manifest = prepare(root, grid, profile, args.rerun_failed, run_id)
-        runner = Runner(root, manifest, profile, backend, Progress(quiet=args.quiet))
-        if not args.wait and not backend.runs_unattended:
-            runner.save()
-        else:
-            print(f"artifact root: {root}  ({len(grid.runnable)} runnable, {len(grid.blocked)} blocked; backend {profile.backend})")
-            manifest = runner.run(wait=args.wait)
+    if args.wait:
+        print(f"artifact root: {root}  ({len(grid.runnable)} runnable, {len(grid.blocked)} blocked; "
+              f"backend {executor.profile.backend}; working directory {grid.workdir})")  # fmt: skip
+    run = executor.submit(grid, rerun_failed=args.rerun_failed, wait=args.wait)
     if not args.wait:
-        if not backend.runs_unattended:
-            detach_waiter(root)
         print(f"submitted; `gridsubmit status {root}` shows progress, `gridsubmit wait {root}` waits")
         return 0
-    _print_outcome(manifest)
-    return exit_status(manifest)
+    _print_outcome(run.manifest)
+    return run.exit_status
 
 
-def _print_outcome(manifest: dict) -> None:
-    m = mf.with_results(manifest)
+def _print_outcome(m: dict) -> None:
     print("\n" + report.status_table(m))
     print(f"\n{m['n_jobs']} cells: {m['n_success']} completed, {m['n_failed']} failed, {m['n_blocked']} blocked")
 
 
 def cmd_status(args) -> int:
-    manifest = mf.with_results(existing(args.artifact_root))
+    run = Run.open(args.artifact_root)
+    manifest = run.manifest
     if args.json:
         json.dump(manifest, sys.stdout, indent=1)
         print()
         return 0
-    print(f"run {manifest['run_id']} · {manifest['cluster'].get('backend')} ({manifest['cluster'].get('name')}) · {args.artifact_root}")
+    print(f"run {manifest['run_id']} · {manifest['cluster'].get('backend')} ({manifest['cluster'].get('name')}) · {run.root}")
     print(report.status_table(manifest))
     print(f"\n{manifest['n_jobs']} cells: " + ", ".join(f"{k} {v}" for k, v in manifest["counts"].items()))
     if not mf.finished(manifest):
-        who = mf.holder(args.artifact_root)
-        print(f"runner: {mf.describe_holder(args.artifact_root)}" if who is not None else
-              f"no runner attached: `gridsubmit wait {args.artifact_root}` resumes")  # fmt: skip
+        who = mf.holder(run.root)
+        print(f"runner: {mf.describe_holder(run.root)}" if who is not None else
+              f"no runner attached: `gridsubmit wait {run.root}` resumes")  # fmt: skip
     return 0
 
 
 def cmd_wait(args) -> int:
-    root = args.artifact_root.resolve()
-    manifest = existing(root)
-    profile = profile_of(manifest)
-    with mf.RunLock(root, "wait"):
-        manifest = existing(root)
-        runner = Runner(root, manifest, profile, make_backend(profile, root, manifest["run_id"]), Progress(quiet=args.quiet))
-        manifest = runner.run(wait=True)
+    run = Run.open(args.artifact_root)
+    manifest = run.wait(timeout=args.timeout, progress=Progress(quiet=args.quiet))
     _print_outcome(manifest)
-    return exit_status(manifest)
+    return run.exit_status
 
 
 def cmd_cancel(args) -> int:
     filters = Filters(tuple(args.dose), tuple(args.view), tuple(args.split))
-    print(cancel(args.artifact_root.resolve(), filters))
+    print(Run.open(args.artifact_root).cancel(filters))
     return 0
 
 
 def cmd_report(args) -> int:
-    manifest = mf.with_results(existing(args.artifact_root))
+    manifest = Run.open(args.artifact_root).manifest
     print(report.metrics_table(manifest))
     if args.csv:
         n = report.write_csv(manifest, args.csv)
@@ -208,8 +211,16 @@ def cmd_demo(args) -> int:
     print(f"synthetic study: {study}")
     code = cmd_submit(argparse.Namespace(
         study=study, phase_c_root=None, phase_e_root=None, phase_f_root=None, strict=True, dose=[], view=[], split=[],
-        cluster=args.cluster, artifact_root=root, wait=True, rerun_failed=False, dry_run=False, quiet=args.quiet))  # fmt: skip
-    print("\n" + report.metrics_table(mf.with_results(existing(root))))
+        workdir=None, cluster=args.cluster, artifact_root=root, wait=True, rerun_failed=False, dry_run=False,
+        quiet=args.quiet))  # fmt: skip
+    manifest = Run.open(root).manifest
+    print("\n" + report.metrics_table(manifest))
+    plot = root / "metrics.png"
+    try:
+        report.plot(manifest, plot)
+        print(f"\nplot: {plot}")
+    except UsageError as exc:  # matplotlib is optional
+        print(f"\n(no plot: {exc})")
     print(f"\nartifact root: {root}\n  {root / mf.MANIFEST}\n  {root / mf.SUMMARY}")
     return code
 

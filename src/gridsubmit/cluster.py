@@ -47,7 +47,8 @@ RESOURCE_KEYS = {"time", "gpus_per_job", "partition", "gpu_type", "cpus_per_task
 SLURM_ONLY = {"partition", "gpu_type", "cpus_per_task", "mem", "account", "qos", "constraint", "gpu_request",
               "array_parallelism", "max_array_size", "setup", "use_srun", "sbatch_extra", "warn_signal"}  # fmt: skip
 LOCAL_ONLY = {"max_parallel", "gpus"}
-TOP_KEYS = RESOURCE_KEYS | SLURM_ONLY | LOCAL_ONLY | {"backend", "name", "env", "python", "poll_interval", "retry", "overrides"}
+TOP_KEYS = RESOURCE_KEYS | SLURM_ONLY | LOCAL_ONLY | {"backend", "name", "env", "capture_env", "python", "poll_interval", "retry",
+                                                      "overrides"}  # fmt: skip
 RETRYABLE = {JobState.LOST, JobState.NODE_FAIL, JobState.PREEMPTED, JobState.TIMEOUT, JobState.OUT_OF_MEMORY}
 
 
@@ -88,7 +89,8 @@ class ClusterProfile:
     resources: Resources
     overrides: tuple[Override, ...] = ()
     retry: Retry = Retry()
-    env: Mapping[str, str] = field(default_factory=dict)
+    env: Mapping[str, str] = field(default_factory=dict)  # set in every cell, over the captured variables
+    capture_env: tuple[str, ...] = ()  # variables of the submitting shell to carry to every attempt
     python: str | None = None
     poll_min_s: float = 0.02
     poll_max_s: float = 0.05
@@ -266,6 +268,10 @@ def parse_profile(d: dict, src: str) -> ClusterProfile:
     env = expect(d.get("env") or {}, dict, src, "env")
     for k, v in env.items():
         expect(v, (str, int, float), src, f"env.{k}")
+    capture = expect(d.get("capture_env") or [], list, src, "capture_env")
+    for i, name in enumerate(capture):
+        if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+            raise ConfigError(src, f"capture_env[{i}]", f"expected an environment variable name, got {name!r}")
     gpus = None
     if d.get("gpus") is not None:
         gpus = tuple(expect(g, int, src, "gpus") for g in expect(d["gpus"], list, src, "gpus"))
@@ -288,6 +294,7 @@ def parse_profile(d: dict, src: str) -> ClusterProfile:
         overrides=tuple(overrides),
         retry=retry,
         env={k: str(v) for k, v in env.items()},
+        capture_env=tuple(capture),
         python=_opt_str(d.get("python"), src, "python"),
         poll_min_s=poll_min,
         poll_max_s=poll_max,

@@ -36,15 +36,21 @@ def _rank(value: str, order: Sequence[str]) -> int:
 
 
 @dataclass(frozen=True)
-class ComparisonJob:
-    """Everything needed to run one cell: its inputs, its output folder and its argv."""
+class Cell:
+    """Everything needed to run one cell of the grid: its inputs, its output folder and its argv.
+
+    ``inputs`` maps each input name to its resolved path, or None for an optional input
+    that is absent; ``pointers`` records, for inputs found through a JSON file, that file
+    and the field read; ``missing`` says, one line per input, why a BLOCKED cell cannot run."""
 
     key: JobKey
-    inputs: Mapping[str, Path]
+    inputs: Mapping[str, Path | None]
     output_dir: Path
     options: Mapping[str, Any]
     argv: tuple[str, ...]
     missing: tuple[str, ...] = field(default=())
+    pointers: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+    expected_outputs: tuple[str, ...] = ()
 
     @property
     def blocked(self) -> bool:
@@ -53,7 +59,8 @@ class ComparisonJob:
 
 # --- command templates -------------------------------------------------------------------
 # A template is a list whose items are either a string with {placeholders}, or a mapping
-# {"flag": "--x", "when": "<option>"} included only when that boolean option is true.
+# {"flag": "--x", "value": "{y}", "when": "<name>"} included only when <name> is a true
+# option or an optional input that is present ("value", when given, follows the flag).
 
 _FORMATTER = string.Formatter()
 PATH_ATTRIBUTES = ("parent", "name", "stem")
@@ -86,8 +93,10 @@ def render_argv(template: Sequence[Any], values: Mapping[str, Any]) -> tuple[str
     argv: list[str] = []
     for item in template:
         if isinstance(item, Mapping):
-            if values.get(item["when"]):
+            if values.get(item["when"]) not in (None, False):
                 argv.append(render(item["flag"], values))
+                if "value" in item:
+                    argv.append(render(item["value"], values))
         else:
             argv.append(render(str(item), values))
     return tuple(argv)

@@ -24,7 +24,7 @@ from .jobs import JobKey
 from .states import JobState
 from .task import read_json, write_json_atomic
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: context, pointers, expected_outputs, metrics in tidy rows
 MANIFEST = "comparison_manifest.json"
 SUMMARY = "comparison_summary.txt"
 STATE_DIR = ".gridsubmit"  # lock, cancel requests, submitit's files
@@ -41,6 +41,7 @@ class Observation:
     state: JobState
     fields: dict[str, Any] = field(default_factory=dict)
     metrics: list[dict] | None = None
+    metrics_error: str | None = None  # the metrics file exists but could not be read
 
 
 # --- building ------------------------------------------------------------------------------
@@ -62,8 +63,10 @@ def cell_record(job, resources: dict) -> dict:
         "dose": job.key.dose,
         "view": job.key.view,
         "split": job.key.split,
-        "inputs": {name: str(path) for name, path in job.inputs.items()},
+        "inputs": {name: None if path is None else str(path) for name, path in job.inputs.items()},
+        "pointers": {name: dict(p) for name, p in job.pointers.items()},
         "output_dir": str(job.output_dir),
+        "expected_outputs": list(job.expected_outputs),
         "options": dict(job.options),
         "argv": list(job.argv),
         "resources": resources,
@@ -73,6 +76,7 @@ def cell_record(job, resources: dict) -> dict:
         "retry_base": 0,
         "cancel_requested": False,
         "metrics": None,
+        "metrics_error": None,
     }
 
 
@@ -80,7 +84,7 @@ def new_run_id() -> str:
     return time.strftime("%m%d%H%M") + uuid.uuid4().hex[:4]
 
 
-def new_manifest(grid, profile, artifact_root: Path, run_id: str) -> dict:
+def new_manifest(grid, profile, artifact_root: Path, run_id: str, context: dict) -> dict:
     return {
         "schema_version": SCHEMA_VERSION,
         "tool": "gridsubmit",
@@ -91,14 +95,19 @@ def new_manifest(grid, profile, artifact_root: Path, run_id: str) -> dict:
         "versions": versions(),
         "study": grid.study.as_dict(),
         "cluster": profile.as_dict(),
+        "context": context,
         "filters": grid.filters.as_dict(),
         "jobs": [cell_record(job, profile.resources_for(job.key).as_dict()) for job in grid.jobs],
     }
 
 
+PLANNED_FIELDS = ("inputs", "pointers", "output_dir", "expected_outputs", "options", "argv", "resources", "missing")
+
+
 def adopt_plan(old: dict, fresh: dict, rerun_failed: bool) -> dict:
     """Lay a fresh plan over an existing manifest: cells keep their history; cells not yet
-    run take the fresh plan (inputs may have appeared); failed cells restart when asked."""
+    run take the fresh plan (inputs may have appeared); failed cells restart when asked.
+    The run's context (working directory, environment) stays as first recorded."""
     out = copy.deepcopy(old)
     out.update({k: fresh[k] for k in ("study", "cluster", "filters", "versions")})
     by_key = {cell["key"]: cell for cell in out["jobs"]}
@@ -109,9 +118,9 @@ def adopt_plan(old: dict, fresh: dict, rerun_failed: bool) -> dict:
             continue
         state = JobState(cell["state"])
         if state in (JobState.PLANNED, JobState.BLOCKED) and not cell["attempts"]:
-            cell.update({k: new[k] for k in ("inputs", "output_dir", "options", "argv", "resources", "state", "missing")})
+            cell.update({k: new[k] for k in PLANNED_FIELDS + ("state",)})
         elif rerun_failed and state in FAILED_STATES:
-            cell.update({k: new[k] for k in ("inputs", "output_dir", "options", "argv", "resources", "missing")})
+            cell.update({k: new[k] for k in PLANNED_FIELDS})
             cell.update(state=new["state"], retry_base=len(cell["attempts"]), cancel_requested=False)
     order = {cell["key"]: i for i, cell in enumerate(fresh["jobs"])}
     out["jobs"].sort(key=lambda c: (order.get(c["key"], len(order)), JobKey.parse(c["key"]).sort_key()))
@@ -168,8 +177,8 @@ def merge(manifest: dict, observations: Iterable[Observation]) -> bool:
         if obs.attempt == len(cell["attempts"]) and cell["state"] != obs.state.value:
             cell["state"] = obs.state.value
             changed = True
-        if obs.metrics is not None and cell["metrics"] != obs.metrics:
-            cell["metrics"] = obs.metrics
+        if obs.state is JobState.COMPLETED and (cell["metrics"], cell.get("metrics_error")) != (obs.metrics, obs.metrics_error):
+            cell["metrics"], cell["metrics_error"] = obs.metrics, obs.metrics_error
             changed = True
     return changed
 
@@ -192,18 +201,8 @@ def finished(manifest: dict) -> bool:
 def with_results(manifest: dict) -> dict:
     """The manifest with the study's historical fields derived from the cells."""
     out = dict(manifest)
-    results = []
-    for cell in manifest["jobs"]:
-        attempts = cell["attempts"]
-        if not attempts or not JobState(cell["state"]).terminal:
-            continue
-        last = attempts[-1]
-        entry = {"dose": cell["dose"], "view": cell["view"], "split": cell["split"], "state": cell["state"],
-                 "returncode": last.get("returncode"), "log_path": last.get("stdout"),
-                 "stderr_path": last.get("stderr")}  # fmt: skip
-        if cell["state"] != JobState.COMPLETED.value:
-            entry["error"] = last.get("error") or _error_line(cell["state"], last)
-        results.append(entry)
+    results = [execution_result(manifest, cell) for cell in manifest["jobs"]
+               if cell["attempts"] and JobState(cell["state"]).terminal]  # fmt: skip
     success = sum(1 for r in results if r["state"] == JobState.COMPLETED.value)
     out.update(
         n_jobs=len(manifest["jobs"]),
@@ -215,6 +214,23 @@ def with_results(manifest: dict) -> dict:
         counts=counts(manifest),
     )
     return out
+
+
+def execution_result(manifest: dict, cell: dict) -> dict:
+    """The study's record of one job: dose, view, split, returncode, log_path (absolute),
+    and the job's inputs under the study's names."""
+    last = cell["attempts"][-1] if cell["attempts"] else {}
+    root = Path(manifest["artifact_root"])
+    entry = {"dose": cell["dose"], "view": cell["view"], "split": cell["split"], "state": cell["state"],
+             "returncode": last.get("returncode"),
+             "log_path": str(root / last["stdout"]) if last.get("stdout") else None,
+             "stderr_path": str(root / last["stderr"]) if last.get("stderr") else None,
+             "output_dir": cell["output_dir"], **cell["inputs"]}  # fmt: skip
+    if cell["state"] == JobState.BLOCKED.value:
+        entry["error"] = "blocked: " + "; ".join(cell["missing"])
+    elif cell["state"] != JobState.COMPLETED.value:
+        entry["error"] = last.get("error") or _error_line(cell["state"], last)
+    return entry
 
 
 def _error_line(state: str, attempt: dict) -> str:

@@ -1,11 +1,26 @@
-"""Tables, CSV and plots from a manifest (read-only)."""
+"""Tables, CSV and plots from a manifest (read-only).
+
+Each cell's ``metrics`` are the tidy rows of :mod:`gridsubmit.metrics` (model, metric,
+amplitude, phase, value); a cell whose CSV could not be parsed has ``metrics_error`` instead.
+"""
 
 from __future__ import annotations
 
 import csv
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .errors import UsageError
+from .metrics import tidy_records
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+CSV_FIELDS = ("dose", "view", "split", "model", "metric", "amplitude", "phase", "value")
+PREFERRED = ("mae", "mse", "psnr", "ssim", "ms_ssim", "frc50")
+SCALARS = ("registration_offset_dy", "registration_offset_dx", "computation_time_s")
+PLOTTED = (("psnr", "PSNR (dB)"), ("ssim", "SSIM"), ("ms_ssim", "MS-SSIM"))
+
 
 def _table(header: list[str], rows: list[list[str]]) -> str:
     widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
@@ -27,60 +42,108 @@ def status_table(manifest: dict) -> str:
 
 
 def metric_rows(manifest: dict) -> list[dict]:
+    """One row per cell x model x metric: dose, view, split, model, metric, amplitude, phase, value."""
     rows = []
     for cell in manifest["jobs"]:
-        for row in cell.get("metrics") or []:
+        # tidy_records also turns the wide rows of manifests written before the tidy format into tidy ones
+        for row in tidy_records(cell.get("metrics") or []):
             rows.append({"dose": cell["dose"], "view": cell["view"], "split": cell["split"], **row})
     return rows
 
 
 def metrics_table(manifest: dict) -> str:
+    """One line per cell x model, a column per metric (amplitude/phase pairs), then the
+    cells whose metrics file could not be parsed."""
     rows = metric_rows(manifest)
+    errors = [f"{c['key']}: metrics not read: {c['metrics_error']}" for c in manifest["jobs"] if c.get("metrics_error")]
     if not rows:
-        return "(no metrics: no completed cell wrote comparison_metrics.csv)"
-    keys = [k for k in rows[0] if k not in ("dose", "view", "split")]
-    fmt = lambda v: f"{v:.4g}" if isinstance(v, float) else str(v)  # noqa: E731
-    return _table(["dose", "view", "split", *keys], [[r["dose"], r["view"], r["split"], *(fmt(r.get(k, "")) for k in keys)] for r in rows])
+        head = "(no metrics could be read)" if errors else "(no metrics: no completed cell wrote comparison_metrics.csv)"
+        return "\n".join([head, *errors])
+    present = list(dict.fromkeys(r["metric"] for r in rows))
+    scalar = {r["metric"] for r in rows if r["amplitude"] is None and r["phase"] is None} - {
+        r["metric"] for r in rows if r["amplitude"] is not None or r["phase"] is not None}  # fmt: skip
+    # preferred tuple metrics, other tuple metrics, then scalars (the study's own in its order), each as first seen
+    order = lambda m: (m in scalar, SCALARS.index(m) if m in SCALARS else -1)  # noqa: E731
+    others = sorted((m for m in present if m not in PREFERRED), key=order)
+    metrics = [m for m in PREFERRED if m in present] + others
+    lines: dict[tuple, dict[str, str]] = {}  # (dose, view, split, model) -> metric -> shown text, in manifest order
+    for r in rows:
+        lines.setdefault((r["dose"], r["view"], r["split"], r["model"]), {})[r["metric"]] = _shown(r)
+    table = _table(["dose", "view", "split", "model", *metrics],
+                   [[*key, *(shown.get(m, "") for m in metrics)] for key, shown in lines.items()])  # fmt: skip
+    return "\n".join(["pairs are amplitude/phase", table] + ([""] + errors if errors else []))
+
+
+def _shown(row: dict) -> str:
+    fmt = lambda v: "-" if v is None else f"{v:.4g}"  # noqa: E731
+    if row["amplitude"] is None and row["phase"] is None:
+        return fmt(row["value"])
+    return f"{fmt(row['amplitude'])}/{fmt(row['phase'])}"
 
 
 def write_csv(manifest: dict, path: Path) -> int:
+    """Write metric_rows as CSV (None as an empty cell); return the number of rows."""
     rows = metric_rows(manifest)
-    fields: list[str] = []
-    for row in rows:
-        fields += [k for k in row if k not in fields]
     with open(path, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fields or ["dose", "view", "split"])
+        writer = csv.DictWriter(fh, CSV_FIELDS)
         writer.writeheader()
-        writer.writerows(rows)
+        writer.writerows({k: "" if r[k] is None else r[k] for k in CSV_FIELDS} for r in rows)
     return len(rows)
 
 
-def plot(manifest: dict, path: Path) -> None:
-    """PSNR and SSIM against dose, one line per view and model (needs matplotlib)."""
+def plot(manifest: dict, path: Path) -> Figure:
+    """PSNR, SSIM and MS-SSIM (those present) against dose, amplitude and phase side by side,
+    one line per model and view (test split when there is one); saved to ``path`` and returned.
+    A metric with only a value (older wide CSVs) is drawn in the amplitude column."""
     try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        from matplotlib.figure import Figure
     except ImportError:
         raise UsageError("--plot needs matplotlib: pip install 'gridsubmit[plot]'") from None
-    rows = [r for r in metric_rows(manifest) if r.get("split") == "test"] or metric_rows(manifest)
+    rows = metric_rows(manifest)
     if not rows:
         raise UsageError("nothing to plot: no completed cell has metrics")
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for ax, metric in zip(axes, ("psnr", "ssim")):
-        series: dict[tuple, list] = {}
-        for r in rows:
-            if isinstance(r.get(metric), float):
-                series.setdefault((r["view"], r.get("model", "")), []).append((r["dose"], r[metric]))
-        for (view, model), points in sorted(series.items()):
-            points.sort()
-            ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=f"{model} ({view})")
-        ax.set_xscale("log")
-        ax.set_xlabel("dose")
-        ax.set_ylabel(metric.upper())
-        ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
-    fig.suptitle(f"{manifest['study'].get('name', 'study')}: metrics by dose")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    # (metric, column) -> series label -> [(dose, y)]
+    points: dict[tuple[str, str], dict[tuple, list]] = {}
+    for r in rows:
+        metric = r["metric"].lower().replace("-", "_")
+        amplitude = r["amplitude"] if r["amplitude"] is not None else r["value"]
+        for column, y in (("amplitude", amplitude), ("phase", r["phase"])):
+            if metric in dict(PLOTTED) and y is not None:
+                points.setdefault((metric, column), {}).setdefault((r["model"], r["view"], r["split"]), []).append((r["dose"], y))
+    if not points:
+        raise UsageError("nothing to plot: no cell has PSNR, SSIM or MS-SSIM values")
+    test_only = any(series[2] == "test" for lines in points.values() for series in lines)
+    shown = [(m, label) for m, label in PLOTTED if (m, "amplitude") in points or (m, "phase") in points]
+    models = sorted({r["model"] for r in rows})
+    views = sorted({r["view"] for r in rows})
+    fig = Figure(figsize=(11, 3 * len(shown) + 0.8), layout="constrained")
+    axes = fig.subplots(len(shown), 2, squeeze=False)
+    for (metric, label), pair in zip(shown, axes):
+        for ax, column in zip(pair, ("amplitude", "phase")):
+            for (model, view, split), xy in sorted(points.get((metric, column), {}).items()):
+                if test_only and split != "test":
+                    continue
+                xy.sort()
+                ax.plot([p[0] for p in xy], [p[1] for p in xy], color=f"C{models.index(model) % 10}",
+                        linestyle=("-", "--", ":", "-.")[views.index(view) % 4], marker="os^Dv"[views.index(view) % 5],
+                        label=f"{model} ({view})" if test_only else f"{model} ({view}, {split})")  # fmt: skip
+            if not ax.lines:
+                ax.text(0.5, 0.5, f"no {column} values", ha="center", va="center", transform=ax.transAxes, color="gray")
+                ax.set_xticks([])
+                ax.set_yticks([])
+            else:
+                ax.set_xscale("log")
+            ax.set_title(f"{label}, {column}", fontsize=10)
+            ax.set_xlabel("dose")
+            ax.set_ylabel(label)
+            ax.grid(alpha=0.3, which="both")
+    legend: dict[str, object] = {}  # label -> handle, over all panels (a series may be missing from some)
+    for ax in axes.flat:
+        for handle, text in zip(*ax.get_legend_handles_labels()):
+            legend.setdefault(text, handle)
+    # beside the panels; bbox_inches="tight" makes room for it on any matplotlib >= 3.5
+    fig.legend(list(legend.values()), list(legend), loc="upper left", bbox_to_anchor=(1.0, 0.97), fontsize=8)
+    split_note = "test split" if test_only else "all splits"
+    fig.suptitle(f"{manifest['study'].get('name', 'study')}: metrics by dose ({split_note})")
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    return fig

@@ -12,6 +12,7 @@ import time
 import uuid
 from pathlib import Path
 
+from . import context as ctx
 from . import manifest as mf
 from .backends.base import Backend, Handle, Submission
 from .cluster import ClusterProfile, parse_profile
@@ -26,14 +27,22 @@ CANCEL_DIR = "cancel-requests"
 SAVE_EVERY_S = 0.5  # while running, the manifest is rewritten at most this often (and at the end)
 
 
-def make_backend(profile: ClusterProfile, root: Path, run_id: str) -> Backend:
+def make_backend(profile: ClusterProfile, root: Path, manifest: dict) -> Backend:
+    """The profile's backend, running cells in the context the manifest recorded."""
+    context = run_context(root, manifest)
     if profile.backend == "slurm":
         from .backends.slurm import SlurmBackend
 
-        return SlurmBackend(profile, root, run_id)
+        return SlurmBackend(profile, root, context.workdir, dict(context.env), manifest["run_id"])
     from .backends.local import LocalBackend
 
-    return LocalBackend(profile, root)
+    return LocalBackend(profile, root, context.workdir, dict(context.env))
+
+
+def run_context(root: Path, manifest: dict) -> ctx.RunContext:
+    # a schema-1 manifest recorded no context: its cells ran wherever gridsubmit was started
+    recorded = manifest.get("context") or {"workdir": str(Path.cwd())}
+    return ctx.load(Path(root) / mf.STATE_DIR, recorded)
 
 
 def profile_of(manifest: dict) -> ClusterProfile:
@@ -42,7 +51,7 @@ def profile_of(manifest: dict) -> ClusterProfile:
     return parse_profile(raw, manifest["cluster"]["source"])
 
 
-def prepare(root: Path, grid, profile: ClusterProfile, rerun_failed: bool, run_id: str) -> dict:
+def prepare(root: Path, grid, profile: ClusterProfile, rerun_failed: bool, run_id: str, context: ctx.RunContext) -> dict:
     """The manifest to run: a new one, or the existing one with the fresh plan laid over it."""
     old = mf.load(root)
     if old is not None:
@@ -50,7 +59,7 @@ def prepare(root: Path, grid, profile: ClusterProfile, rerun_failed: bool, run_i
         if active:
             raise UsageError(f"{root}: cells of this run are still active on the {active.pop()} backend; "
                              f"`gridsubmit wait {root}` or `gridsubmit cancel {root}` before switching to {profile.backend}")  # fmt: skip
-    fresh = mf.new_manifest(grid, profile, root, old["run_id"] if old else run_id)
+    fresh = mf.new_manifest(grid, profile, root, old["run_id"] if old else run_id, context.as_manifest())
     return fresh if old is None else mf.adopt_plan(old, fresh, rerun_failed)
 
 
@@ -70,9 +79,11 @@ class Runner:
 
     # --- the loop ------------------------------------------------------------------------------
 
-    def run(self, wait: bool = True, submit_new: bool = True, until_ended: set[str] | None = None) -> dict:
+    def run(self, wait: bool = True, submit_new: bool = True, until_ended: set[str] | None = None,
+            deadline: float | None = None) -> dict:  # fmt: skip
         """Drive the grid. ``wait=False`` returns once everything due is submitted;
-        ``until_ended`` returns once those cells have ended."""
+        ``until_ended`` returns once those cells have ended; ``deadline`` (time.monotonic)
+        returns then, whatever is still running."""
         self.attach()
         self.save()
         interval = None
@@ -85,6 +96,8 @@ class Runner:
                 if until_ended is not None and not until_ended & self.handles.keys():
                     break
                 if not wait and not more_due and self.backend.runs_unattended:
+                    break
+                if deadline is not None and time.monotonic() >= deadline:
                     break
                 interval = self.backend.poll_interval(interval, changed)
                 time.sleep(interval)
@@ -151,7 +164,8 @@ class Runner:
         resources = self.profile.resources_for(JobKey.parse(cell["key"]), fates)
         n = len(cell["attempts"]) + 1
         attempt_dir = self.root / "logs" / cell["key"] / f"attempt-{n}"
-        return Submission(cell["key"], n, cell["argv"], Path(cell["output_dir"]), attempt_dir, resources)
+        return Submission(cell["key"], n, cell["argv"], Path(cell["output_dir"]), attempt_dir, resources,
+                          tuple(cell.get("expected_outputs", ())))  # fmt: skip
 
     def dry_run(self) -> str:
         due = mf.due_cells(self.manifest, self.profile.retry)
@@ -252,7 +266,7 @@ def cancel(root: Path, filters: Filters) -> str:
     try:
         manifest = existing(root)
         profile = profile_of(manifest)
-        runner = Runner(root, manifest, profile, make_backend(profile, root, manifest["run_id"]))
+        runner = Runner(root, manifest, profile, make_backend(profile, root, manifest))
         keys = runner.cancel(filters)
         runner.run(submit_new=False, until_ended=set(keys))  # collect the cancelled jobs' fates
     finally:

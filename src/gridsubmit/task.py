@@ -1,6 +1,7 @@
 """What runs for each job on the compute node (stdlib only: it starts once per job).
 
-Runs the cell's argv without a shell, in the cell's output folder; the child writes its
+Runs the cell's argv without a shell, in the run's working directory (the cell's output
+folder is created first, and named in its argv); the child writes its
 stdout and stderr straight into two files, so a killed job still leaves its partial logs.
 Ends by writing ``result.json`` atomically: the command's own exit code survives whatever
 the scheduler's wrapper reports.
@@ -91,7 +92,7 @@ def _wait_for_slot(folder: Path, deadline: float | None, signals: _Signals) -> d
 
 
 def run_task(spec: dict) -> dict:
-    """Run one attempt. ``spec``: argv, cwd, attempt_dir, env (additions), and optionally
+    """Run one attempt. ``spec``: argv, cwd, output_dir, attempt_dir, env (additions), and optionally
     time_limit_s (enforced here: the local backend's limit), gate (wait for slot.json),
     gate_deadline (epoch seconds to give up waiting), kill_grace_s, forward_usr2."""
     folder = Path(spec["attempt_dir"])
@@ -120,7 +121,8 @@ def run_task(spec: dict) -> dict:
 
 def _run(spec: dict, env: dict, folder: Path, signals: _Signals) -> dict:
     cwd = Path(spec["cwd"])
-    cwd.mkdir(parents=True, exist_ok=True)
+    if spec.get("output_dir"):
+        Path(spec["output_dir"]).mkdir(parents=True, exist_ok=True)
     limit = spec.get("time_limit_s")
     grace = float(spec.get("kill_grace_s", 10))
     started = time.time()
@@ -130,7 +132,8 @@ def _run(spec: dict, env: dict, folder: Path, signals: _Signals) -> dict:
             child = subprocess.Popen(spec["argv"], cwd=cwd, env=env, stdout=stdout, stderr=stderr,
                                      stdin=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
         except OSError as exc:
-            message = f"cannot start {spec['argv'][0]!r}: {exc.strerror or exc}"
+            why = exc.strerror or str(exc) if cwd.is_dir() else f"working directory {cwd} does not exist"
+            message = f"cannot start {spec['argv'][0]!r}: {why}"
             stderr.write(f"gridsubmit: {message}\n".encode())
             now = time.time()
             return {**out, "returncode": 127, "error": message, "ended_at": now, "elapsed_s": now - started}

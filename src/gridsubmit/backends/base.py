@@ -8,7 +8,6 @@ codes and metrics happens here, once, for all backends.
 
 from __future__ import annotations
 
-import csv
 import math
 import time
 from abc import ABC, abstractmethod
@@ -18,13 +17,13 @@ from typing import Any, Sequence
 
 from ..cluster import ClusterProfile, Resources
 from ..manifest import Observation
+from ..metrics import read_metrics
 from ..states import JobState, fate
 from ..task import RESULT, STDERR, STDOUT, read_json
 
 TAIL_LINES = 50
 TAIL_BYTES = 8 * 1024
 METRICS_FILE = "comparison_metrics.csv"
-MAX_METRIC_ROWS = 200
 
 
 @dataclass
@@ -37,7 +36,11 @@ class Submission:
     output_dir: Path
     attempt_dir: Path
     resources: Resources
+    expected_outputs: tuple[str, ...] = ()
     record: dict[str, Any] = field(default_factory=dict)  # backend fields saved before submitting
+
+    def handle(self, **kw) -> "Handle":
+        return Handle(self.key, self.attempt, self.attempt_dir, self.output_dir, expected_outputs=self.expected_outputs, **kw)
 
 
 @dataclass
@@ -51,6 +54,7 @@ class Handle:
     job_id: str | None = None
     state: JobState = JobState.SUBMITTED
     undecided_since: float | None = None
+    expected_outputs: tuple[str, ...] = ()
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -59,9 +63,16 @@ class Backend(ABC):
     grace_s: float
     runs_unattended: bool  # do submitted jobs progress with no runner attached?  # how long inconclusive evidence is tolerated before judging (scheduler lag)
 
-    def __init__(self, profile: ClusterProfile, root: Path):
+    def __init__(self, profile: ClusterProfile, root: Path, workdir: Path, env: dict[str, str]):
         self.profile = profile
         self.root = Path(root)
+        self.workdir = Path(workdir)  # every cell's command runs here
+        self.env = {**env, **profile.env}  # the run's captured variables, then the profile's
+
+    def task_spec(self, sub: Submission) -> dict:
+        """What the node-side task needs to run one attempt (see task.run_task)."""
+        return {"argv": list(sub.argv), "cwd": str(self.workdir), "output_dir": str(sub.output_dir),
+                "attempt_dir": str(sub.attempt_dir), "env": dict(self.env)}  # fmt: skip
 
     # --- what each backend implements ----------------------------------------------------------
 
@@ -121,6 +132,8 @@ class Backend(ABC):
                 h.undecided_since = now
             waited = 0.0 if h.undecided_since is None else now - h.undecided_since
             state = fate(result, scheduled, waited, self.grace_s)
+            if state is JobState.COMPLETED and missing_outputs(h):
+                state = JobState.FAILED  # exit 0 without what the study needs is no success
             if state is None:
                 state = scheduled if scheduled is not None and scheduled.active else h.state
             h.state = state
@@ -145,18 +158,24 @@ class Backend(ABC):
                 fields["error"] = f"never started: {why} while it waited for a slot"
         elif state.terminal and result is None:
             fields["error"] = f"no result.json: the job ended as {state.value} before the command finished"
-        metrics = None
+        if state is JobState.FAILED and result is not None and result.get("returncode") == 0:
+            fields["error"] = f"exit 0 but {', '.join(missing_outputs(h))} missing"
+        metrics, problem = None, None
         if state.terminal:
             fields["stdout_tail"] = tail(h.attempt_dir / STDOUT)
             fields["stderr_tail"] = tail(h.attempt_dir / STDERR)
             if state is JobState.COMPLETED:
-                metrics = read_metrics(h.output_dir / METRICS_FILE)
-        return Observation(h.key, h.attempt, state, fields, metrics)
+                metrics, problem = read_metrics(h.output_dir / METRICS_FILE)
+        return Observation(h.key, h.attempt, state, fields, metrics, problem)
 
     def handle_from_record(self, cell: dict, attempt: dict) -> Handle:
         return Handle(key=cell["key"], attempt=attempt["attempt"], attempt_dir=self.root / attempt["dir"],
-                      output_dir=Path(cell["output_dir"]), job_id=attempt.get("job_id"),
-                      state=JobState(attempt["state"]))  # fmt: skip
+                      output_dir=Path(cell["output_dir"]), job_id=attempt.get("job_id"), state=JobState(attempt["state"]),
+                      expected_outputs=tuple(cell.get("expected_outputs", ())))  # fmt: skip
+
+
+def missing_outputs(h: Handle) -> list[str]:
+    return [name for name in h.expected_outputs if not (h.output_dir / name).is_file()]
 
 
 def tail(path: Path, lines: int = TAIL_LINES, limit: int = TAIL_BYTES) -> str:
@@ -173,22 +192,3 @@ def tail(path: Path, lines: int = TAIL_LINES, limit: int = TAIL_BYTES) -> str:
     if size > limit:  # drop the partial first line
         text = text.split("\n", 1)[-1]
     return "\n".join(text.splitlines()[-lines:])
-
-
-def read_metrics(path: Path) -> list[dict] | None:
-    try:
-        with open(path, newline="", errors="replace") as fh:
-            rows = list(csv.DictReader(fh))[:MAX_METRIC_ROWS]
-    except (FileNotFoundError, csv.Error):
-        return None
-    return [{k: _number(v) for k, v in row.items() if k is not None} for row in rows]
-
-
-def _number(value: Any) -> Any:
-    if not isinstance(value, str):
-        return value
-    try:
-        number = float(value)
-    except ValueError:
-        return value
-    return number if number == number and abs(number) != float("inf") else value

@@ -34,8 +34,8 @@ class LocalBackend(Backend):
     grace_s = 1.0  # result.json is written before the process exits: little lag to allow for
     runs_unattended = False  # slots are granted by the runner
 
-    def __init__(self, profile: ClusterProfile, root: Path):
-        super().__init__(profile, root)
+    def __init__(self, profile: ClusterProfile, root: Path, workdir: Path, env: dict[str, str]):
+        super().__init__(profile, root, workdir, env)
         gpus = visible_gpus(profile)
         per_job = profile.resources.gpus_per_job
         self.gpus_per_job = (1 if gpus else 0) if per_job < 0 else per_job
@@ -60,7 +60,7 @@ class LocalBackend(Backend):
     def submit(self, submissions: Sequence[Submission]) -> list[Handle]:
         handles = []
         for sub in submissions:
-            h = Handle(sub.key, sub.attempt, sub.attempt_dir, sub.output_dir, state=JobState.PENDING)
+            h = sub.handle(state=JobState.PENDING)
             h.extra["submission"] = sub
             handles.append(h)
             self.queue.append(h)
@@ -98,7 +98,7 @@ class LocalBackend(Backend):
             h = self.handle_from_record(cell, attempt)
             if h.job_id is None:  # accepted by a runner that died before starting it
                 h.extra["submission"] = Submission(h.key, h.attempt, cell["argv"], h.output_dir, h.attempt_dir,
-                                                   Resources(**attempt["resources"]))  # fmt: skip
+                                                   Resources(**attempt["resources"]), h.expected_outputs)  # fmt: skip
                 self.queue.append(h)
             else:
                 h.extra["process"] = int(h.job_id)
@@ -150,9 +150,8 @@ class LocalBackend(Backend):
         self._executor.update_parameters(timeout_min=(gate_wait + limit + KILL_GRACE_S + 60) / 60,
                                         signal_delay_s=KILL_GRACE_S)  # fmt: skip
         h.attempt_dir.mkdir(parents=True, exist_ok=True)
-        spec = {"argv": list(sub.argv), "cwd": str(sub.output_dir), "attempt_dir": str(h.attempt_dir),
-                "env": dict(self.profile.env), "time_limit_s": limit, "gate": True,
-                "gate_deadline": time.time() + gate_wait, "kill_grace_s": KILL_GRACE_S}  # fmt: skip
+        spec = {**self.task_spec(sub), "time_limit_s": limit, "gate": True, "gate_deadline": time.time() + gate_wait,
+                "kill_grace_s": KILL_GRACE_S}  # fmt: skip
         job = self._executor.submit(run_task, spec)
         h.job_id = str(job.job_id)
         h.extra["process"] = job

@@ -63,8 +63,8 @@ class SlurmBackend(Backend):
     grace_s = 30.0  # sacct trails squeue by seconds; never judge a missing row sooner
     runs_unattended = True
 
-    def __init__(self, profile: ClusterProfile, root: Path, run_id: str):
-        super().__init__(profile, root)
+    def __init__(self, profile: ClusterProfile, root: Path, workdir: Path, env: dict[str, str], run_id: str):
+        super().__init__(profile, root, workdir, env)
         self.run_id = run_id
         self.folder = self.root / STATE_DIR / "submitit"
         self._max_array_size = profile.max_array_size
@@ -115,14 +115,13 @@ class SlurmBackend(Backend):
             for sub, job in zip(chunk, jobs):
                 array_id = job.job_id.split("_")[0]
                 script = SlurmJob(self.folder, array_id).paths.submission_file
-                h = Handle(sub.key, sub.attempt, sub.attempt_dir, sub.output_dir, job_id=job.job_id, state=JobState.PENDING,
-                           extra={"job_name": name, "record": {"array_job_id": array_id, "script": str(script)}})  # fmt: skip
+                h = sub.handle(job_id=job.job_id, state=JobState.PENDING,
+                               extra={"job_name": name, "record": {"array_job_id": array_id, "script": str(script)}})  # fmt: skip
                 handles.append(h)
         return handles
 
     def _spec(self, sub: Submission) -> dict:
-        return {"argv": list(sub.argv), "cwd": str(sub.output_dir), "attempt_dir": str(sub.attempt_dir),
-                "env": dict(self.profile.env), "forward_usr2": bool(self.profile.warn_signal)}  # fmt: skip
+        return {**self.task_spec(sub), "forward_usr2": bool(self.profile.warn_signal)}
 
     def _executor(self, res: Resources, name: str) -> submitit.SlurmExecutor:
         p = self.profile

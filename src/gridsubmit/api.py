@@ -1,0 +1,216 @@
+"""The public Python API: plan a study, submit it, wait, look, cancel. The CLI uses nothing else.
+
+    from gridsubmit import GridExecutor, load_study
+
+    executor = GridExecutor("runs/g2", cluster="cluster_configs/slurm-gpu.yaml")
+    grid = executor.plan(load_study("study.yaml"))
+    run = executor.submit(grid)          # returns once submitted
+    manifest = run.wait()                # polls to the end (re-attaches from any process)
+
+and, for the study's own call site, :func:`execute_comparison_jobs`.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+from . import context as ctx
+from . import manifest as mf
+from .cluster import ClusterProfile, default_local_profile, load_profile, parse_profile
+from .errors import UsageError
+from .jobs import JobKey
+from .preflight import check_commands
+from .progress import Progress
+from .runner import Runner, cancel, detach_waiter, existing, exit_status, make_backend, prepare, profile_of
+from .states import JobState
+from .study import Filters, Grid, Study, load_study, plan
+
+ClusterLike = ClusterProfile | str | Path | Mapping[str, Any] | None
+FOLLOW_EVERY_S = 0.5  # how often a second waiter re-reads the manifest of a run another process drives
+
+# The fields of the study's ComparisonJob, and the built-in study's names for them.
+JOB_INPUTS = ("phase_c_npz", "pinn_checkpoint", "baseline_checkpoint", "phase_f_manifest")
+JOB_OPTIONS = ("ms_ssim_sigma", "skip_registration", "register_ptychi_only")
+
+
+def load_cluster(cluster: ClusterLike = None) -> ClusterProfile:
+    """A cluster profile from a YAML path, a mapping, a profile, or None (the local backend)."""
+    if cluster is None:
+        return default_local_profile()
+    if isinstance(cluster, ClusterProfile):
+        return cluster
+    if isinstance(cluster, Mapping):
+        return parse_profile(dict(cluster), "cluster mapping")
+    return load_profile(cluster)
+
+
+class GridExecutor:
+    """Runs grids into one artifact root on one cluster profile (like submitit's executors)."""
+
+    def __init__(self, artifact_root: str | Path, cluster: ClusterLike = None, *, progress: Progress | None = None):
+        self.root = Path(artifact_root).expanduser().resolve()
+        self.profile = load_cluster(cluster)
+        self.progress = progress or Progress(quiet=True)
+
+    def recorded_context(self) -> ctx.RunContext | None:
+        """The working directory and environment of this root's run, if it has one."""
+        manifest = mf.load(self.root)
+        if manifest is None or not manifest.get("context"):
+            return None
+        return ctx.load(self.root / mf.STATE_DIR, manifest["context"])
+
+    def plan(self, study: Study | str | Path | Mapping | None = None, *, filters: Filters = Filters(),
+             workdir: str | Path | None = None,
+             given: Sequence[tuple[JobKey, Mapping[str, Any]]] | None = None) -> Grid:  # fmt: skip
+        """Every cell of ``study`` (a Study, a YAML path, a mapping, None: built-in) with its
+        argv, run in the working directory this root recorded, else ``workdir``, else the
+        study's, else the current directory."""
+        if not isinstance(study, Study):
+            study = load_study(study)
+        recorded = self.recorded_context()
+        where = recorded.workdir if recorded else workdir
+        return plan(study, self.root, filters, python=self.profile.python, workdir=where, given=given)
+
+    def context_for(self, grid: Grid) -> ctx.RunContext:
+        """The context the grid's cells will run in: the recorded one, or captured now."""
+        recorded = self.recorded_context()
+        if recorded is not None:
+            return recorded
+        return ctx.capture(grid.workdir, [*grid.study.capture_env, *self.profile.capture_env])
+
+    def check(self, grid: Grid) -> list[str]:
+        """Problems that would stop the cells' command from starting (see preflight)."""
+        context = self.context_for(grid)
+        return check_commands((job.argv for job in grid.runnable), context.workdir, {**context.env, **self.profile.env})
+
+    def dry_run(self, grid: Grid, *, rerun_failed: bool = False) -> str:
+        """What would be submitted (for SLURM: the sbatch scripts); submits nothing."""
+        manifest = prepare(self.root, grid, self.profile, rerun_failed, mf.new_run_id(), self.context_for(grid))
+        return Runner(self.root, manifest, self.profile, make_backend(self.profile, self.root, manifest)).dry_run()
+
+    def submit(self, grid: Grid, *, rerun_failed: bool = False, wait: bool = False, timeout: float | None = None) -> "Run":
+        """Record the grid in the root's manifest and submit its due cells. ``wait``: poll to
+        the end here (``timeout`` seconds at most, then TimeoutError). Without ``wait`` a local
+        run is handed to a background runner, since local cells need one to be scheduled."""
+        context = self.context_for(grid)
+        run_id = mf.new_run_id()
+        prepare(self.root, grid, self.profile, rerun_failed, run_id, context)  # refuses before anything is written
+        self.root.mkdir(parents=True, exist_ok=True)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with mf.RunLock(self.root, "submit"):
+            manifest = prepare(self.root, grid, self.profile, rerun_failed, run_id, context)
+            if mf.load(self.root) is None:
+                ctx.save(self.root / mf.STATE_DIR, context)
+            backend = make_backend(self.profile, self.root, manifest)
+            runner = Runner(self.root, manifest, self.profile, backend, self.progress)
+            if not wait and not backend.runs_unattended:
+                runner.save()
+            else:
+                runner.run(wait=wait, deadline=deadline)
+        run = Run(self.root)
+        if not backend.runs_unattended and not run.done:
+            detach_waiter(self.root)
+        if wait and not run.done:
+            raise TimeoutError(f"{self.root}: not finished after {timeout} s; the run goes on (`gridsubmit wait {self.root}`)")
+        return run
+
+
+class Run:
+    """One artifact root's run, from any process: its manifest, waiting, cancelling."""
+
+    def __init__(self, artifact_root: str | Path):
+        self.root = Path(artifact_root).expanduser().resolve()
+
+    @classmethod
+    def open(cls, artifact_root: str | Path) -> "Run":
+        run = cls(artifact_root)
+        existing(run.root)  # a clear error if there is no run here
+        return run
+
+    @property
+    def manifest(self) -> dict:
+        """The manifest as on disk now, with the study's derived fields (execution_results, counts)."""
+        return mf.with_results(existing(self.root))
+
+    @property
+    def done(self) -> bool:
+        """Every cell has ended and none is due for a retry."""
+        manifest = existing(self.root)
+        return mf.finished(manifest) and not mf.due_cells(manifest, profile_of(manifest).retry)
+
+    @property
+    def exit_status(self) -> int:
+        """0: every runnable cell completed; 1: any did not."""
+        return exit_status(existing(self.root))
+
+    def wait(self, timeout: float | None = None, progress: Progress | None = None) -> dict:
+        """Drive the run to its end, or follow the process that drives it and take over when
+        it stops. Raises TimeoutError after ``timeout`` seconds, leaving the run going."""
+        progress = progress or Progress(quiet=True)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        lock = mf.RunLock(self.root, "wait")
+        while True:
+            if lock.acquire():
+                try:
+                    manifest = existing(self.root)
+                    profile = profile_of(manifest)
+                    backend = make_backend(profile, self.root, manifest)
+                    Runner(self.root, manifest, profile, backend, progress).run(wait=True, deadline=deadline)
+                finally:
+                    lock.release()
+                break
+            progress.update(existing(self.root))  # another process drives it: follow
+            if deadline is not None and time.monotonic() >= deadline:
+                break
+            time.sleep(FOLLOW_EVERY_S)
+        progress.done()
+        if not self.done:
+            if profile_of(existing(self.root)).backend == "local" and mf.holder(self.root) is None:
+                detach_waiter(self.root)  # local cells need a runner: hand over
+            raise TimeoutError(f"{self.root}: not finished after {timeout} s; the run goes on")
+        return self.manifest
+
+    def cancel(self, filters: Filters = Filters()) -> str:
+        """Cancel the selected cells that have not ended (all by default)."""
+        return cancel(self.root, filters)
+
+
+def execute_comparison_jobs(jobs: Iterable[Any], artifact_root: str | Path, *, cluster: ClusterLike = None,
+                            workdir: str | Path | None = None, study: Study | str | Path | Mapping | None = None,
+                            rerun_failed: bool = False, timeout: float | None = None) -> dict:  # fmt: skip
+    """Run the study's ComparisonJob objects and return the manifest, as the study's own
+    executor does: ``execution_results`` (dose, view, split, returncode, log_path, and the
+    job's inputs), ``n_jobs``, ``n_executed``, ``n_success``, ``n_failed``.
+
+    Each job runs ``python -m scripts.compare_models`` (the built-in study's command, or
+    ``study``'s) from ``workdir`` (default: the current directory), with ``--tike_recon_path``
+    when its Phase F manifest names a reconstruction that exists. Local backend by default,
+    or ``cluster`` (a profile path, mapping or ClusterProfile). A job that fails, or cannot
+    run because an input is missing, is counted as failed, never raised."""
+    given = []
+    seen: set[JobKey] = set()
+    for i, job in enumerate(jobs):
+        absent = [name for name in ("dose", "view", "split", *JOB_INPUTS) if not hasattr(job, name)]
+        if absent:
+            raise UsageError(f"jobs[{i}]: expected a ComparisonJob with {', '.join(absent)}; got {type(job).__name__}")
+        key = JobKey(int(job.dose), str(job.view), str(job.split))
+        if key in seen:
+            raise UsageError(f"jobs[{i}]: {key} is listed twice")
+        seen.add(key)
+        values = {name: getattr(job, name) for name in (*JOB_INPUTS, *JOB_OPTIONS) if hasattr(job, name)}
+        given.append((key, values))
+    executor = GridExecutor(artifact_root, cluster)
+    grid = executor.plan(study, workdir=workdir, given=given)
+    run = executor.submit(grid, rerun_failed=rerun_failed, wait=True, timeout=timeout)
+    return study_manifest(run.manifest)
+
+
+def study_manifest(manifest: dict) -> dict:
+    """The manifest with every cell in ``execution_results``: a job the caller asked for
+    that could not run (BLOCKED) counts as failed."""
+    results = [mf.execution_result(manifest, cell) for cell in manifest["jobs"]]
+    success = sum(1 for r in results if r["state"] == JobState.COMPLETED.value)
+    return {**manifest, "execution_results": results, "n_jobs": len(results), "n_executed": len(results),
+            "n_success": success, "n_failed": len(results) - success}  # fmt: skip

@@ -1,0 +1,139 @@
+"""Read a cell's ``comparison_metrics.csv`` into normalised tidy rows (pure; never raises).
+
+Two formats are understood:
+
+* tidy, as ``scripts/compare_models.py`` writes it: ``model,metric,amplitude,phase,value``,
+  one row per model x metric; tuple metrics fill amplitude and phase, scalars fill value;
+* wide, an older form: ``model,<metric1>,<metric2>,...``, one row per model. Every column
+  whose non-empty cells are all numbers becomes one tidy row per model with ``value`` set;
+  other columns (notes, names) are ignored.
+
+Every row is ``{"model", "metric", "amplitude", "phase", "value"}``; a number is a float, and
+an empty cell, NaN or infinity is None (the manifest is JSON, which has no portable NaN).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from pathlib import Path
+from typing import Any, Iterable
+
+TIDY_FIELDS = ("model", "metric", "amplitude", "phase", "value")
+NUMBERS = ("amplitude", "phase", "value")
+MAX_ROWS = 500
+MAX_BYTES = 1024 * 1024  # far above 500 rows of metrics; a runaway file is cut, not read whole
+
+
+class _Bad(Exception):
+    """A problem with the file's contents; its message says what and where."""
+
+
+def read_metrics(path: Path) -> tuple[list[dict] | None, str | None]:
+    """(rows, problem): (None, None) when the file does not exist, (None, "<path>: why") when
+    it cannot be read or parsed, else (rows, None) with at most MAX_ROWS rows."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read(MAX_BYTES + 1)
+    except FileNotFoundError:
+        return None, None
+    except OSError as exc:
+        return None, f"{path}: cannot read: {exc.strerror or exc}"
+    if len(data) > MAX_BYTES:  # drop the partial last line
+        data = data[: data.rfind(b"\n", 0, MAX_BYTES) + 1]
+    text = data.decode("utf-8-sig", errors="replace")
+    try:
+        records = [row for row in csv.reader(io.StringIO(text, newline="")) if any(cell.strip() for cell in row)]
+        if not records:
+            raise _Bad("empty file: no header")
+        header = [name.strip().lower() for name in records[0]]
+        if "model" not in header:
+            raise _Bad(f"no 'model' column in the header ({','.join(records[0])[:120]})")
+        body = records[1 : MAX_ROWS + 1]
+        rows = _tidy(header, body) if "metric" in header else _wide(header, [name.strip() for name in records[0]], body)
+    except _Bad as exc:
+        return None, f"{path}: {exc}"
+    except csv.Error as exc:
+        return None, f"{path}: not a CSV file: {exc}"
+    return rows[:MAX_ROWS], None
+
+
+def tidy_records(records: Iterable[dict]) -> list[dict]:
+    """Normalise rows already in memory (e.g. a manifest written before the tidy format): tidy
+    rows keep their five keys, a wide row gives one row per numeric field."""
+    rows: list[dict] = []
+    for record in records:
+        if "metric" in record:
+            rows.append({"model": str(record.get("model") or ""), "metric": str(record.get("metric") or ""),
+                         **{k: _number(record.get(k)) for k in NUMBERS}})  # fmt: skip
+            continue
+        for key, value in record.items():
+            if key != "model" and isinstance(value, (int, float)) and not isinstance(value, bool):
+                rows.append(_row(str(record.get("model") or ""), key, None, None, _number(value)))
+    return rows
+
+
+def _tidy(header: list[str], body: list[list[str]]) -> list[dict]:
+    col = {name: header.index(name) for name in TIDY_FIELDS if name in header}
+    rows = []
+    for line, record in enumerate(body, start=2):
+        cell = lambda name: record[col[name]].strip() if name in col and col[name] < len(record) else ""  # noqa: E731
+        model, metric = cell("model"), cell("metric")
+        if not model or not metric:
+            raise _Bad(f"line {line}: no {'model' if not model else 'metric'} name")
+        numbers = {}
+        for name in NUMBERS:
+            try:
+                numbers[name] = _parse(cell(name))
+            except ValueError:
+                raise _Bad(f"line {line}: {name} of {model} {metric} is not a number: {cell(name)[:40]!r}") from None
+        rows.append(_row(model, metric, **numbers))
+    return rows
+
+
+def _wide(header: list[str], names: list[str], body: list[list[str]]) -> list[dict]:
+    model_col = header.index("model")
+    cells = lambda i: [r[i].strip() if i < len(r) else "" for r in body]  # noqa: E731
+    numeric = []
+    for i, name in enumerate(names):
+        values = [v for v in cells(i) if v]
+        if i != model_col and name and values and all(_is_number(v) for v in values):
+            numeric.append(i)
+    rows = []
+    for line, record in enumerate(body, start=2):
+        model = record[model_col].strip() if model_col < len(record) else ""
+        if not model:
+            raise _Bad(f"line {line}: no model name")
+        for i in numeric:
+            rows.append(_row(model, names[i], None, None, _parse(record[i].strip() if i < len(record) else "")))
+    return rows
+
+
+def _row(model: str, metric: str, amplitude: float | None, phase: float | None, value: float | None) -> dict:
+    return {"model": model, "metric": metric, "amplitude": amplitude, "phase": phase, "value": value}
+
+
+def _parse(text: str) -> float | None:
+    """'' -> None; a number -> float, NaN and infinities -> None; anything else -> ValueError."""
+    return None if not text else _number(float(text))
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, str):
+        try:
+            return _parse(value.strip())
+        except ValueError:
+            return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True

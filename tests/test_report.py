@@ -1,0 +1,313 @@
+"""Metrics files, the report built from a manifest, and the synthetic study with its reference comparison."""
+
+import csv
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from gridsubmit import report
+from gridsubmit.demo import compare
+from gridsubmit.demo.generate import make_study
+from gridsubmit.errors import UsageError
+from gridsubmit.metrics import MAX_ROWS, TIDY_FIELDS, read_metrics
+
+TIDY = """\
+model,metric,amplitude,phase,value
+PtychoPINN,mae,0.081234,0.301122,
+PtychoPINN,psnr,63.412000,58.100000,
+PtychoPINN,registration_offset_dy,,,1.000000
+Baseline,psnr,61.900000,55.300000,
+"""
+
+
+def row(model, metric, amplitude=None, phase=None, value=None):
+    return {"model": model, "metric": metric, "amplitude": amplitude, "phase": phase, "value": value}
+
+
+def cell(dose, view="dense", split="test", metrics=None, error=None, state="COMPLETED"):
+    return {"key": f"dose_{dose}/{view}/{split}", "dose": dose, "view": view, "split": split, "state": state,
+            "attempts": [], "missing": [], "metrics": metrics, "metrics_error": error}  # fmt: skip
+
+
+def manifest(*cells):
+    return {"study": {"name": "fly64-test"}, "jobs": list(cells)}
+
+
+def tuple_rows(model, psnr, ssim):
+    return [row(model, "psnr", psnr, psnr - 5), row(model, "ssim", ssim, ssim - 0.1), row(model, "computation_time_s", value=1.5)]
+
+
+# --- reading a cell's metrics file ------------------------------------------------------------
+
+
+def test_the_study_tidy_csv_becomes_one_row_per_model_and_metric_with_amplitude_phase_or_value(tmp_path):
+    (tmp_path / "m.csv").write_text(TIDY)
+    rows, problem = read_metrics(tmp_path / "m.csv")
+    assert problem is None
+    assert rows == [row("PtychoPINN", "mae", 0.081234, 0.301122), row("PtychoPINN", "psnr", 63.412, 58.1),
+                    row("PtychoPINN", "registration_offset_dy", value=1.0), row("Baseline", "psnr", 61.9, 55.3)]  # fmt: skip
+    assert all(tuple(r) == TIDY_FIELDS for r in rows)
+
+
+def test_an_older_wide_csv_becomes_tidy_rows_with_values_and_its_text_columns_are_ignored(tmp_path):
+    (tmp_path / "m.csv").write_text("model,psnr,ssim,note\npinn,30.5,0.91,ok\nbaseline,,0.8,\n")
+    rows, problem = read_metrics(tmp_path / "m.csv")
+    assert problem is None
+    assert rows == [row("pinn", "psnr", value=30.5), row("pinn", "ssim", value=0.91),
+                    row("baseline", "psnr", value=None), row("baseline", "ssim", value=0.8)]  # fmt: skip
+
+
+def test_nan_and_infinity_are_stored_as_none_so_the_manifest_stays_plain_json(tmp_path):
+    (tmp_path / "m.csv").write_text("model,metric,amplitude,phase,value\nPtychoPINN,psnr,nan,inf,\nBaseline,psnr,30,-Infinity,\n")
+    rows, problem = read_metrics(tmp_path / "m.csv")
+    assert problem is None
+    assert rows == [row("PtychoPINN", "psnr"), row("Baseline", "psnr", 30.0)]
+    (tmp_path / "w.csv").write_text("model,psnr\npinn,NaN\n")
+    assert read_metrics(tmp_path / "w.csv") == ([row("pinn", "psnr")], None)
+
+
+def test_a_missing_file_is_no_metrics_and_a_header_alone_is_an_empty_list(tmp_path):
+    assert read_metrics(tmp_path / "absent.csv") == (None, None)
+    (tmp_path / "m.csv").write_text("model,metric,amplitude,phase,value\n")
+    assert read_metrics(tmp_path / "m.csv") == ([], None)
+
+
+@pytest.mark.parametrize("content, why", [
+    (b"", "empty file"),
+    (b"name,psnr\npinn,30\n", "no 'model' column"),
+    (b"model,metric,amplitude,phase,value\nPtychoPINN,psnr,high,55,\n", "amplitude of PtychoPINN psnr is not a number"),
+    (b"model,metric,amplitude,phase,value\nPtychoPINN,,1,2,\n", "line 2: no metric name"),
+    (b'model,metric,amplitude\n"PtychoPINN,psnr,1\n' + b"x" * 200_000, "not a CSV file"),
+])  # fmt: skip
+def test_an_unparseable_file_yields_a_problem_naming_the_file_and_never_raises(tmp_path, content, why):
+    path = tmp_path / "comparison_metrics.csv"
+    path.write_bytes(content)
+    rows, problem = read_metrics(path)
+    assert rows is None
+    assert problem.startswith(f"{path}: ") and why in problem
+
+
+def test_a_folder_in_place_of_the_file_is_a_problem_too(tmp_path):
+    (tmp_path / "comparison_metrics.csv").mkdir()
+    rows, problem = read_metrics(tmp_path / "comparison_metrics.csv")
+    assert rows is None and str(tmp_path / "comparison_metrics.csv") in problem
+
+
+def test_bytes_that_are_not_utf8_are_replaced_and_rows_are_bounded(tmp_path):
+    path = tmp_path / "m.csv"
+    path.write_bytes(b"model,metric,amplitude,phase,value\n" + b"".join(b"m\xff%d,psnr,1,2,\n" % i for i in range(MAX_ROWS + 50)))
+    rows, problem = read_metrics(path)
+    assert problem is None and len(rows) == MAX_ROWS
+    assert rows[0] == row("m\ufffd0", "psnr", 1.0, 2.0)
+
+
+# --- the report -------------------------------------------------------------------------------
+
+
+def two_dose_manifest():
+    return manifest(
+        cell(1000, metrics=tuple_rows("PtychoPINN", 30.0, 0.8) + tuple_rows("Baseline", 28.0, 0.7)),
+        cell(10000, metrics=tuple_rows("PtychoPINN", 40.0, 0.9) + tuple_rows("Baseline", 35.0, 0.85)),
+        cell(10000, view="sparse", error="/run/dose_10000/sparse/test/comparison_metrics.csv: empty file: no header"),
+        cell(1000, view="sparse", state="BLOCKED"),
+    )
+
+
+def test_metric_rows_carry_the_cell_axes_on_every_model_and_metric():
+    rows = report.metric_rows(two_dose_manifest())
+    assert len(rows) == 12
+    assert rows[0] == {"dose": 1000, "view": "dense", "split": "test", "model": "PtychoPINN", "metric": "psnr",
+                       "amplitude": 30.0, "phase": 25.0, "value": None}  # fmt: skip
+
+
+def test_the_csv_has_one_row_per_cell_model_and_metric_with_empty_cells_for_none(tmp_path):
+    path = tmp_path / "metrics.csv"
+    assert report.write_csv(two_dose_manifest(), path) == 12
+    lines = path.read_text().splitlines()
+    assert lines[0] == "dose,view,split,model,metric,amplitude,phase,value"
+    assert lines[1] == "1000,dense,test,PtychoPINN,psnr,30.0,25.0,"
+    assert lines[3] == "1000,dense,test,PtychoPINN,computation_time_s,,,1.5"
+    keys = [(r["dose"], r["model"], r["metric"]) for r in csv.DictReader(path.open())]
+    assert len(keys) == len(set(keys)) == 12
+    assert report.write_csv(manifest(cell(1000)), path) == 0
+    assert path.read_text().strip() == "dose,view,split,model,metric,amplitude,phase,value"
+
+
+def test_the_table_shows_a_line_per_cell_and_model_with_amplitude_phase_pairs_and_names_unreadable_files():
+    text = report.metrics_table(two_dose_manifest())
+    lines = text.splitlines()
+    header = next(line for line in lines if line.startswith("dose"))
+    assert header.split() == ["dose", "view", "split", "model", "psnr", "ssim", "computation_time_s"]
+    assert any(line.split() == ["1000", "dense", "test", "PtychoPINN", "30/25", "0.8/0.7", "1.5"] for line in lines)
+    assert sum(1 for line in lines if line.startswith(("1000 ", "10000 "))) == 4
+    assert "dose_10000/sparse/test" in text and "/run/dose_10000/sparse/test/comparison_metrics.csv" in text
+
+
+def test_tuple_metrics_come_in_the_preferred_order_with_four_significant_digits():
+    metrics = [row("pty-chi", name, 0.123456, 1234.5678) for name in ("frc50", "zeta", "psnr", "mae")]
+    text = report.metrics_table(manifest(cell(1000, metrics=metrics)))
+    header = next(line for line in text.splitlines() if line.startswith("dose"))
+    assert header.split()[4:] == ["mae", "psnr", "frc50", "zeta"]
+    assert "0.1235/1235" in text
+
+
+def test_without_metrics_the_table_says_so_in_one_line():
+    assert report.metrics_table(manifest(cell(1000), cell(1000, state="FAILED"))).count("\n") == 0
+    assert "no metrics" in report.metrics_table(manifest(cell(1000)))
+
+
+def test_a_manifest_written_before_the_tidy_format_still_reports():
+    rows = report.metric_rows(manifest(cell(1000, metrics=[{"model": "pinn", "psnr": 30.5, "note": "ok"}])))
+    assert rows == [{"dose": 1000, "view": "dense", "split": "test", **row("pinn", "psnr", value=30.5)}]
+
+
+def test_the_plot_has_a_line_per_model_and_view_in_amplitude_and_phase_panels(tmp_path):
+    pytest.importorskip("matplotlib")
+    path = tmp_path / "metrics.png"
+    m = two_dose_manifest()
+    m["jobs"].append(cell(1000, split="train", metrics=tuple_rows("PtychoPINN", 10.0, 0.1)))  # not drawn: test split wins
+    fig = report.plot(m, path)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    titles = [ax.get_title() for ax in fig.axes]
+    assert titles == ["PSNR (dB), amplitude", "PSNR (dB), phase", "SSIM, amplitude", "SSIM, phase"]
+    for ax in fig.axes:
+        assert sorted(line.get_label() for line in ax.lines) == ["Baseline (dense)", "PtychoPINN (dense)"]
+        assert all(list(line.get_xdata()) == [1000, 10000] for line in ax.lines)
+    assert "fly64-test" in fig.get_suptitle()
+
+
+def test_wide_values_are_plotted_in_the_amplitude_column(tmp_path):
+    pytest.importorskip("matplotlib")
+    m = manifest(cell(1000, split="train", metrics=[row("pinn", "psnr", value=20.0)]),
+                 cell(10000, split="train", metrics=[row("pinn", "psnr", value=30.0)]))  # fmt: skip
+    fig = report.plot(m, tmp_path / "p.png")
+    amplitude, phase = fig.axes
+    assert [list(line.get_ydata()) for line in amplitude.lines] == [[20.0, 30.0]]
+    assert amplitude.lines[0].get_label() == "pinn (dense, train)" and not phase.lines
+
+
+def test_plotting_nothing_is_a_usage_error(tmp_path):
+    pytest.importorskip("matplotlib")
+    with pytest.raises(UsageError, match="nothing to plot"):
+        report.plot(manifest(cell(1000)), tmp_path / "p.png")
+    with pytest.raises(UsageError, match="nothing to plot"):
+        report.plot(manifest(cell(1000, metrics=[row("pinn", "mae", 0.1, 0.2)])), tmp_path / "p.png")
+    assert not (tmp_path / "p.png").exists()
+
+
+def test_the_report_module_imports_without_matplotlib():
+    code = "import sys; sys.modules['matplotlib'] = None; import gridsubmit.report"
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+# --- the synthetic study and the reference comparison -----------------------------------------
+
+
+def test_the_generated_tree_has_the_real_study_layout(tmp_path):
+    study = make_study(tmp_path / "study", doses=(500, 1000))
+    root = study.parent
+    spec = yaml.safe_load(study.read_text())
+    assert spec["name"] == "fly64-synthetic" and "inputs" not in spec
+    assert spec["roots"] == {"phase_c": "phase_c", "phase_e": "phase_e", "phase_f": "phase_f"}
+    assert "gridsubmit.demo.compare" in spec["command"]
+    for dose in (500, 1000):
+        assert (root / f"phase_e/dose_{dose}/baseline/gs1/wts.h5.zip").is_file()
+        for split in ("train", "test"):
+            assert (root / f"phase_c/dose_{dose}/patched_{split}.npz").is_file()
+        for view in ("dense", "sparse"):
+            assert (root / f"phase_e/dose_{dose}/{view}/gs2/wts.h5.zip").is_file()
+            for split in ("train", "test"):
+                assert (root / f"phase_c/dose_{dose}/{view}/{view}_{split}.npz").is_file()
+                job = json.loads((root / f"phase_f/dose_{dose}_{view}_{split}/manifest.json").read_text())
+                assert {k: job[k] for k in ("dose", "view", "split")} == {"dose": dose, "view": view, "split": split}
+                output_dir = Path(job["output_dir"])
+                assert output_dir.is_absolute()
+                assert output_dir == root.absolute() / f"phase_f/dose_{dose}_{view}_{split}/dose_{dose}/{view}/{split}"
+                assert (output_dir / "ptychi_reconstruction.npz").is_file()
+    assert sum(p.stat().st_size for p in root.rglob("*") if p.is_file()) < 400_000
+
+
+def compare_args(root: Path, dose: int, view: str, split: str, out: Path, data: str = "") -> list[str]:
+    """The comparison's flags for one cell; ``data``: test data under phase_c/dose_<dose> (default the dense data)."""
+    return ["--pinn_dir", str(root / f"phase_e/dose_{dose}/{view}/gs2"),
+            "--baseline_dir", str(root / f"phase_e/dose_{dose}/baseline/gs1"),
+            "--test_data", str(root / f"phase_c/dose_{dose}" / (data or f"patched_{split}.npz")),
+            "--output_dir", str(out), "--ms-ssim-sigma", "1.0"]  # fmt: skip
+
+
+def test_the_reference_comparison_writes_the_study_tidy_csv(tmp_path):
+    root = make_study(tmp_path / "study", doses=(1000,)).parent
+    recon = json.loads((root / "phase_f/dose_1000_dense_test/manifest.json").read_text())["output_dir"]
+    out = tmp_path / "out" / "dose_1000" / "dense" / "test"
+    args = compare_args(root, 1000, "dense", "test", out) + ["--tike_recon_path", f"{recon}/ptychi_reconstruction.npz",
+                                                             "--register-ptychi-only"]  # fmt: skip
+    proc = subprocess.run([sys.executable, "-m", "gridsubmit.demo.compare", *args], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    text = (out / "comparison_metrics.csv").read_text()
+    assert text.startswith("model,metric,amplitude,phase,value\nPtychoPINN,mae,")
+    rows, problem = read_metrics(out / "comparison_metrics.csv")
+    assert problem is None
+    by = {(r["model"], r["metric"]): r for r in rows}
+    for model in ("PtychoPINN", "Baseline", "pty-chi"):
+        for metric in ("mae", "mse", "psnr", "ssim", "ms_ssim", "frc50"):
+            assert by[model, metric]["value"] is None
+            assert isinstance(by[model, metric]["amplitude"], float) and isinstance(by[model, metric]["phase"], float)
+        assert by[model, "computation_time_s"]["value"] >= 0
+        assert 0 < by[model, "ms_ssim"]["amplitude"] <= 1 and 0 < by[model, "ssim"]["phase"] <= 1
+    assert by["pty-chi", "computation_time_s"]["value"] == 1.5  # as the reconstruction's metadata recorded it
+    # the generator shifts the reconstruction; registration finds it (only pty-chi is registered here)
+    assert (by["pty-chi", "registration_offset_dy"]["value"], by["pty-chi", "registration_offset_dx"]["value"]) == (-2.0, 1.0)
+    assert ("PtychoPINN", "registration_offset_dy") not in by
+    assert all(len(field.split(".")[1]) == 6 for line in text.splitlines()[1:] for field in line.split(",")[2:] if field)
+
+
+def test_the_comparison_fails_naming_a_reconstruction_that_does_not_exist(tmp_path):
+    root = make_study(tmp_path / "study", doses=(1000,)).parent
+    missing = tmp_path / "nowhere" / "ptychi_reconstruction.npz"
+    args = compare_args(root, 1000, "dense", "test", tmp_path / "out") + ["--tike_recon_path", str(missing)]
+    proc = subprocess.run([sys.executable, "-m", "gridsubmit.demo.compare", *args], capture_output=True, text=True)
+    assert proc.returncode != 0
+    assert "FileNotFoundError" in proc.stderr and str(missing) in proc.stderr
+    assert not (tmp_path / "out" / "comparison_metrics.csv").exists()
+
+
+def test_without_a_reconstruction_only_the_two_networks_are_scored(tmp_path):
+    root = make_study(tmp_path / "study", doses=(1000,)).parent
+    assert compare.main(compare_args(root, 1000, "dense", "train", tmp_path / "out")) == 0
+    rows, _ = read_metrics(tmp_path / "out" / "comparison_metrics.csv")
+    assert {r["model"] for r in rows} == {"PtychoPINN", "Baseline"}
+
+
+def test_more_photons_give_a_better_psnr_for_every_model_view_and_channel(tmp_path):
+    doses = (1000, 10000, 100000)
+    root = make_study(tmp_path / "study", doses=doses).parent
+    psnr: dict[tuple, list[float]] = {}
+    for view in ("dense", "sparse"):
+        for dose in doses:
+            out = tmp_path / "out" / f"{dose}_{view}"
+            recon = json.loads((root / f"phase_f/dose_{dose}_{view}_test/manifest.json").read_text())["output_dir"]
+            args = compare_args(root, dose, view, "test", out, data=f"{view}/{view}_test.npz")  # the view's own data
+            assert compare.main(args + ["--tike_recon_path", f"{recon}/ptychi_reconstruction.npz", "--register-ptychi-only"]) == 0
+            for r in read_metrics(out / "comparison_metrics.csv")[0]:
+                if r["metric"] == "psnr":
+                    psnr.setdefault((r["model"], view, "amplitude"), []).append(r["amplitude"])
+                    psnr.setdefault((r["model"], view, "phase"), []).append(r["phase"])
+    assert len(psnr) == 12
+    for key, values in psnr.items():
+        assert values == sorted(values) and values[0] + 5 < values[-1], (key, values)
+        assert all(math.isfinite(v) for v in values)
+
+
+def test_ms_ssim_is_one_for_identical_images_and_drops_with_noise():
+    rng = np.random.default_rng(0)
+    img = rng.uniform(size=(32, 32))
+    assert compare.ms_ssim(img, img, 1.0, 1.0) == pytest.approx(1.0)
+    noisy = img + 0.1 * rng.normal(size=img.shape)
+    noisier = img + 0.3 * rng.normal(size=img.shape)
+    assert 0 < compare.ms_ssim(noisier, img, 1.0, 1.0) < compare.ms_ssim(noisy, img, 1.0, 1.0) < 1
