@@ -90,7 +90,7 @@ def test_strict_makes_a_blocked_cell_an_error_and_runs_nothing(tmp_path, study, 
     root = tmp_path / "run"
     assert run_cli("submit", "--study", study, "--artifact-root", root, "--strict") == 2
     err = capsys.readouterr().err
-    assert "dose_1000/dense/test: missing" in err and "patched_test.npz" in err
+    assert "dose_1000/dense/test: phase_c_npz:" in err and "patched_test.npz does not exist" in err
     assert not root.exists()
 
 

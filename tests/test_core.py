@@ -1,5 +1,7 @@
 """The pure core: planning, resources, states and their judgement, without a scheduler."""
 
+import json
+
 import pytest
 
 from conftest import run_cli
@@ -14,13 +16,19 @@ FLY64 = [f"dose_{d}/{v}/{s}" for d in (1000, 10000, 100000) for v in ("dense", "
 
 
 def touch_fly64_layout(root, doses=(1000, 10000, 100000)):
-    """The seed's fake-artifact layout: every input of the study as an empty file."""
+    """The study's artifact layout with every input as an empty file, and Phase F manifests
+    that name their reconstruction's folder."""
     for dose in doses:
         for split in ("train", "test"):
             paths = [f"phase_c/dose_{dose}/patched_{split}.npz", f"phase_c/dose_{dose}/sparse/sparse_{split}.npz"]
-            paths += [f"phase_f/dose_{dose}/{view}/{split}/ptychi_reconstruction.npz" for view in ("dense", "sparse")]
             paths += [f"phase_e/dose_{dose}/{view}/gs2/wts.h5.zip" for view in ("dense", "sparse")]
             paths += [f"phase_e/dose_{dose}/baseline/gs1/wts.h5.zip"]
+            for view in ("dense", "sparse"):
+                job = root / f"phase_f/dose_{dose}_{view}_{split}"
+                out = job / f"dose_{dose}/{view}/{split}"
+                paths.append(str((out / "ptychi_reconstruction.npz").relative_to(root)))
+                job.mkdir(parents=True, exist_ok=True)
+                (job / "manifest.json").write_text(json.dumps({"dose": dose, "view": view, "split": split, "output_dir": str(out)}))
             for rel in paths:
                 (root / rel).parent.mkdir(parents=True, exist_ok=True)
                 (root / rel).touch()
@@ -44,7 +52,7 @@ def test_the_seed_fake_artifact_layout_plans_the_same_twelve_cells_in_the_same_o
         "--test_data", str(tmp_path / "phase_c/dose_1000/sparse/sparse_train.npz"),
         "--output_dir", str((tmp_path / "out").resolve() / "dose_1000/sparse/train"),
         "--ms-ssim-sigma", "1.0",
-        "--tike_recon_path", str(tmp_path / "phase_f/dose_1000/sparse/train/ptychi_reconstruction.npz"),
+        "--tike_recon_path", str(tmp_path / "phase_f/dose_1000_sparse_train/dose_1000/sparse/train/ptychi_reconstruction.npz"),
         "--register-ptychi-only",
     )  # fmt: skip
 
@@ -56,7 +64,7 @@ def test_plan_on_the_command_line_without_a_study_file(tmp_path, capsys):
                    "--phase-f-root", tmp_path / "phase_f", "--view", "dense")  # fmt: skip
     out = capsys.readouterr().out
     assert code == 0
-    assert "dose_10000/dense/test" in out and "BLOCKED  missing:" in out and "patched_test.npz" in out
+    assert "dose_10000/dense/test" in out and "BLOCKED  phase_c_npz:" in out and "patched_test.npz does not exist" in out
     assert "6 cells: 5 runnable, 1 blocked" in out
 
 

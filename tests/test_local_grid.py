@@ -26,13 +26,20 @@ def test_demo_grid_completes_with_metrics_and_a_manifest_that_validates(tmp_path
     assert {c["state"] for c in manifest["jobs"]} == {"COMPLETED"}
     assert (manifest["n_jobs"], manifest["n_executed"], manifest["n_success"], manifest["n_failed"]) == (12, 12, 12, 0)
     for cell in manifest["jobs"]:
-        assert {row["model"] for row in cell["metrics"]} == {"pinn", "baseline", "ptychi"}
-        assert all(isinstance(row["psnr"], float) for row in cell["metrics"])
+        assert {row["model"] for row in cell["metrics"]} == {"PtychoPINN", "Baseline", "pty-chi"}
+        psnr_rows = [row for row in cell["metrics"] if row["metric"] == "psnr"]
+        assert len(psnr_rows) == 3 and all(isinstance(row["amplitude"], float) and isinstance(row["phase"], float)
+                                           for row in psnr_rows)  # fmt: skip
         assert cell["argv"][1:3] == ["-m", "gridsubmit.demo.compare"]
+        # the reconstruction was found through the Phase F manifest and passed on
+        recon = cell["inputs"]["reconstruction"]
+        assert cell["argv"][cell["argv"].index("--tike_recon_path") + 1] == recon
+        assert cell["pointers"]["reconstruction"]["file"] == cell["inputs"]["phase_f_manifest"]
     for result in manifest["execution_results"]:
-        assert result["returncode"] == 0 and (root / result["log_path"]).is_file()
+        assert result["returncode"] == 0 and Path(result["log_path"]).is_file()
+        assert Path(result["phase_c_npz"]).is_file() and Path(result["phase_f_manifest"]).is_file()
     # more photons, better reconstruction
-    psnr = {c["dose"]: next(r["psnr"] for r in c["metrics"] if r["model"] == "ptychi")
+    psnr = {c["dose"]: next(r["amplitude"] for r in c["metrics"] if r["model"] == "pty-chi" and r["metric"] == "psnr")
             for c in manifest["jobs"] if c["view"] == "dense" and c["split"] == "test"}
     assert psnr[1000] < psnr[10000] < psnr[100000]
     assert "dose_1000/dense/train" in (root / "comparison_summary.txt").read_text()
@@ -43,7 +50,7 @@ def test_failures_timeouts_cancels_and_blocked_cells_are_told_apart_while_health
         {"dose_1000/dense/train": "exit:3", "dose_1000/dense/test": "sleep:60", "dose_1000/sparse/train": "sleep:60"},
         overrides=[{"match": {"dose": 1000, "view": "dense", "split": "test"}, "set": {"time": "0:02"}}],
     )
-    missing = tmp_path / "study" / "phase_f" / "dose_10000" / "sparse" / "test" / "ptychi_reconstruction.npz"
+    missing = tmp_path / "study" / "phase_c" / "dose_10000" / "sparse" / "sparse_test.npz"
     missing.unlink()
     proc = gridsubmit_process("submit", "--study", study, "--cluster", profile, "--artifact-root", root)
     wait_for(lambda: (root / "comparison_manifest.json").exists()
@@ -59,13 +66,14 @@ def test_failures_timeouts_cancels_and_blocked_cells_are_told_apart_while_health
     assert c["dose_1000/dense/test"]["state"] == "TIMEOUT"
     assert c["dose_1000/sparse/train"]["state"] == "CANCELLED"
     blocked = c["dose_10000/sparse/test"]
-    assert blocked["state"] == "BLOCKED" and blocked["attempts"] == [] and str(missing) in blocked["missing"]
+    assert blocked["state"] == "BLOCKED" and blocked["attempts"] == []
+    assert blocked["missing"] == [f"phase_c_npz: {missing} does not exist"]
     others = set(c) - {"dose_1000/dense/train", "dose_1000/dense/test", "dose_1000/sparse/train", "dose_10000/sparse/test"}
     assert {c[k]["state"] for k in others} == {"COMPLETED"}
     manifest = load_manifest(root)
     assert (manifest["n_executed"], manifest["n_success"], manifest["n_failed"], manifest["n_blocked"]) == (11, 8, 3, 1)
     jsonschema.validate(manifest, SCHEMA)
-    assert "missing" in out and "FAILED" in out
+    assert "sparse_test.npz does not exist" in out and "FAILED" in out
 
 
 def _overlaps(intervals):
@@ -120,7 +128,7 @@ def test_wait_after_sigkill_of_the_submitter_finishes_the_grid_without_running_a
         assert len(cell["attempts"]) == 1 + lost
 
 
-def test_second_runner_on_the_same_artifact_root_is_refused_naming_the_holder(scripted, capsys):
+def test_a_second_submit_is_refused_naming_the_holder_and_wait_follows_the_run_to_its_end(scripted, capsys):
     study, profile, root = scripted({"*": "sleep-ok:0.5"})
     proc = gridsubmit_process("submit", "--study", study, "--cluster", profile, "--artifact-root", root)
     try:
@@ -130,7 +138,8 @@ def test_second_runner_on_the_same_artifact_root_is_refused_naming_the_holder(sc
         assert run_cli("submit", "--study", study, "--cluster", profile, "--artifact-root", root) == 2
         err = capsys.readouterr().err
         assert "in use by 'gridsubmit submit'" in err and f"pid {proc.pid}" in err
-        assert run_cli("wait", root) == 2
+        assert run_cli("wait", root, "--quiet") == 0  # follows the first runner, returns when it is done
+        assert {c["state"] for c in cells(root).values()} == {"COMPLETED"}
     finally:
         proc.communicate(timeout=120)
     assert proc.returncode == 0
@@ -183,7 +192,8 @@ def test_status_and_report_read_a_finished_run(scripted, capsys, tmp_path):
     assert run_cli("status", root, "--json") == 0
     assert json.loads(capsys.readouterr().out)["n_success"] == 4
     assert run_cli("report", root, "--csv", tmp_path / "m.csv") == 0
-    assert (tmp_path / "m.csv").read_text().splitlines()[0] == "dose,view,split,model,mae,psnr"
+    lines = (tmp_path / "m.csv").read_text().splitlines()  # the command wrote wide metrics: read as tidy rows
+    assert lines[0] == "dose,view,split,model,metric,amplitude,phase,value" and "1000,dense,train,pinn,psnr,,,30.5" in lines
     assert before == (root / "comparison_manifest.json").read_bytes()
 
 

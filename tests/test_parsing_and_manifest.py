@@ -2,7 +2,7 @@
 
 
 from gridsubmit import manifest as mf
-from gridsubmit.backends.base import read_metrics, tail
+from gridsubmit.backends.base import tail
 from gridsubmit.backends.slurm import expand_job_id, parse_sacct, parse_squeue
 from gridsubmit.cluster import Retry
 from gridsubmit.states import JobState as S
@@ -49,19 +49,13 @@ def test_tails_are_bounded_and_never_break_on_bad_bytes(tmp_path):
     assert tail(tmp_path / "missing.log") == ""
 
 
-def test_metrics_rows_keep_numbers_as_numbers(tmp_path):
-    (tmp_path / "m.csv").write_text("model,psnr,ssim,note\npinn,30.5,0.91,ok\nbaseline,nan,0.8,\n")
-    assert read_metrics(tmp_path / "m.csv") == [{"model": "pinn", "psnr": 30.5, "ssim": 0.91, "note": "ok"},
-                                               {"model": "baseline", "psnr": "nan", "ssim": 0.8, "note": ""}]  # fmt: skip
-    assert read_metrics(tmp_path / "none.csv") is None
-
-
 def _manifest(states):
     jobs = []
     for i, attempts in enumerate(states):
         jobs.append({"key": f"dose_{i + 1}/dense/train", "dose": i + 1, "view": "dense", "split": "train",
                      "state": attempts[-1] if attempts else "PLANNED", "retry_base": 0, "cancel_requested": False,
-                     "metrics": None, "missing": [], "attempts": [{"attempt": n + 1, "state": s, "returncode": None,
+                     "metrics": None, "missing": [], "inputs": {"phase_c_npz": f"/in/{i}.npz"}, "pointers": {},
+                     "output_dir": f"/o/{i}", "expected_outputs": [], "attempts": [{"attempt": n + 1, "state": s, "returncode": None,
                                                                    "stdout": "o", "stderr": "e"} for n, s in enumerate(attempts)]})  # fmt: skip
     return {"jobs": jobs, "run_id": "r", "artifact_root": "/x", "cluster": {"backend": "local", "name": "l"}}
 
@@ -87,6 +81,8 @@ def test_historical_fields_are_derived_from_the_cells():
     assert (m["n_jobs"], m["n_executed"], m["n_success"], m["n_failed"]) == (4, 2, 1, 1)
     assert [r["state"] for r in m["execution_results"]] == ["COMPLETED", "FAILED"]
     assert "error" not in m["execution_results"][0] and m["execution_results"][1]["error"] == "failed"
+    # the study's record: absolute log paths, and the job's inputs under their names
+    assert m["execution_results"][0]["log_path"] == "/x/o" and m["execution_results"][0]["phase_c_npz"] == "/in/0.npz"
 
 
 def test_rerun_failed_restarts_failed_cells_and_keeps_their_history():

@@ -20,7 +20,8 @@ time.sleep(60)
 
 
 def start_task(tmp_path, argv, **spec):
-    spec = {"argv": argv, "cwd": str(tmp_path / "out"), "attempt_dir": str(tmp_path / "attempt"), **spec}
+    spec = {"argv": argv, "cwd": str(tmp_path), "output_dir": str(tmp_path / "out"), "attempt_dir": str(tmp_path / "attempt"),
+            **spec}  # fmt: skip
     code = f"from gridsubmit.task import run_task; run_task({spec!r})"
     return subprocess.Popen([sys.executable, "-c", code])
 
@@ -36,7 +37,20 @@ def test_the_commands_own_exit_code_and_streams_are_recorded(tmp_path):
     assert r["returncode"] == 3 and r["started"] and r["elapsed_s"] >= 0 and r["hostname"]
     assert (tmp_path / "attempt" / "stdout.log").read_text() == "to out\n"
     assert (tmp_path / "attempt" / "stderr.log").read_text() == "to err\n"
-    assert (tmp_path / "out").is_dir()  # the command ran in the cell's output folder
+    assert (tmp_path / "out").is_dir()  # the cell's output folder is made before the command starts
+
+
+def test_the_command_runs_in_the_working_directory_with_the_given_environment(tmp_path):
+    argv = [sys.executable, "-c", "import os; print(os.getcwd(), os.environ['STUDY_VAR'])"]
+    (tmp_path / "repo").mkdir()
+    assert start_task(tmp_path, argv, cwd=str(tmp_path / "repo"), env={"STUDY_VAR": "x1"}).wait(timeout=30) == 0
+    assert (tmp_path / "attempt" / "stdout.log").read_text() == f"{tmp_path / 'repo'} x1\n"
+
+
+def test_a_missing_working_directory_is_exit_127_naming_it(tmp_path):
+    assert start_task(tmp_path, [sys.executable, "-c", "pass"], cwd=str(tmp_path / "gone")).wait(timeout=30) == 0
+    r = result(tmp_path)
+    assert r["returncode"] == 127 and f"working directory {tmp_path / 'gone'} does not exist" in r["error"]
 
 
 def test_a_missing_program_is_exit_127_with_the_reason_in_stderr(tmp_path):

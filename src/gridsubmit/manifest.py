@@ -251,7 +251,7 @@ def summary_text(m: dict) -> str:
         rc = last.get("returncode")
         detail = f"rc={rc}" if rc is not None else ""
         if cell["state"] == JobState.BLOCKED.value:
-            detail = "missing: " + ", ".join(cell["missing"])
+            detail = "; ".join(cell["missing"])
         tries = f"attempts={len(cell['attempts'])}" if cell["attempts"] else ""
         lines.append(f"{cell['key']:<32} {cell['state']:<13} {tries:<11} {detail}".rstrip())
     return "\n".join(lines) + "\n"

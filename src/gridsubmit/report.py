@@ -33,7 +33,7 @@ def status_table(manifest: dict) -> str:
     for cell in manifest["jobs"]:
         last = cell["attempts"][-1] if cell["attempts"] else {}
         elapsed = last.get("elapsed_s")
-        note = "missing: " + ", ".join(cell["missing"]) if cell["missing"] else (last.get("error") or "")
+        note = "; ".join(cell["missing"]) if cell["missing"] else (last.get("error") or "")
         rows.append([cell["key"], cell["state"], len(cell["attempts"]) or "", last.get("job_id") or "",
                      "" if last.get("returncode") is None else last["returncode"],
                      "" if elapsed is None else f"{elapsed:.1f}", last.get("node") or "",

@@ -225,8 +225,8 @@ def _validate(d: dict, src: str, base: Path) -> Study:
             if not {"flag", "when"} <= set(item):
                 raise ConfigError(src, key, "a conditional item needs 'flag' and 'when' (and may have 'value')")
             when = item["when"]
-            if not (isinstance(options.get(when), bool) or when in optional):
-                raise ConfigError(src, f"{key}.when", f"expected the name of a true/false option or of an optional input, got {when!r}")
+            if not (isinstance(options.get(when), bool) or when in inputs):
+                raise ConfigError(src, f"{key}.when", f"expected the name of a true/false option or of an input, got {when!r}")
             for part in ("flag", "value"):
                 if part in item:
                     _template(item[part], names, src, f"{key}.{part}")
@@ -400,23 +400,25 @@ def _cell(study: Study, key: JobKey, preset: Mapping[str, Any], roots: Mapping[s
     pointers: dict[str, dict[str, str]] = {}
     missing: list[str] = []
     for iname, spec in study.inputs.items():
+        if any(dep in study.inputs and dep not in inputs for dep in _deps(spec, key.view)) and iname not in preset:
+            continue  # found through an input that is already missing: that one is the reason
         if iname in preset:
             path, problem = _given(iname, preset[iname], spec, workdir)
-        elif any(values.get(dep) is None and dep in study.inputs for dep in _deps(spec, key.view)):
-            path, problem = None, None if spec.optional else f"{iname}: not found, as an input it depends on is missing"
-            missing += [problem] if problem else []
-            inputs[iname] = values[iname] = None
-            continue
         else:
             path, problem, pointer = _resolve(study, iname, spec, key.view, values, workdir)
             if pointer:
                 pointers[iname] = pointer
         if problem:
             missing.append(problem)
-        inputs[iname] = values[iname] = path
+        elif path is not None or spec.optional:
+            inputs[iname] = path
+        values[iname] = path
+    for iname in study.inputs:
+        inputs.setdefault(iname, values.get(iname))  # a missing one keeps the path it was looked for at
     output_dir = Path(_render(study, study.output_dir, values, "output_dir"))
     values["output_dir"] = output_dir if output_dir.is_absolute() else workdir / output_dir
-    argv = () if missing else render_argv(study.command, values)
+    renderable = all(values.get(n) is not None for n, s in study.inputs.items() if not s.optional)
+    argv = render_argv(study.command, values) if renderable else ()
     return Cell(key, inputs, values["output_dir"], options, argv, tuple(missing), pointers, study.expected_outputs)
 
 
@@ -446,7 +448,7 @@ def _given(name: str, value: Any, spec: InputSpec, workdir: Path) -> tuple[Path 
     path = path if path.is_absolute() else workdir / path
     if path.exists():
         return path, None
-    return None, None if spec.optional else f"{name}: {path} does not exist"
+    return (None, None) if spec.optional else (path, f"{name}: {path} does not exist")
 
 
 def _resolve(study: Study, name: str, spec: InputSpec, view: str, values: Mapping[str, Any],
@@ -457,7 +459,7 @@ def _resolve(study: Study, name: str, spec: InputSpec, view: str, values: Mappin
         path = path if path.is_absolute() else workdir / path
         if path.exists():
             return path, None, None
-        return None, None if spec.optional else f"{name}: {path} does not exist", None
+        return (None, None, None) if spec.optional else (path, f"{name}: {path} does not exist", None)
     pointer = Path(_render(study, _pick(spec.json or {}, view), values, f"inputs.{name}.json"))
     pointer = pointer if pointer.is_absolute() else workdir / pointer
     record = {"file": str(pointer), "field": spec.field or ""}
@@ -467,8 +469,9 @@ def _resolve(study: Study, name: str, spec: InputSpec, view: str, values: Mappin
     record["target"] = str(target)
     if target.exists():
         return target, None, record
-    why = f"{name}: {target} does not exist (named by field '{spec.field}' of {pointer})"
-    return None, None if spec.optional else why, record
+    if spec.optional:
+        return None, None, record
+    return target, f"{name}: {target} does not exist (named by field '{spec.field}' of {pointer})", record
 
 
 def read_pointer(pointer: Path, field_path: str, join: str | None) -> tuple[Path, str | None]:
