@@ -4,6 +4,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -204,3 +205,34 @@ def test_the_demo_runs_on_the_test_clusters_gpu_partition_with_the_shipped_profi
     assert manifest["n_success"] == 12 and manifest["cluster"]["name"] == "slurm-ci"
     assert all(c["metrics"] for c in manifest["jobs"])
     assert {r["scheduler"]["SLURM_JOB_PARTITION"] for r in results(root)} == {"gpu"}
+
+
+def test_the_real_study_grid_runs_in_the_submit_directory_with_the_captured_environment_and_reruns_the_same_way(
+        slurm_cluster, tmp_path):  # fmt: skip
+    from study_layout import FAIL_FILE, build_study_tree, make_study_repo, read_runs, studylib_env
+
+    roots = build_study_tree(tmp_path / "artifacts", doses=(500,))
+    repo = make_study_repo(tmp_path / "PtychoPINN")
+    flags = [f"--{name.replace('_', '-')}-root={path}" for name, path in roots.items()]
+    profile = tmp_path / "slurm.yaml"
+    profile.write_text(json.dumps({"backend": "slurm", "partition": "gpu", "gpus_per_job": 1, "cpus_per_task": 1,
+                                   "time": "0:10:00", "poll_interval": {"min": 1, "max": 3}}))  # fmt: skip
+    (repo / FAIL_FILE).write_text("dose_500/sparse/train\n")
+    root = tmp_path / "run"
+    submit = ["submit", *flags, "--cluster", profile, "--artifact-root", root, "--quiet"]
+    first = subprocess.run([sys.executable, "-m", "gridsubmit", *map(str, submit)], cwd=repo, env=studylib_env(), capture_output=True, text=True,
+                           timeout=300)  # fmt: skip
+    assert first.returncode == 1, first.stdout + first.stderr
+    c = cells(root)
+    assert [k for k, cell in c.items() if cell["state"] != "COMPLETED"] == ["dose_500/sparse/train"]
+    (repo / FAIL_FILE).unlink()
+    bare = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # sbatch exports this shell's environment
+    again = subprocess.run([sys.executable, "-m", "gridsubmit", *map(str, submit), "--rerun-failed"], cwd=tmp_path, env=bare, capture_output=True,
+                           text=True, timeout=300)  # fmt: skip
+    assert again.returncode == 0, again.stdout + again.stderr
+    c = cells(root)
+    assert {cell["state"] for cell in c.values()} == {"COMPLETED"}
+    for key, cell in c.items():
+        runs = read_runs(Path(cell["output_dir"]))
+        assert [r["cwd"] for r in runs] == [str(repo)] * (2 if key == "dose_500/sparse/train" else 1)
+        assert "--tike_recon_path" in runs[-1]["argv"] and runs[-1]["cuda"] in {"0", "1", "2", "3"}
