@@ -361,7 +361,9 @@ def plan(study: Study, artifact_root: str | Path, filters: Filters = Filters(), 
 
     ``given``: the cells themselves, each with values for some inputs and options (the
     Python API's jobs); roots are then needed only by the templates still rendered."""
-    workdir = Path(workdir or study.workdir or Path.cwd()).resolve()
+    workdir = Path(workdir or study.workdir or Path.cwd()).expanduser().resolve()
+    if not workdir.is_dir():
+        raise ConfigError(study.source, "workdir", f"the working directory {workdir} does not exist")
     artifact_root = Path(artifact_root).resolve()
     if given is None:
         roots = _check_roots(study)
