@@ -1,6 +1,7 @@
 """The task wrapper on its own: exit codes, streamed logs, forwarded signals, the gate."""
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -82,19 +83,48 @@ def test_the_local_time_limit_stops_the_command_and_says_so(tmp_path):
     assert r["timed_out"] and r["returncode"] == 7 and 1 <= r["elapsed_s"] < 5
 
 
-def test_a_gated_task_waits_for_its_slot_and_takes_its_gpu_ids(tmp_path):
+def test_a_gated_task_waits_for_the_grant_naming_it_and_is_woken_at_once(tmp_path):
     argv = [sys.executable, "-c", "import os; print(os.environ['CUDA_VISIBLE_DEVICES'])"]
-    proc = start_task(tmp_path, argv, gate=True, gate_deadline=time.time() + 60)
+    beat = tmp_path / "heartbeat"
+    beat.touch()
+    proc = start_task(tmp_path, argv, gate=True, heartbeat=str(beat))
+    waiting = wait_for(lambda: (tmp_path / "attempt" / "waiting.json").exists(), what="the task at its gate")
+    assert json.loads((tmp_path / "attempt" / "waiting.json").read_text())["pid"] == proc.pid
+    (tmp_path / "attempt" / "slot.json").write_text(json.dumps({"gpus": "3", "job": str(proc.pid + 1)}))
+    os.kill(proc.pid, signal.SIGUSR1)
     time.sleep(0.5)
-    assert not (tmp_path / "attempt" / "result.json").exists()  # still at the gate
-    (tmp_path / "attempt" / "slot.json").write_text(json.dumps({"gpus": "3"}))
-    assert proc.wait(timeout=30) == 0
+    assert proc.poll() is None and not (tmp_path / "attempt" / "claim.json").exists()  # a grant for another process
+    granted_at = time.monotonic()
+    (tmp_path / "attempt" / "slot.json").write_text(json.dumps({"gpus": "3", "job": str(proc.pid)}))
+    os.kill(proc.pid, signal.SIGUSR1)
+    assert proc.wait(timeout=30) == 0 and waiting
+    assert time.monotonic() - granted_at < 3  # woken by the signal, not by its 5 s timeout
     assert (tmp_path / "attempt" / "stdout.log").read_text() == "3\n"
     assert result(tmp_path)["cuda_visible_devices"] == "3"
 
 
-def test_a_gated_task_gives_up_at_its_deadline_without_running(tmp_path):
-    proc = start_task(tmp_path, ["true"], gate=True, gate_deadline=time.time() + 0.5)
+def test_a_gated_task_gives_up_without_running_when_its_runner_stops_beating(tmp_path):
+    beat = tmp_path / "heartbeat"
+    beat.touch()
+    os.utime(beat, (time.time() - 100, time.time() - 100))
+    proc = start_task(tmp_path, ["true"], gate=True, heartbeat=str(beat), heartbeat_stale_s=30)
     assert proc.wait(timeout=30) == 0
-    assert result(tmp_path)["started"] is False
+    r = result(tmp_path)
+    assert r["started"] is False and "no runner has scheduled it" in r["error"]
     assert not (tmp_path / "attempt" / "stdout.log").exists()
+
+
+def test_a_second_process_for_the_same_attempt_never_runs_the_command(tmp_path):
+    argv = [sys.executable, "-c", "import os, time; open('runs.log', 'a').write(f'{os.getpid()}\\n'); time.sleep(1)"]
+    first, second = start_task(tmp_path, argv), start_task(tmp_path, argv)
+    assert first.wait(timeout=30) == 0 and second.wait(timeout=30) == 0
+    assert len((tmp_path / "runs.log").read_text().splitlines()) == 1
+    assert json.loads((tmp_path / "attempt" / "claim.json").read_text())["pid"] in (first.pid, second.pid)
+
+
+def test_a_command_killed_by_someone_else_is_recorded_as_such(tmp_path):
+    argv = [sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"]
+    assert start_task(tmp_path, argv).wait(timeout=30) == 0
+    r = result(tmp_path)
+    assert r["returncode"] == -9 and r["signals_sent"] == [] and r["killed_by_signal"] == "SIGKILL"
+    assert r["oom_killed"] is False and r["interrupted_by"] is None

@@ -50,6 +50,13 @@ class Progress:
             self._print(line)
             self._last_line = line
 
+    def note(self, text: str) -> None:
+        """Something the user should know now (shown even when quiet, on stderr)."""
+        if self.tty and not self.quiet:
+            self._print(f"gridsubmit: {text}")
+        else:
+            print(f"gridsubmit: {text}", file=sys.stderr, flush=True)
+
     def _print(self, text: str) -> None:
         if self.tty:
             self.stream.write("\r\033[K")

@@ -14,14 +14,14 @@ from pathlib import Path
 
 from . import context as ctx
 from . import manifest as mf
-from .backends.base import Backend, Handle, Submission
+from .backends.base import Backend, Handle, SchedulerError, Submission, SubmitError
 from .cluster import ClusterProfile, parse_profile
 from .errors import UsageError
 from .jobs import JobKey
 from .progress import Progress
 from .states import JobState
 from .study import Filters
-from .task import STDERR, STDOUT
+from .task import STDERR, STDOUT, read_json
 
 CANCEL_DIR = "cancel-requests"
 SAVE_EVERY_S = 0.5  # while running, the manifest is rewritten at most this often (and at the end)
@@ -36,7 +36,7 @@ def make_backend(profile: ClusterProfile, root: Path, manifest: dict) -> Backend
         return SlurmBackend(profile, root, context.workdir, dict(context.env), manifest["run_id"])
     from .backends.local import LocalBackend
 
-    return LocalBackend(profile, root, context.workdir, dict(context.env))
+    return LocalBackend(profile, root, context.workdir, dict(context.env), context.host)
 
 
 def run_context(root: Path, manifest: dict) -> ctx.RunContext:
@@ -135,10 +135,15 @@ class Runner:
         return changed
 
     def _stop_attached_jobs(self, timeout_s: float = 15.0) -> None:
-        """Interrupted while jobs depend on this process: cancel them and record their ends."""
+        """Interrupted while jobs depend on this process: cancel them and record their ends;
+        attempts whose process was never recorded never started: they end CANCELLED."""
         for cell in self.manifest["jobs"]:
             if cell["key"] in self.handles:
                 cell["cancel_requested"] = True
+            elif cell["attempts"] and JobState(cell["attempts"][-1]["state"]).active:
+                cell["attempts"][-1].update(state=JobState.CANCELLED.value, error="interrupted before it started")
+                cell.update(state=JobState.CANCELLED.value, cancel_requested=True)
+                self.dirty = True
         self.backend.cancel(list(self.handles.values()))
         deadline = time.monotonic() + timeout_s
         while self.handles and time.monotonic() < deadline:
@@ -146,11 +151,13 @@ class Runner:
             time.sleep(0.05)
 
     def _enrich(self) -> None:
+        """The scheduler's last word on each ended attempt, by its own job id (newer facts
+        replace older ones; an attempt without a job id gets none)."""
         facts = self.backend.enrich(self.ended)
         for h in self.ended:
-            if facts.get(h.key):
+            if h.job_id and facts.get(h.job_id):
                 attempt = mf.find(self.manifest, h.key)["attempts"][h.attempt - 1]
-                attempt.update({k: v for k, v in facts[h.key].items() if attempt.get(k) is None})
+                attempt.update(facts[h.job_id])
                 self.dirty = True
 
     def save(self) -> None:
@@ -186,8 +193,8 @@ class Runner:
         self.save()  # the intent is on disk before anything reaches the scheduler
         try:
             handles = self.backend.submit(submissions)
-        except Exception as exc:
-            self._record_handles(getattr(exc, "handles", []))
+        except SubmitError as exc:  # the scheduler refused: what it did not accept never existed
+            self._record_handles(exc.handles)
             accepted = {h.key for h in getattr(exc, "handles", [])}
             for sub in submissions:  # refused: these attempts never existed
                 if sub.key not in accepted:
@@ -214,19 +221,27 @@ class Runner:
     # --- cancel ------------------------------------------------------------------------------
 
     def cancel(self, filters: Filters) -> list[str]:
-        """Cancel the selected cells that have not ended; returns their keys."""
+        """Cancel the selected cells that have not ended or wait for a retry; returns their keys.
+        A scheduler that keeps refusing is reported on the cells, never retried forever."""
         self.attach()
         keys = []
+        due = {cell["key"] for cell in mf.due_cells(self.manifest, self.profile.retry)}
         for cell in mf.select(self.manifest, filters):
-            if JobState(cell["state"]).terminal:
+            if cell["cancel_requested"] or JobState(cell["state"]).terminal and cell["key"] not in due:
                 continue
             cell["cancel_requested"] = True
             keys.append(cell["key"])
-            if cell["state"] == JobState.PLANNED.value:
+            if cell["key"] not in self.handles:  # nothing runs for it: cancelled here and now
                 cell["state"] = JobState.CANCELLED.value
         targets = [h for key, h in self.handles.items() if key in keys]
         if targets:
-            self.backend.cancel(targets)
+            try:
+                self.backend.cancel(targets)
+            except SchedulerError as exc:
+                for h in targets:
+                    mf.find(self.manifest, h.key)["cancel_error"] = str(exc)
+                self.progress.note(f"cancel failed: {exc}")
+        self.dirty |= bool(keys)
         return keys
 
     def _apply_cancel_requests(self) -> bool:
@@ -235,10 +250,12 @@ class Runner:
             return False
         changed = False
         for path in sorted(folder.glob("*.json")):
-            request = json.loads(path.read_text())
+            request = read_json(path)
+            path.unlink(missing_ok=True)  # applied once, whatever happens next
+            if request is None:
+                continue
             f = request["filters"]
             changed |= bool(self.cancel(Filters(tuple(f["dose"]), tuple(f["view"]), tuple(f["split"]))))
-            path.unlink()
         return changed
 
 
@@ -267,6 +284,7 @@ def cancel(root: Path, filters: Filters) -> str:
         manifest = existing(root)
         profile = profile_of(manifest)
         runner = Runner(root, manifest, profile, make_backend(profile, root, manifest))
+        runner.backend.granting = False  # follow what runs; start nothing new
         keys = runner.cancel(filters)
         runner.run(submit_new=False, until_ended=set(keys))  # collect the cancelled jobs' fates
     finally:

@@ -1,10 +1,17 @@
 """What runs for each job on the compute node (stdlib only: it starts once per job).
 
 Runs the cell's argv without a shell, in the run's working directory (the cell's output
-folder is created first, and named in its argv); the child writes its
-stdout and stderr straight into two files, so a killed job still leaves its partial logs.
-Ends by writing ``result.json`` atomically: the command's own exit code survives whatever
-the scheduler's wrapper reports.
+folder is created first, and named in its argv); the child writes its stdout and stderr
+straight into two files, so a killed job still leaves its partial logs. Ends by writing
+``result.json`` atomically: the command's own exit code survives whatever the scheduler's
+wrapper reports.
+
+Exactly once: before the command starts, the task creates ``claim.json`` in the attempt
+folder exclusively; a second process for the same attempt finds it and leaves without
+running anything. The local backend's gate (``slot.json``) names the one process that may
+run; a waiting task blocks in ``sigtimedwait`` (the runner wakes it with SIGUSR1) and gives
+up when the runner's heartbeat goes stale. Waiting for the command blocks too: time limits
+and kill grace periods are timers, not polling loops.
 """
 
 from __future__ import annotations
@@ -19,8 +26,12 @@ from pathlib import Path
 
 RESULT = "result.json"
 SLOT = "slot.json"  # local backend: written by the scheduler when the job may start
+WAITING = "waiting.json"  # local backend: the process waiting at the gate (it can be woken)
+CLAIM = "claim.json"  # whoever creates it first runs the attempt (or gives it up)
 STDOUT = "stdout.log"
 STDERR = "stderr.log"
+HEARTBEAT_STALE_S = 30.0  # a gate whose runner has not beaten for this long is abandoned
+_WAKE = signal.SIGUSR1
 
 _FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR2)
 _ENDING = (signal.SIGTERM, signal.SIGINT)  # after these, the child gets kill_grace_s to exit
@@ -46,69 +57,131 @@ def read_json(path: Path) -> dict | None:
 
 
 class _Signals:
-    """Remembers the first ending signal and forwards signals to the child's group.
+    """Remembers the first ending signal, forwards signals to the child's group, and runs
+    the time limit and the kill grace period as timers (SIGALRM).
 
     SIGUSR2 is the schedulers' "time is nearly up" warning (submitit asks SLURM for it);
     it is forwarded only when the profile asked for it, as a command that does not handle
     it would die of it long before its real limit."""
 
-    def __init__(self, forward_usr2: bool) -> None:
+    def __init__(self, forward_usr2: bool, grace_s: float) -> None:
         self.child: subprocess.Popen | None = None
         self.received: str | None = None
-        self.ending_at: float | None = None
+        self.ending = False
+        self.timed_out = False
         self.warned = False
+        self.sent: list[str] = []  # what this wrapper sent the command, in order
         self.forward_usr2 = forward_usr2
-        self._previous = {sig: signal.signal(sig, self._handle) for sig in _FORWARDED}
+        self.grace_s = grace_s
+        handlers = {sig: self._handle for sig in _FORWARDED} | {signal.SIGALRM: self._alarm, _WAKE: lambda *_: None}
+        self._previous = {sig: signal.signal(sig, handler) for sig, handler in handlers.items()}
 
     def _handle(self, signum: int, _frame) -> None:
         name = signal.Signals(signum).name
         if signum in _ENDING:
             self.received = self.received or name
-            self.ending_at = self.ending_at or time.monotonic()
+            self._end()
         else:
             self.warned = True
             if not self.forward_usr2:
                 return
-        if self.child is not None and self.child.poll() is None:
-            try:
-                os.killpg(self.child.pid, signum)
-            except ProcessLookupError:
-                pass
+        self.send(signum, f"{name} (forwarded)")
+
+    def _alarm(self, _signum: int, _frame) -> None:
+        if self.ending:  # the grace period is over
+            self.send(signal.SIGKILL, "SIGKILL (grace period over)")
+        else:
+            self.timed_out = True
+            self.send(signal.SIGTERM, "SIGTERM (time limit)")
+            self._end()
+
+    def _end(self) -> None:
+        if not self.ending:
+            self.ending = True
+            signal.setitimer(signal.ITIMER_REAL, self.grace_s)
+
+    def send(self, signum: int, why: str) -> None:
+        if self.child is not None and self.child.returncode is None:
+            self.sent.append(why)
+            _signal_group(self.child, signum)
 
     def restore(self) -> None:
+        signal.setitimer(signal.ITIMER_REAL, 0)
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
 
 
-def _wait_for_slot(folder: Path, deadline: float | None, signals: _Signals) -> dict | None:
-    slot = folder / SLOT
-    while True:
-        grant = read_json(slot)
-        if grant is not None:
-            return grant
-        if signals.ending_at is not None or (deadline is not None and time.time() > deadline):
-            return None
-        time.sleep(0.005)
+def job_id() -> str:
+    """This job's id as its runner knows it: submitit's local job id (the pid of the
+    process that started this one), else this process's pid."""
+    return os.environ.get("SUBMITIT_LOCAL_JOB_ID") or str(os.getpid())
+
+
+def _claim(folder: Path, record: dict) -> bool:
+    """Take the attempt: True for the first process only."""
+    try:
+        fd = os.open(folder / CLAIM, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except FileExistsError:
+        return False
+    with os.fdopen(fd, "w") as fh:
+        json.dump(record, fh)
+    return True
+
+
+def _wait_at_gate(folder: Path, heartbeat: Path | None, stale_s: float, signals: _Signals) -> tuple[dict | None, str]:
+    """Block until the runner grants this job its slot: (grant, "") or (None, why not)."""
+    me = job_id()
+    waited_for = {_WAKE, *_ENDING}
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, waited_for)
+    try:
+        write_json_atomic(folder / WAITING, {"job": me, "pid": os.getpid(), "since": time.time()})
+        while True:
+            grant = read_json(folder / SLOT)
+            if grant is not None and grant.get("job") == me:
+                return grant, ""
+            if (folder / CLAIM).exists():
+                return None, "taken"  # another process has this attempt
+            if heartbeat is not None:
+                try:
+                    if time.time() - heartbeat.stat().st_mtime > stale_s:
+                        return None, "no runner has scheduled it for {:.0f} s".format(stale_s)
+                except FileNotFoundError:
+                    return None, "its runner is gone"
+            info = signal.sigtimedwait(waited_for, 5.0)
+            if info is not None and info.si_signo in _ENDING:
+                signals.received = signals.received or signal.Signals(info.si_signo).name
+                return None, f"{signals.received} arrived"
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def run_task(spec: dict) -> dict:
     """Run one attempt. ``spec``: argv, cwd, output_dir, attempt_dir, env (additions), and optionally
-    time_limit_s (enforced here: the local backend's limit), gate (wait for slot.json),
-    gate_deadline (epoch seconds to give up waiting), kill_grace_s, forward_usr2."""
+    env_file (more additions, readable by the run's owner only), time_limit_s (enforced here:
+    the local backend's limit), gate (wait for slot.json), heartbeat (the runner's heartbeat
+    file), kill_grace_s, forward_usr2."""
     folder = Path(spec["attempt_dir"])
     folder.mkdir(parents=True, exist_ok=True)
-    signals = _Signals(bool(spec.get("forward_usr2")))
+    signals = _Signals(bool(spec.get("forward_usr2")), float(spec.get("kill_grace_s", 10)))
     env = dict(os.environ)
+    if spec.get("env_file"):
+        env.update(read_json(Path(spec["env_file"])) or {})
     env.update(spec.get("env") or {})
     result: dict = {"argv": list(spec["argv"]), "cwd": spec["cwd"], "hostname": socket.gethostname(), "pid": os.getpid()}
     try:
         if spec.get("gate"):
-            grant = _wait_for_slot(folder, spec.get("gate_deadline"), signals)
+            heartbeat = Path(spec["heartbeat"]) if spec.get("heartbeat") else None
+            grant, why = _wait_at_gate(folder, heartbeat, float(spec.get("heartbeat_stale_s", HEARTBEAT_STALE_S)), signals)
             if grant is None:
-                result.update(started=False, interrupted_by=signals.received, ended_at=time.time())
+                if why == "taken" or not _claim(folder, {"job": job_id(), "pid": os.getpid(), "gave_up": why}):
+                    return result  # not this process's attempt: nothing to report
+                result.update(started=False, interrupted_by=signals.received, error=f"never started: {why}",
+                              ended_at=time.time())  # fmt: skip
                 write_json_atomic(folder / RESULT, result)
                 return result
             env["CUDA_VISIBLE_DEVICES"] = grant.get("gpus", "")
+        if not _claim(folder, {"job": job_id(), "pid": os.getpid(), "host": result["hostname"], "at": time.time()}):
+            return result  # another process ran (or runs) this attempt: never run it twice
         result.update(_run(spec, env, folder, signals))
     finally:
         signals.restore()
@@ -124,7 +197,6 @@ def _run(spec: dict, env: dict, folder: Path, signals: _Signals) -> dict:
     if spec.get("output_dir"):
         Path(spec["output_dir"]).mkdir(parents=True, exist_ok=True)
     limit = spec.get("time_limit_s")
-    grace = float(spec.get("kill_grace_s", 10))
     started = time.time()
     out: dict = {"started": True, "started_at": started, "timed_out": False, "error": None}
     with open(folder / STDOUT, "ab", buffering=0) as stdout, open(folder / STDERR, "ab", buffering=0) as stderr:
@@ -138,26 +210,43 @@ def _run(spec: dict, env: dict, folder: Path, signals: _Signals) -> dict:
             now = time.time()
             return {**out, "returncode": 127, "error": message, "ended_at": now, "elapsed_s": now - started}
         signals.child = child
-        if signals.ending_at is not None:  # a signal arrived while starting
-            os.killpg(child.pid, signal.SIGTERM)
-        while child.poll() is None:
-            now = time.monotonic()
-            if limit and not out["timed_out"] and time.time() - started >= limit:
-                out["timed_out"] = True
-                signals.ending_at = signals.ending_at or now
-                _signal_group(child, signal.SIGTERM)
-            if signals.ending_at is not None and now - signals.ending_at >= grace:
-                _signal_group(child, signal.SIGKILL)
-            try:
-                child.wait(timeout=0.02)
-            except subprocess.TimeoutExpired:
-                pass
+        if signals.ending:  # a signal arrived while starting
+            signals.send(signal.SIGTERM, f"SIGTERM ({signals.received} arrived while starting)")
+        elif limit:
+            signal.setitimer(signal.ITIMER_REAL, float(limit))
+        child.wait()  # blocks; the signal handlers and timers act meanwhile
+        signal.setitimer(signal.ITIMER_REAL, 0)
         _signal_group(child, signal.SIGKILL)  # leave no grandchildren behind
     ended = time.time()
+    rc = child.returncode
     # a child killed by a forwarded warning was interrupted too
     received = signals.received or ("SIGUSR2" if signals.warned and signals.forward_usr2 else None)
-    return {**out, "returncode": child.returncode, "interrupted_by": received,
-            "ended_at": ended, "elapsed_s": round(ended - started, 3)}  # fmt: skip
+    record = {**out, "returncode": rc, "timed_out": signals.timed_out, "interrupted_by": received,
+              "signals_sent": signals.sent, "ended_at": ended, "elapsed_s": round(ended - started, 3)}  # fmt: skip
+    if rc < 0 and not signals.sent:  # killed by somebody else: the scheduler, a node failure, the OOM killer
+        record["killed_by_signal"] = signal.Signals(-rc).name if -rc in signal.Signals.__members__.values() else -rc
+        record["oom_killed"] = rc == -signal.SIGKILL and _oom_killed(child.pid)
+    return record
+
+
+def _oom_killed(pid: int) -> bool:
+    """Did the kernel's OOM killer kill ``pid``? Read from the kernel log where it is readable."""
+    try:
+        fd = os.open("/dev/kmsg", os.O_RDONLY | os.O_NONBLOCK)
+    except OSError:
+        return False
+    needle = f"Killed process {pid} ".encode()
+    try:
+        while True:
+            try:
+                if needle in os.read(fd, 8192):
+                    return True
+            except BlockingIOError:
+                return False
+            except OSError:  # EPIPE: records overwritten while reading; go on
+                continue
+    finally:
+        os.close(fd)
 
 
 def _signal_group(child: subprocess.Popen, sig: int) -> None:

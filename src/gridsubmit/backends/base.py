@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..cluster import ClusterProfile, Resources
+from ..errors import UsageError
 from ..manifest import Observation
 from ..metrics import read_metrics
 from ..states import JobState, fate
@@ -24,6 +25,18 @@ from ..task import RESULT, STDERR, STDOUT, read_json
 TAIL_LINES = 50
 TAIL_BYTES = 8 * 1024
 METRICS_FILE = "comparison_metrics.csv"
+
+
+class SchedulerError(RuntimeError):
+    """A scheduler command failed (it may succeed when asked again)."""
+
+
+class SubmitError(UsageError):
+    """The scheduler refused some attempts; ``handles`` are those it accepted before."""
+
+    def __init__(self, message: str, handles: list["Handle"]):
+        super().__init__(message)
+        self.handles = handles
 
 
 @dataclass
@@ -60,8 +73,9 @@ class Handle:
 
 class Backend(ABC):
     name: str
-    grace_s: float
-    runs_unattended: bool  # do submitted jobs progress with no runner attached?  # how long inconclusive evidence is tolerated before judging (scheduler lag)
+    grace_s: float  # how long inconclusive evidence is tolerated before judging (scheduler lag)
+    runs_unattended: bool  # do submitted jobs progress with no runner attached?
+    granting = True  # may start attempts (False: a cancel with no runner attached only follows)
 
     def __init__(self, profile: ClusterProfile, root: Path, workdir: Path, env: dict[str, str]):
         self.profile = profile

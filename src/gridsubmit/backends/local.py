@@ -6,12 +6,20 @@ in ``CUDA_VISIBLE_DEVICES``. Starting a job costs two Python interpreters (submi
 controller and its task), about 0.3 s; to keep that off the critical path, up to
 ``max_parallel`` jobs are started ahead and wait at a gate (``slot.json``) until a slot
 frees. The gate also carries the GPU ids, and the time limit runs from the gate opening.
+
+Exactly once: a grant names the one process that may run the attempt, and is written only
+for processes whose pid is already in the manifest (submit starts processes, a later poll
+grants them). A runner that re-attaches adopts what the attempt folder shows: the process
+that claimed it (``claim.json``: it runs or ran the command) or the one waiting at its gate
+(``waiting.json``); only an attempt with neither gets a new process. Waiting processes
+leave by themselves when the runner's heartbeat goes stale or the attempt is claimed.
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import socket
 import time
 from collections import deque
 from pathlib import Path
@@ -23,10 +31,11 @@ from ..cluster import ClusterProfile, Resources, visible_gpus
 from ..errors import UsageError
 from ..manifest import STATE_DIR
 from ..states import JobState
-from ..task import RESULT, SLOT, read_json, run_task, write_json_atomic
+from ..task import CLAIM, RESULT, SLOT, WAITING, read_json, run_task, write_json_atomic
 from .base import Backend, Handle, Submission
 
 KILL_GRACE_S = 10  # SIGTERM, then SIGKILL this long after (timeouts and cancels)
+HEARTBEAT = "heartbeat"  # touched every poll; waiting tasks give up when it goes stale
 
 
 class LocalBackend(Backend):
@@ -34,8 +43,11 @@ class LocalBackend(Backend):
     grace_s = 1.0  # result.json is written before the process exits: little lag to allow for
     runs_unattended = False  # slots are granted by the runner
 
-    def __init__(self, profile: ClusterProfile, root: Path, workdir: Path, env: dict[str, str]):
+    def __init__(self, profile: ClusterProfile, root: Path, workdir: Path, env: dict[str, str], host: str = ""):
         super().__init__(profile, root, workdir, env)
+        if host and host != socket.gethostname():
+            raise UsageError(f"{root}: this local run belongs to host {host!r}, its processes cannot be seen from "
+                             f"{socket.gethostname()!r}: run `gridsubmit wait`/`cancel` on {host}")  # fmt: skip
         gpus = visible_gpus(profile)
         per_job = profile.resources.gpus_per_job
         self.gpus_per_job = (1 if gpus else 0) if per_job < 0 else per_job
@@ -48,6 +60,7 @@ class LocalBackend(Backend):
             self.max_parallel = min(self.max_parallel, len(gpus) // self.gpus_per_job)
         self.free_gpus: list[str] = list(gpus)
         self.folder = self.root / STATE_DIR / "submitit"
+        self.heartbeat = self.root / STATE_DIR / HEARTBEAT
         self._executor: submitit.LocalExecutor | None = None
         self.queue: deque[Handle] = deque()  # accepted, no process yet
         self.waiting: deque[Handle] = deque()  # process started, waiting at the gate
@@ -58,18 +71,28 @@ class LocalBackend(Backend):
     # --- protocol ----------------------------------------------------------------------------
 
     def submit(self, submissions: Sequence[Submission]) -> list[Handle]:
+        """Queue the attempts and start spare processes; none may run before a later poll
+        grants it, so every process that runs a command is on disk first."""
         handles = []
         for sub in submissions:
             h = sub.handle(state=JobState.PENDING)
             h.extra["submission"] = sub
             handles.append(h)
             self.queue.append(h)
-        self._schedule()
+        self._beat()
+        try:
+            self._start_spares()
+        except BaseException:  # interrupted: nothing started here may outlive the runner
+            for h in handles:
+                self._signal(h, signal.SIGKILL)
+            raise
         return handles
 
     def query(self, handles: Sequence[Handle]) -> dict:
+        self._beat()
         self._release_finished()
-        self._schedule()
+        if self.granting:
+            self._schedule()
         states = {}
         for h in handles:
             if h.extra.get("cancelled"):  # CANCELLED once its result is written, or its process is gone
@@ -93,24 +116,30 @@ class LocalBackend(Backend):
                 self._signal(h, signal.SIGTERM)
 
     def reattach(self, records: Sequence[tuple[dict, dict]]) -> list[Handle]:
+        """Adopt what each attempt folder shows; start nothing that may already run."""
         handles = []
         for cell, attempt in records:
             h = self.handle_from_record(cell, attempt)
-            if h.job_id is None:  # accepted by a runner that died before starting it
+            claim, waiting = read_json(h.attempt_dir / CLAIM), read_json(h.attempt_dir / WAITING)
+            if claim is not None:  # the command started (or the attempt was given up): follow that job
+                self._adopt(h, int(claim["job"]))
+                grant = read_json(h.attempt_dir / SLOT) or {}
+                gpus = [g for g in grant.get("gpus", "").split(",") if g]
+                self.running[h.key] = (h, gpus)
+                self.free_gpus = [g for g in self.free_gpus if g not in gpus]
+            elif h.job_id is not None or (waiting and _pid_alive(int(waiting["job"]), str(self.folder))):
+                self._adopt(h, int(h.job_id if h.job_id is not None else waiting["job"]))
+                self.waiting.append(h)  # at its gate, or still starting: granted in turn
+            else:  # accepted by a runner that died before starting it
                 h.extra["submission"] = Submission(h.key, h.attempt, cell["argv"], h.output_dir, h.attempt_dir,
                                                    Resources(**attempt["resources"]), h.expected_outputs)  # fmt: skip
                 self.queue.append(h)
-            else:
-                h.extra["process"] = int(h.job_id)
-                grant = read_json(h.attempt_dir / SLOT)
-                if grant is not None:
-                    gpus = [g for g in grant.get("gpus", "").split(",") if g]
-                    self.running[h.key] = (h, gpus)
-                    self.free_gpus = [g for g in self.free_gpus if g not in gpus]
-                else:
-                    self.waiting.append(h)
             handles.append(h)
         return handles
+
+    def _adopt(self, h: Handle, pid: int) -> None:
+        h.job_id = str(pid)
+        h.extra["process"] = pid
 
     def describe(self, submissions: Sequence[Submission]) -> str:
         head = f"local backend: {len(submissions)} job(s), at most {self.max_parallel} at once, " \
@@ -128,29 +157,45 @@ class LocalBackend(Backend):
         self.waiting = deque(h for h in self.waiting if self._alive(h))
 
     def _schedule(self) -> None:
-        # Open gates while slots are free, starting processes as needed; then start spares.
+        """Open gates while slots are free (oldest first), then keep spares started."""
         while len(self.running) < self.max_parallel and (self.waiting or self.queue):
-            h = self.waiting.popleft() if self.waiting else self._start(self.queue.popleft())
-            self._grant(h)
-        while self.queue and len(self.waiting) < self.max_parallel:
+            if not self.waiting:
+                self._start_spares()
+            self._grant(self.waiting.popleft())
+        self._start_spares()
+
+    def _start_spares(self) -> None:
+        while self.queue and len(self.waiting) < self.max_parallel + max(0, self.max_parallel - len(self.running)):
             self.waiting.append(self._start(self.queue.popleft()))
 
     def _grant(self, h: Handle) -> None:
         gpus, self.free_gpus = self.free_gpus[: self.gpus_per_job], self.free_gpus[self.gpus_per_job :]
         self.running[h.key] = (h, gpus)
-        write_json_atomic(h.attempt_dir / SLOT, {"gpus": ",".join(gpus), "granted_at": time.time()})
+        write_json_atomic(h.attempt_dir / SLOT, {"gpus": ",".join(gpus), "job": h.job_id, "granted_at": time.time()})
+        waiting = read_json(h.attempt_dir / WAITING)
+        if waiting is not None and waiting.get("job") == h.job_id:  # it blocks in sigtimedwait: wake it
+            try:
+                os.kill(waiting["pid"], signal.SIGUSR1)
+            except ProcessLookupError:
+                pass
+
+    def _beat(self) -> None:
+        try:
+            os.utime(self.heartbeat)
+        except FileNotFoundError:
+            self.heartbeat.parent.mkdir(parents=True, exist_ok=True)
+            self.heartbeat.touch()
 
     def _start(self, h: Handle) -> Handle:
         sub: Submission = h.extra.pop("submission")
         limit = sub.resources.time_s
-        gate_wait = limit + KILL_GRACE_S + 60  # a spare waits for at most one running job
-        # submitit's own limit is only a backstop: the task enforces the real one.
+        # submitit's own limit is only a backstop (a day past twice the limit, for the time
+        # at the gate): the task enforces the real one from the moment its gate opens.
         if self._executor is None:
             self._executor = submitit.LocalExecutor(folder=self.folder)
-        self._executor.update_parameters(timeout_min=(gate_wait + limit + KILL_GRACE_S + 60) / 60,
-                                        signal_delay_s=KILL_GRACE_S)  # fmt: skip
+        self._executor.update_parameters(timeout_min=(2 * limit + KILL_GRACE_S) / 60 + 24 * 60, signal_delay_s=KILL_GRACE_S)
         h.attempt_dir.mkdir(parents=True, exist_ok=True)
-        spec = {**self.task_spec(sub), "time_limit_s": limit, "gate": True, "gate_deadline": time.time() + gate_wait,
+        spec = {**self.task_spec(sub), "time_limit_s": limit, "gate": True, "heartbeat": str(self.heartbeat),
                 "kill_grace_s": KILL_GRACE_S}  # fmt: skip
         job = self._executor.submit(run_task, spec)
         h.job_id = str(job.job_id)

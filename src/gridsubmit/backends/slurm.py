@@ -30,22 +30,10 @@ from ..errors import UsageError
 from ..manifest import STATE_DIR
 from ..states import JobState, from_slurm
 from ..task import run_task
-from .base import Backend, Handle, Submission
+from .base import Backend, Handle, SchedulerError, Submission, SubmitError
 
 DEFAULT_MAX_ARRAY_SIZE = 1001  # SLURM's own default
 SACCT_FIELDS = "JobID,JobName,State,ExitCode,NodeList,MaxRSS"
-
-
-class SchedulerError(RuntimeError):
-    pass
-
-
-class SubmitError(UsageError):
-    """sbatch refused a chunk; ``handles`` are the chunks submitted before it."""
-
-    def __init__(self, message: str, handles: list[Handle]):
-        super().__init__(message)
-        self.handles = handles
 
 
 def run_command(argv: list[str], timeout: float = 60) -> str:
