@@ -140,3 +140,16 @@ def test_fates_imposed_by_the_scheduler_win_over_the_killed_commands_exit_status
     assert fate({"returncode": -15, "timed_out": True}, None, 0, 5) is S.TIMEOUT
     assert fate({"started": False}, None, 0, 5) is S.LOST
     assert fate({"started": False}, S.CANCELLED, 0, 5) is S.CANCELLED
+
+
+def test_a_command_killed_by_a_signal_nobody_forwarded_is_judged_by_the_scheduler_not_taken_as_its_own_failure():
+    node_fail = {"returncode": -15, "interrupted_by": None, "signals_sent": []}
+    assert fate(node_fail, S.NODE_FAIL, 0, 5) is S.NODE_FAIL
+    assert fate(node_fail, S.RUNNING, 60, 5) is None
+    oom = {"returncode": -9, "interrupted_by": None, "signals_sent": []}
+    assert fate(oom, S.OUT_OF_MEMORY, 0, 5) is S.OUT_OF_MEMORY  # sacct's word wins over a bare -9
+    assert fate(oom, None, 1, 5) is None and fate(oom, None, 6, 5) is S.FAILED
+    assert fate({**oom, "oom_killed": True}, None, 0, 5) is S.OUT_OF_MEMORY  # the kernel log said so
+    # a signal the wrapper sent itself (grace period over after a time limit) is no outside kill
+    assert fate({"returncode": -9, "signals_sent": ["SIGKILL (grace period over)"]}, None, 0, 5) is S.FAILED
+    assert fate({"returncode": 3, "signals_sent": []}, S.NODE_FAIL, 0, 5) is S.FAILED

@@ -8,8 +8,8 @@ from gridsubmit.cluster import Retry
 from gridsubmit.states import JobState as S
 
 SACCT = """\
-41_0|gs-run-a|COMPLETED|0:0|localhost|
-41_0.batch|batch|COMPLETED|0:0|localhost|10240K
+41_0|gs-run-a|COMPLETED|0:0|localhost||00:00:07
+41_0.batch|batch|COMPLETED|0:0|localhost|10240K|00:00:07
 41_0.extern|extern|COMPLETED|0:0|localhost|512K
 41_1|gs-run-a|FAILED|1:0|localhost|
 41_1.batch|batch|FAILED|1:0|localhost|2M
@@ -17,17 +17,20 @@ SACCT = """\
 41_3|gs-run-a|TIMEOUT|0:0|localhost|
 41_[4-6,9%2]|gs-run-a|PENDING|0:0|None assigned|
 42|gs-run-b|OUT_OF_MEMORY|0:125|localhost|
+43|gs-run-b|NEW_FANGLED_STATE|0:0|localhost|
 """
 
 
 def test_sacct_rows_map_to_states_with_max_rss_from_the_step_rows():
     jobs = parse_sacct(SACCT)
     assert jobs["41_0"] == (S.COMPLETED, {"scheduler_state": "COMPLETED", "scheduler_exit_code": "0:0",
-                                          "node": "localhost", "max_rss": "10240K"})  # fmt: skip
+                                          "elapsed": "00:00:07", "node": "localhost", "max_rss": "10240K"})  # fmt: skip
     assert jobs["41_1"][0] is S.FAILED and jobs["41_1"][1]["max_rss"] == "2M"
     assert jobs["41_2"][0] is S.CANCELLED and jobs["41_3"][0] is S.TIMEOUT and jobs["42"][0] is S.OUT_OF_MEMORY
     assert [jobs[f"41_{i}"][0] for i in (4, 5, 6, 9)] == [S.PENDING] * 4
     assert "node" not in jobs["41_4"][1] and "41_7" not in jobs
+    # a state this version does not know never ends a live job
+    assert jobs["43"] == (S.RUNNING, {"scheduler_state": "NEW_FANGLED_STATE", "scheduler_exit_code": "0:0", "node": "localhost"})
 
 
 def test_squeue_rows_map_to_states():

@@ -12,6 +12,7 @@ and, for the study's own call site, :func:`execute_comparison_jobs`.
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
@@ -100,9 +101,11 @@ class GridExecutor:
         self.root.mkdir(parents=True, exist_ok=True)
         deadline = None if timeout is None else time.monotonic() + timeout
         with mf.RunLock(self.root, "submit"):
+            old = mf.load(self.root)
             manifest = prepare(self.root, grid, self.profile, rerun_failed, run_id, context)
-            if mf.load(self.root) is None:
+            if old is None or not old.get("context"):  # a new run, or one from before contexts were kept
                 ctx.save(self.root / mf.STATE_DIR, context)
+                manifest.update(context=context.as_manifest(), schema_version=mf.SCHEMA_VERSION)
             backend = make_backend(self.profile, self.root, manifest)
             runner = Runner(self.root, manifest, self.profile, backend, self.progress)
             if not wait and not backend.runs_unattended:
@@ -195,7 +198,13 @@ def execute_comparison_jobs(jobs: Iterable[Any], artifact_root: str | Path, *, c
         absent = [name for name in ("dose", "view", "split", *JOB_INPUTS) if not hasattr(job, name)]
         if absent:
             raise UsageError(f"jobs[{i}]: expected a ComparisonJob with {', '.join(absent)}; got {type(job).__name__}")
-        key = JobKey(int(job.dose), str(job.view), str(job.split))
+        if not isinstance(job.dose, int) or isinstance(job.dose, bool) or job.dose <= 0:
+            raise UsageError(f"jobs[{i}]: expected a positive integer dose, got {job.dose!r}")
+        for axis in ("view", "split"):
+            if not isinstance(getattr(job, axis), str) or not re.fullmatch(r"[A-Za-z0-9_.-]+", getattr(job, axis)) \
+                    or getattr(job, axis) in (".", ".."):
+                raise UsageError(f"jobs[{i}]: expected a {axis} name of letters, digits, '_', '-' or '.', got {getattr(job, axis)!r}")
+        key = JobKey(job.dose, job.view, job.split)
         if key in seen:
             raise UsageError(f"jobs[{i}]: {key} is listed twice")
         seen.add(key)
@@ -203,14 +212,17 @@ def execute_comparison_jobs(jobs: Iterable[Any], artifact_root: str | Path, *, c
         given.append((key, values))
     executor = GridExecutor(artifact_root, cluster)
     grid = executor.plan(study, workdir=workdir, given=given)
+    problems = executor.check(grid)
+    if problems:  # nothing could start: one clear error, not a grid of failures
+        raise UsageError("the comparison command cannot start:\n  " + "\n  ".join(problems))
     run = executor.submit(grid, rerun_failed=rerun_failed, wait=True, timeout=timeout)
-    return study_manifest(run.manifest)
+    return study_manifest(run.manifest, {str(key) for key in seen})
 
 
-def study_manifest(manifest: dict) -> dict:
-    """The manifest with every cell in ``execution_results``: a job the caller asked for
-    that could not run (BLOCKED) counts as failed."""
-    results = [mf.execution_result(manifest, cell) for cell in manifest["jobs"]]
+def study_manifest(manifest: dict, keys: set[str] | None = None) -> dict:
+    """The manifest with every cell (of ``keys``, when given) in ``execution_results``: a job
+    the caller asked for that could not run (BLOCKED) counts as failed."""
+    results = [mf.execution_result(manifest, cell) for cell in manifest["jobs"] if keys is None or cell["key"] in keys]
     success = sum(1 for r in results if r["state"] == JobState.COMPLETED.value)
     return {**manifest, "execution_results": results, "n_jobs": len(results), "n_executed": len(results),
             "n_success": success, "n_failed": len(results) - success}  # fmt: skip

@@ -110,6 +110,9 @@ def _grid(args, executor: GridExecutor):
     study = load_study(args.study, roots)
     filters = Filters(tuple(args.dose), tuple(args.view), tuple(args.split))
     grid = executor.plan(study, filters=filters, workdir=args.workdir)
+    if args.workdir and args.workdir.resolve() != grid.workdir:
+        print(f"gridsubmit: warning: this run was first submitted from {grid.workdir}; its cells keep running "
+              f"there (--workdir {args.workdir} is ignored; use a new --artifact-root to change it)", file=sys.stderr)  # fmt: skip
     if args.strict and grid.blocked:
         lines = [f"  {job.key}: {'; '.join(job.missing)}" for job in grid.blocked]
         raise UsageError(f"--strict: {len(grid.blocked)} cell(s) blocked:\n" + "\n".join(lines))

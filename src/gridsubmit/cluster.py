@@ -122,6 +122,8 @@ class ClusterProfile:
         return res
 
     def as_dict(self) -> dict:
+        # as written, env included: later attempts re-read the profile from the manifest
+        # (a profile file is no place for secrets: capture_env carries them, redacted)
         return {"source": self.source, "backend": self.backend, "name": self.name, **dict(self.raw)}
 
 
@@ -268,10 +270,9 @@ def parse_profile(d: dict, src: str) -> ClusterProfile:
     env = expect(d.get("env") or {}, dict, src, "env")
     for k, v in env.items():
         expect(v, (str, int, float), src, f"env.{k}")
-    capture = expect(d.get("capture_env") or [], list, src, "capture_env")
-    for i, name in enumerate(capture):
-        if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
-            raise ConfigError(src, f"capture_env[{i}]", f"expected an environment variable name, got {name!r}")
+    from .study import env_names
+
+    capture = env_names(d.get("capture_env") or [], src, "capture_env")
     gpus = None
     if d.get("gpus") is not None:
         gpus = tuple(expect(g, int, src, "gpus") for g in expect(d["gpus"], list, src, "gpus"))

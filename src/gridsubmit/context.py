@@ -13,6 +13,7 @@ import json
 import os
 import re
 import socket
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +21,7 @@ from typing import Iterable, Mapping
 
 # What a cell needs from the submitting shell to find its interpreter and its code.
 CAPTURED = ("PATH", "PYTHONPATH", "VIRTUAL_ENV", "CONDA_PREFIX", "CONDA_DEFAULT_ENV")
-SECRET = re.compile(r"SECRET|TOKEN|PASSW|CREDENTIAL|AUTH|COOKIE|SESSION|(?:^|_)KEY(?:$|_)|APIKEY", re.I)
+SECRET = re.compile(r"SECRET|TOKEN|PASS|CREDENTIAL|AUTH|COOKIE|SESSION|(?:^|_)KEY(?:$|_)|APIKEY|_PWD$", re.I)
 REDACTED = "<redacted>"
 ENV_FILE = "environment.json"
 
@@ -73,6 +74,10 @@ def load(state_dir: Path, recorded: Mapping) -> RunContext:
         env.update(json.loads((state_dir / ENV_FILE).read_text()))
     except (OSError, ValueError):
         pass
+    lost = sorted(k for k, v in env.items() if v == REDACTED)
+    if lost:  # another user, or a copied run: say so rather than run without them
+        print(f"gridsubmit: warning: cannot read {state_dir / ENV_FILE}; the cells run without "
+              f"{', '.join(lost)}", file=sys.stderr)  # fmt: skip
     env = {k: v for k, v in env.items() if v != REDACTED}
     return RunContext(Path(recorded["workdir"]), env, recorded.get("host", ""), recorded.get("user", ""),
                       recorded.get("captured_at", 0.0))  # fmt: skip

@@ -250,6 +250,8 @@ def summary_text(m: dict) -> str:
         last = cell["attempts"][-1] if cell["attempts"] else {}
         rc = last.get("returncode")
         detail = f"rc={rc}" if rc is not None else ""
+        if cell["state"] not in (JobState.COMPLETED.value, JobState.BLOCKED.value) and last.get("error"):
+            detail = f"{detail} {last['error']}".strip()
         if cell["state"] == JobState.BLOCKED.value:
             detail = "; ".join(cell["missing"])
         tries = f"attempts={len(cell['attempts'])}" if cell["attempts"] else ""

@@ -84,10 +84,13 @@ def _shown(row: dict) -> str:
 def write_csv(manifest: dict, path: Path) -> int:
     """Write metric_rows as CSV (None as an empty cell); return the number of rows."""
     rows = metric_rows(manifest)
-    with open(path, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, CSV_FIELDS)
-        writer.writeheader()
-        writer.writerows({k: "" if r[k] is None else r[k] for k in CSV_FIELDS} for r in rows)
+    try:
+        with open(path, "w", newline="") as fh:
+            writer = csv.DictWriter(fh, CSV_FIELDS)
+            writer.writeheader()
+            writer.writerows({k: "" if r[k] is None else r[k] for k in CSV_FIELDS} for r in rows)
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot write the CSV: {exc.strerror or exc}") from None
     return len(rows)
 
 
@@ -145,5 +148,8 @@ def plot(manifest: dict, path: Path) -> Figure:
     fig.legend(list(legend.values()), list(legend), loc="upper left", bbox_to_anchor=(1.0, 0.97), fontsize=8)
     split_note = "test split" if test_only else "all splits"
     fig.suptitle(f"{manifest['study'].get('name', 'study')}: metrics by dose ({split_note})")
-    fig.savefig(path, dpi=110, bbox_inches="tight")
+    try:
+        fig.savefig(path, dpi=110, bbox_inches="tight")
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot write the plot: {exc.strerror or exc}") from None
     return fig

@@ -121,14 +121,19 @@ def fate(result: dict | None, scheduled: JobState | None, undecided_for_s: float
     if result is not None:
         if not result.get("started", True):  # gave up waiting for a slot: the command never ran
             return scheduled if scheduled in IMPOSED else JobState.LOST
+        if result.get("oom_killed"):
+            return JobState.OUT_OF_MEMORY
         if result.get("timed_out"):
             return JobState.TIMEOUT
-        if result.get("returncode") == 0:
+        rc = result.get("returncode")
+        if rc == 0:
             return JobState.COMPLETED
-        if not result.get("interrupted_by"):
+        killed_from_outside = isinstance(rc, int) and rc < 0 and not result.get("signals_sent")
+        if not result.get("interrupted_by") and not killed_from_outside:
             return JobState.FAILED  # the command failed on its own
-        # Killed through a forwarded signal: the scheduler knows why. While it still calls the
-        # job queued or running (ending, or requeued after preemption), keep waiting.
+        # Killed through a forwarded signal, or by a signal nobody forwarded (a node failure,
+        # the OOM killer): the scheduler knows why. While it still calls the job queued or
+        # running (ending, or requeued after preemption), keep waiting.
         if scheduled in IMPOSED:
             return scheduled
         if scheduled is not None and scheduled.active:

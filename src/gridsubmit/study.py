@@ -19,7 +19,7 @@ from typing import Any, Mapping, Sequence
 import yaml
 
 from .errors import ConfigError, expect, unknown_keys
-from .jobs import Cell, JobKey, check_placeholders, render, render_argv
+from .jobs import Cell, JobKey, check_placeholders, placeholders, render, render_argv
 from .yamlio import load_mapping
 
 KEYS = {"name", "roots", "doses", "doses_from", "views", "splits", "inputs", "output_dir", "options", "command",
@@ -39,9 +39,9 @@ def default_study_dict() -> dict:
 def deep_merge(base: Any, overlay: Any) -> Any:
     """``overlay`` laid over ``base``: mappings merge key by key, null removes a key, any
     other value replaces (lists included)."""
-    if not isinstance(base, dict) or not isinstance(overlay, dict):
+    if not isinstance(overlay, dict):
         return copy.deepcopy(overlay)
-    out = copy.deepcopy(base)
+    out = copy.deepcopy(base) if isinstance(base, dict) else {}
     for key, value in overlay.items():
         if value is None:
             out.pop(key, None)
@@ -207,9 +207,10 @@ def _validate(d: dict, src: str, base: Path) -> Study:
     names = RESERVED - {"output_dir"} | {f"{r}_root" for r in roots} | set(options)
     inputs: dict[str, InputSpec] = {}
     for iname, spec in expect(d.get("inputs") or {}, dict, src, "inputs").items():
-        if not isinstance(iname, str) or not _NAME.fullmatch(iname) or iname in names | RESULT_FIELDS:
+        taken = names | RESERVED | RESULT_FIELDS
+        if not isinstance(iname, str) or not _NAME.fullmatch(iname) or iname in taken:
             raise ConfigError(src, f"inputs.{iname}", "expected an input name of letters, digits and '_' that is not "
-                              f"already taken ({', '.join(sorted(names | RESULT_FIELDS))})")  # fmt: skip
+                              f"already taken ({', '.join(sorted(taken))})")  # fmt: skip
         inputs[iname] = _input_spec(spec, names, axes["views"], src, f"inputs.{iname}")
         names = names | {iname}
     output_dir = _template(_required(d, "output_dir", src), names, src, "output_dir")
@@ -240,7 +241,7 @@ def _validate(d: dict, src: str, base: Path) -> Study:
     if d.get("workdir") is not None:
         workdir = Path(expect(d["workdir"], str, src, "workdir")).expanduser()
         workdir = Path(os.path.normpath(workdir if workdir.is_absolute() else base / workdir))
-    capture = tuple(_names(d.get("capture_env") or [], src, "capture_env"))
+    capture = tuple(env_names(d.get("capture_env") or [], src, "capture_env"))
     expected = expect(d.get("expected_outputs") or [], list, src, "expected_outputs")
     for i, rel in enumerate(expected):
         if not isinstance(rel, str) or not rel or Path(rel).is_absolute() or ".." in Path(rel).parts:
@@ -257,9 +258,9 @@ def _no_repeats(values: list, src: str, key: str) -> None:
         seen.add(value)
 
 
-def _names(values: Any, src: str, key: str) -> list[str]:
+def env_names(values: Any, src: str, key: str) -> list[str]:
     for i, value in enumerate(expect(values, list, src, key)):
-        if not isinstance(value, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", value):
+        if not isinstance(value, str) or not _NAME.fullmatch(value):
             raise ConfigError(src, f"{key}[{i}]", f"expected an environment variable name, got {value!r}")
     return list(values)
 
@@ -276,7 +277,8 @@ def _input_spec(spec: Any, known: set[str], views: list[str], src: str, key: str
         raise ConfigError(src, f"{key}.{mixed[0]}", f"unknown key beside 'path'/'json'; expected one of: "
                           f"{', '.join(sorted(INPUT_KEYS))} (per-view templates go under 'path' or 'json')")  # fmt: skip
     if "path" in spec and "json" in spec:
-        raise ConfigError(src, key, "give either 'path' or 'json', not both")
+        raise ConfigError(src, key, "give either 'path' or 'json', not both (a study file is merged into the built-in "
+                          "study: to turn a 'json' input into a 'path' one, also set json: null, field: null)")  # fmt: skip
     optional = expect(spec.get("optional", False), bool, src, f"{key}.optional")
     join = spec.get("join")
     if join is not None:
@@ -312,8 +314,6 @@ def _template(value: Any, known: set[str], src: str, key: str) -> str:
 
 
 def _optional_guarded(text: str, optional: set[str], src: str, key: str) -> None:
-    from .jobs import placeholders
-
     used = {name.partition(".")[0] for name in placeholders(text)} & optional
     if used:
         name = sorted(used)[0]
@@ -402,8 +402,15 @@ def _cell(study: Study, key: JobKey, preset: Mapping[str, Any], roots: Mapping[s
     pointers: dict[str, dict[str, str]] = {}
     missing: list[str] = []
     for iname, spec in study.inputs.items():
-        if any(dep in study.inputs and dep not in inputs for dep in _deps(spec, key.view)) and iname not in preset:
+        deps = [dep for dep in _deps(spec, key.view) if dep in study.inputs] if iname not in preset else []
+        if any(dep not in inputs for dep in deps):
             continue  # found through an input that is already missing: that one is the reason
+        absent = [dep for dep in deps if inputs[dep] is None]
+        if absent:  # found through an optional input that is absent
+            if not spec.optional:
+                missing.append(f"{iname}: found through {absent[0]}, which is absent")
+            inputs[iname] = values[iname] = None
+            continue
         if iname in preset:
             path, problem = _given(iname, preset[iname], spec, workdir)
         else:
@@ -425,8 +432,6 @@ def _cell(study: Study, key: JobKey, preset: Mapping[str, Any], roots: Mapping[s
 
 
 def _deps(spec: InputSpec, view: str) -> list[str]:
-    from .jobs import placeholders
-
     template = _pick(spec.path or spec.json or {}, view)
     return [name.partition(".")[0] for name in placeholders(template)]
 

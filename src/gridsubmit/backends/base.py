@@ -17,7 +17,8 @@ from typing import Any, Sequence
 
 from ..cluster import ClusterProfile, Resources
 from ..errors import UsageError
-from ..manifest import Observation
+from .. import context as ctx
+from ..manifest import STATE_DIR, Observation
 from ..metrics import read_metrics
 from ..states import JobState, fate
 from ..task import RESULT, STDERR, STDOUT, read_json
@@ -81,12 +82,16 @@ class Backend(ABC):
         self.profile = profile
         self.root = Path(root)
         self.workdir = Path(workdir)  # every cell's command runs here
-        self.env = {**env, **profile.env}  # the run's captured variables, then the profile's
+        self.captured = dict(env)  # the run's captured variables (the profile's env goes over them)
 
     def task_spec(self, sub: Submission) -> dict:
-        """What the node-side task needs to run one attempt (see task.run_task)."""
+        """What the node-side task needs to run one attempt (see task.run_task). Secret-looking
+        variables never travel in it (submitit pickles it, readable by all): the task reads
+        them from the run's environment file, which only its owner can read."""
+        plain = {k: v for k, v in self.captured.items() if not ctx.SECRET.search(k)}
         return {"argv": list(sub.argv), "cwd": str(self.workdir), "output_dir": str(sub.output_dir),
-                "attempt_dir": str(sub.attempt_dir), "env": dict(self.env)}  # fmt: skip
+                "attempt_dir": str(sub.attempt_dir), "env": {**plain, **self.profile.env},
+                "env_file": str(self.root / STATE_DIR / ctx.ENV_FILE)}  # fmt: skip
 
     # --- what each backend implements ----------------------------------------------------------
 

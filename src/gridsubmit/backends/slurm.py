@@ -13,8 +13,10 @@ and only for attempts whose own ``result.json`` does not already settle them.
 
 from __future__ import annotations
 
+import logging
 import math
 import re
+import shlex
 import subprocess
 import time
 import uuid
@@ -23,8 +25,9 @@ from pathlib import Path
 from typing import Sequence
 
 import submitit
-from submitit.slurm.slurm import SlurmJob
+from submitit.core.utils import JobPaths
 
+from .. import context as ctx
 from ..cluster import ClusterProfile, Resources
 from ..errors import UsageError
 from ..manifest import STATE_DIR
@@ -33,7 +36,8 @@ from ..task import run_task
 from .base import Backend, Handle, SchedulerError, Submission, SubmitError
 
 DEFAULT_MAX_ARRAY_SIZE = 1001  # SLURM's own default
-SACCT_FIELDS = "JobID,JobName,State,ExitCode,NodeList,MaxRSS"
+log = logging.getLogger(__name__)
+SACCT_FIELDS = "JobID,JobName,State,ExitCode,NodeList,MaxRSS,Elapsed"
 
 
 def run_command(argv: list[str], timeout: float = 60) -> str:
@@ -98,18 +102,57 @@ class SlurmBackend(Backend):
                 with executor.batch():
                     jobs = [executor.submit(run_task, self._spec(sub)) for sub in chunk]
             except Exception as exc:  # sbatch's own message is the useful part
-                raise SubmitError(f"sbatch refused {len(chunk)} job(s) for partition "
-                                  f"{chunk[0].resources.partition or '(default)'}: {_clean(exc)}", handles) from None  # fmt: skip
+                queued = self._queued_despite(name, chunk)
+                if queued is None:
+                    raise SubmitError(f"sbatch refused {len(chunk)} job(s) for partition "
+                                      f"{chunk[0].resources.partition or '(default)'}: {_clean(exc)}", handles) from None  # fmt: skip
+                handles += queued
+                continue
             for sub, job in zip(chunk, jobs):
                 array_id = job.job_id.split("_")[0]
-                script = SlurmJob(self.folder, array_id).paths.submission_file
+                script = JobPaths(self.folder, job_id=array_id).submission_file
                 h = sub.handle(job_id=job.job_id, state=JobState.PENDING,
                                extra={"job_name": name, "record": {"array_job_id": array_id, "script": str(script)}})  # fmt: skip
                 handles.append(h)
         return handles
 
+    def _queued_despite(self, name: str, chunk: list[Submission]) -> list[Handle] | None:
+        """sbatch failed: did it queue the array all the same (a timeout, a lost reply)? Then
+        its tasks have no submitit task file and would fail: cancel them, and hand back their
+        attempts as LOST so they are submitted again. None when nothing was queued."""
+        for _ in range(3):
+            found = find_by_name([name], self._since([]))
+            if found:
+                break
+            time.sleep(1)
+        else:
+            return None
+        handles = []
+        for sub in chunk:
+            h = sub.handle(state=JobState.PENDING, extra={"job_name": name, "array_task_id": sub.record["array_task_id"]})
+            job_id = found.get((name, sub.record["array_task_id"]))
+            h.job_id = job_id
+            h.extra["record"] = {"array_job_id": job_id.split("_")[0]} if job_id else {}
+            handles.append(h)
+        self._discard(handles, "sbatch reported a failure but queued it")
+        return handles
+
+    def _discard(self, handles: Sequence[Handle], why: str) -> None:
+        """Jobs that can never run their cell (their submission was cut short): cancel them;
+        their attempts end LOST, so the retry policy submits the cells again."""
+        ids = [h.job_id for h in handles if h.job_id]
+        if ids:
+            try:
+                self.cancel(handles)
+            except SchedulerError:
+                pass  # they fail on their own within a minute, without running the command
+        for h in handles:
+            h.extra["discarded"] = f"{why}; job {h.job_id or '?'} was cancelled and the cell is submitted again"
+
     def _spec(self, sub: Submission) -> dict:
-        return {**self.task_spec(sub), "forward_usr2": bool(self.profile.warn_signal)}
+        # the captured variables are exported in the script, before the profile's setup
+        # lines (module load, conda activate), which may change them
+        return {**self.task_spec(sub), "env": dict(self.profile.env), "forward_usr2": bool(self.profile.warn_signal)}
 
     def _executor(self, res: Resources, name: str) -> submitit.SlurmExecutor:
         p = self.profile
@@ -121,7 +164,9 @@ class SlurmBackend(Backend):
                 params[key] = getattr(res, key)
         if res.mem_mb:
             params["mem"] = f"{res.mem_mb}M"
-        extra = dict(p.sbatch_extra)
+        # gridsubmit owns every retry: a job SLURM requeued after a node failure would run
+        # the cell again beside the new attempt
+        extra = {"no-requeue": True, **p.sbatch_extra}
         if res.gpus_per_job:
             count = f"{res.gpu_type}:{res.gpus_per_job}" if res.gpu_type else str(res.gpus_per_job)
             if p.gpu_request == "gres":
@@ -134,8 +179,9 @@ class SlurmBackend(Backend):
             extra["signal"] = p.warn_signal
         if p.array_parallelism:
             params["array_parallelism"] = p.array_parallelism
-        if p.setup:
-            params["setup"] = list(p.setup)
+        exports = [f"export {k}={shlex.quote(v)}" for k, v in self.captured.items() if not ctx.SECRET.search(k)]
+        if exports or p.setup:
+            params["setup"] = [*exports, *p.setup]
         if extra:
             params["additional_parameters"] = extra
         executor.update_parameters(**params)
@@ -156,41 +202,56 @@ class SlurmBackend(Backend):
     # --- status --------------------------------------------------------------------------------
 
     def query(self, handles: Sequence[Handle]) -> dict:
-        """One sacct (or, when sacct fails, one squeue) for every job id of the run, when due:
-        after the adaptive interval, or sooner (poll_min_s) while some job has no row yet.
-        The answer is kept by job id in between."""
+        """One sacct for every job id of the run (then one squeue for the ids sacct does not
+        list yet, or for all when sacct fails), when due: after the adaptive interval, or
+        sooner (poll_min_s) while some job has no row yet. The answer is kept by job id in
+        between. Attempts known by name only are looked up by name on the same cadence."""
         now = time.monotonic()
         elapsed = now - self._last_query
-        unseen = any(h.job_id and h.job_id not in self._by_id for h in handles)
-        ids = sorted({h.job_id.split("_")[0] for h in handles if h.job_id})
-        if ids and (elapsed >= self._query_every or unseen and elapsed >= self.profile.poll_min_s):
-            names = sorted({h.extra["job_name"] for h in handles if h.extra.get("job_name")})
-            try:
-                by_id = sacct(ids, names, self._since(handles))
-            except SchedulerError:
-                by_id = squeue(ids)
-            # Ask again soon only when the scheduler has just ended jobs; queued -> running is not urgent.
-            ended = {j for j, (state, _) in by_id.items() if state is not None and state.terminal}
-            fresh = ended - {j for j, (state, _) in self._by_id.items() if state is not None and state.terminal}
-            self._query_every = self.profile.poll_min_s if fresh else min(self.profile.poll_max_s, self._query_every * 1.5)
-            self._by_id, self._last_query = by_id, now
-        rows = {h.key: self._by_id[h.job_id] for h in handles if h.job_id in self._by_id}
+        unseen = any(not h.job_id or h.job_id not in self._by_id for h in handles)
+        if elapsed >= self._query_every or unseen and elapsed >= self.profile.poll_min_s:
+            self._adopt_by_name([h for h in handles if not h.job_id and h.extra.get("job_name")])
+            with_ids = [h for h in handles if h.job_id and not h.extra.get("discarded")]
+            if with_ids:
+                self._ask(with_ids, now)
+        rows: dict = {}
         for h in handles:
-            if h.job_id is None:
-                rows[h.key] = (JobState.LOST, {"error": "not found by job name in squeue or sacct: never submitted"})
+            if h.extra.get("discarded"):
+                rows[h.key] = (JobState.LOST, {"error": h.extra["discarded"]})
+            elif h.job_id in self._by_id:
+                rows[h.key] = self._by_id[h.job_id]
+            elif h.extra.get("cancel_sent"):  # scancel'ed while queued: SLURM may keep no record at all
+                rows[h.key] = (JobState.CANCELLED, {})
         return rows
+
+    def _ask(self, handles: Sequence[Handle], now: float) -> None:
+        ids = sorted({h.job_id.split("_")[0] for h in handles})
+        names = sorted({h.extra["job_name"] for h in handles if h.extra.get("job_name")})
+        try:
+            by_id = sacct(ids, names, self._since(handles))
+            missing = sorted({h.job_id.split("_")[0] for h in handles if h.job_id not in by_id})
+        except SchedulerError:
+            by_id, missing = {}, ids
+        if missing:  # sacct lags squeue: a job it does not list yet may well be queued or running
+            by_id.update({j: row for j, row in squeue(missing, names).items() if j not in by_id})
+        # Ask again soon only when the scheduler has just ended jobs; queued -> running is not urgent.
+        ended = {j for j, (state, _) in by_id.items() if state is not None and state.terminal}
+        fresh = ended - {j for j, (state, _) in self._by_id.items() if state is not None and state.terminal}
+        self._query_every = self.profile.poll_min_s if fresh else min(self.profile.poll_max_s, self._query_every * 1.5)
+        self._by_id = {**self._by_id, **by_id}
+        self._last_query = now
 
     def poll_interval(self, previous: float | None, changed: bool) -> float:
         return min(0.25, self.profile.poll_min_s)  # result files every tick; the scheduler when due
 
     @staticmethod
     def _since(handles: Sequence[Handle]) -> str:
-        first = min((h.extra.get("submitted_at") or time.time()) for h in handles)
+        first = min(((h.extra.get("submitted_at") or time.time()) for h in handles), default=time.time())
         return time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(first - 300))
 
     def enrich(self, handles: Sequence[Handle]) -> dict[str, dict]:
-        """MaxRSS and the scheduler's own verdict for attempts that ended on their result
-        file alone: one sacct for all of them."""
+        """The scheduler's final word (state, exit code, node, MaxRSS, Elapsed) on ended
+        attempts, by job id: one sacct for all of them."""
         ids = sorted({h.job_id.split("_")[0] for h in handles if h.job_id})
         if not ids:
             return {}
@@ -199,12 +260,22 @@ class SlurmBackend(Backend):
             by_id = sacct(ids, names, self._since(handles))
         except SchedulerError:
             return {}
-        return {h.key: by_id[h.job_id][1] for h in handles if h.job_id in by_id}
+        return {h.job_id: by_id[h.job_id][1] for h in handles if h.job_id in by_id}
 
     def cancel(self, handles: Sequence[Handle]) -> None:
+        """scancel, asked up to three times; raises SchedulerError if it keeps failing."""
         ids = [h.job_id for h in handles if h.job_id]
         if ids:
-            run_command(["scancel", *ids])
+            for attempt in range(3):
+                try:
+                    run_command(["scancel", *ids])
+                    break
+                except SchedulerError:
+                    if attempt == 2:
+                        raise
+                    time.sleep(1)
+        for h in handles:
+            h.extra["cancel_sent"] = True
         self._last_query = -math.inf  # ask again at once
 
     # --- re-attach -----------------------------------------------------------------------------
@@ -216,16 +287,27 @@ class SlurmBackend(Backend):
             h.extra.update(job_name=attempt.get("job_name"), submitted_at=attempt.get("submitted_at"),
                            array_task_id=attempt.get("array_task_id"))  # fmt: skip
             handles.append(h)
-        orphans = [h for h in handles if h.job_id is None and h.extra.get("job_name")]
-        if orphans:
-            found = find_by_name(sorted({h.extra["job_name"] for h in orphans}), self._since(orphans))
-            for h in orphans:
-                job_id = found.get((h.extra["job_name"], h.extra["array_task_id"]))
-                if job_id:
-                    h.job_id = job_id
-                    h.extra["record"] = {"array_job_id": job_id.split("_")[0], "adopted": True}
+        self._adopt_by_name([h for h in handles if h.job_id is None and h.extra.get("job_name")])
         return handles
 
+    def _adopt_by_name(self, orphans: Sequence[Handle]) -> None:
+        """Attempts recorded before sbatch answered: find their jobs by name. A job whose
+        submitit task file was never written (the submitter died between sbatch and
+        writing it) would fail after a minute without running its cell: it is cancelled
+        and its attempt ends LOST. Not found: asked again next time, until the grace period."""
+        if not orphans:
+            return
+        found = find_by_name(sorted({h.extra["job_name"] for h in orphans}), self._since(orphans))
+        adopted = []
+        for h in orphans:
+            job_id = found.get((h.extra["job_name"], h.extra.get("array_task_id")))
+            if job_id:
+                h.job_id = job_id
+                h.extra["record"] = {"array_job_id": job_id.split("_")[0], "adopted": True}
+                adopted.append(h)
+        cut_short = [h for h in adopted if not JobPaths(self.folder, job_id=h.job_id).submitted_pickle.exists()]
+        if cut_short:
+            self._discard(cut_short, "its submission was cut short before submitit wrote its task file")
 
 # --- parsing scheduler output (pure) -------------------------------------------------------------
 
@@ -252,17 +334,19 @@ def parse_sacct(text: str) -> dict[str, tuple[JobState | None, dict]]:
         parts = line.split("|")
         if len(parts) < 6:
             continue
-        job_id, _name, state, exit_code, nodes, max_rss = parts[:6]
+        job_id, _name, state, exit_code, nodes, max_rss, elapsed = (parts + [""])[:7]
         base, dot, _step = job_id.partition(".")
         if dot:
             if max_rss and _rss_bytes(max_rss) > _rss_bytes(rss.get(base, "")):
                 rss[base] = max_rss
             continue
         info = {"scheduler_state": state, "scheduler_exit_code": exit_code}
+        if elapsed:
+            info["elapsed"] = elapsed
         if nodes and nodes not in ("None assigned", "(null)"):
             info["node"] = nodes
         for jid in expand_job_id(base):
-            jobs[jid] = (from_slurm(state), dict(info))
+            jobs[jid] = (_mapped(state), dict(info))
     for jid, value in rss.items():
         if jid in jobs:
             jobs[jid][1]["max_rss"] = value
@@ -280,8 +364,18 @@ def parse_squeue(text: str) -> dict[str, tuple[JobState | None, dict]]:
         if parts[2]:
             info["node"] = parts[2]
         for jid in expand_job_id(parts[0]):
-            jobs[jid] = (from_slurm(parts[1]), info)
+            jobs[jid] = (_mapped(parts[1]), info)
     return jobs
+
+
+def _mapped(text: str) -> JobState | None:
+    """A state we do not know is taken for still running until SLURM says otherwise: an
+    unknown word must never end (or resubmit) a live job."""
+    state = from_slurm(text)
+    if state is None and text.strip():
+        log.warning("unknown SLURM state %r: taken as still running", text)
+        return JobState.RUNNING
+    return state
 
 
 def _rss_bytes(text: str) -> float:
@@ -298,9 +392,12 @@ def sacct(ids: list[str], names: list[str], since: str) -> dict:
     return parse_sacct(run_command(argv))
 
 
-def squeue(ids: list[str]) -> dict:
+def squeue(ids: list[str], names: list[str]) -> dict:
+    argv = ["squeue", "-h", "-r", "-t", "all", "-o", "%i|%T|%N", "-j", ",".join(ids)]
+    if names:  # job ids are reused when a cluster is reset: only this run's jobs
+        argv += ["--name", ",".join(names)]
     try:
-        return parse_squeue(run_command(["squeue", "-h", "-r", "-t", "all", "-o", "%i|%T|%N", "-j", ",".join(ids)]))
+        return parse_squeue(run_command(argv))
     except SchedulerError:
         return {}  # every id purged or unknown: the result files and the grace period decide
 
