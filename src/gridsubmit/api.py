@@ -176,7 +176,7 @@ class Run:
         return self.manifest
 
     def cancel(self, filters: Filters = Filters()) -> str:
-        """Cancel the selected cells that have not ended (all by default)."""
+        """Cancel the selected cells that have not ended or wait for a retry (all by default)."""
         return cancel(self.root, filters)
 
 

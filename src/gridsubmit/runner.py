@@ -14,6 +14,7 @@ from pathlib import Path
 
 from . import context as ctx
 from . import manifest as mf
+from .crashpoints import point
 from .backends.base import Backend, Handle, SchedulerError, Submission, SubmitError
 from .cluster import ClusterProfile, parse_profile
 from .errors import UsageError
@@ -101,7 +102,9 @@ class Runner:
                     break
                 interval = self.backend.poll_interval(interval, changed)
                 time.sleep(interval)
+            point("finished")
             self._enrich()
+            point("enriched")
         except KeyboardInterrupt:
             if not self.backend.runs_unattended:
                 self._stop_attached_jobs()
@@ -109,6 +112,7 @@ class Runner:
         finally:
             if self.dirty:
                 self.save()
+            self.backend.close(finished=not self.handles)
             self.progress.done()
         return self.manifest
 
@@ -124,13 +128,16 @@ class Runner:
         if submit_new:
             changed |= self._submit_due()
         observations = self.backend.poll(list(self.handles.values()))
+        point("polled")
         changed |= mf.merge(self.manifest, observations)
+        point("merged")
         for obs in observations:
             if obs.state.terminal:
                 self.ended.append(self.handles.pop(obs.key))
         self.dirty |= changed
         if self.dirty and time.monotonic() - self._saved_at >= SAVE_EVERY_S:
             self.save()
+            point("saved")
         self.progress.update(self.manifest)
         return changed
 
@@ -191,8 +198,10 @@ class Runner:
                 "submitted_at": time.time(), "dir": str(rel), "stdout": str(rel / STDOUT),
                 "stderr": str(rel / STDERR), "resources": sub.resources.as_dict(), **sub.record})  # fmt: skip
         self.save()  # the intent is on disk before anything reaches the scheduler
+        point("intent-saved")
         try:
             handles = self.backend.submit(submissions)
+            point("backend-returned")
         except SubmitError as exc:  # the scheduler refused: what it did not accept never existed
             self._record_handles(exc.handles)
             accepted = {h.key for h in getattr(exc, "handles", [])}
@@ -207,7 +216,9 @@ class Runner:
                             f"manifest: `gridsubmit wait {self.root}` collects them, `gridsubmit cancel {self.root}` stops them",)  # fmt: skip
             raise
         self._record_handles(handles)
+        point("handles-recorded")
         self.save()  # every job id is on disk before the runner moves on
+        point("handles-saved")
         return True
 
     def _record_handles(self, handles: list[Handle]) -> None:
@@ -237,9 +248,10 @@ class Runner:
         if targets:
             try:
                 self.backend.cancel(targets)
-            except SchedulerError as exc:
+            except SchedulerError as exc:  # reported, not retried forever: the cells go on
                 for h in targets:
-                    mf.find(self.manifest, h.key)["cancel_error"] = str(exc)
+                    mf.find(self.manifest, h.key).update(cancel_error=str(exc), cancel_requested=False)
+                    keys.remove(h.key)
                 self.progress.note(f"cancel failed: {exc}")
         self.dirty |= bool(keys)
         return keys
@@ -269,7 +281,8 @@ def existing(root: Path) -> dict:
 def cancel(root: Path, filters: Filters) -> str:
     """Cancel cells of a run: through its attached runner if one holds the lock, else here."""
     manifest = existing(root)
-    if all(JobState(cell["state"]).terminal for cell in mf.select(manifest, filters)):
+    due = {cell["key"] for cell in mf.due_cells(manifest, profile_of(manifest).retry)}
+    if all(JobState(cell["state"]).terminal and cell["key"] not in due for cell in mf.select(manifest, filters)):
         return "nothing to cancel: every selected cell has ended"
     lock = mf.RunLock(root, "cancel")
     if not lock.acquire():  # the attached runner applies the request within one poll cycle

@@ -147,7 +147,7 @@ def _wait_at_gate(folder: Path, heartbeat: Path | None, stale_s: float, signals:
                         return None, "no runner has scheduled it for {:.0f} s".format(stale_s)
                 except FileNotFoundError:
                     return None, "its runner is gone"
-            info = signal.sigtimedwait(waited_for, 5.0)
+            info = signal.sigtimedwait(waited_for, 2.0)
             if info is not None and info.si_signo in _ENDING:
                 signals.received = signals.received or signal.Signals(info.si_signo).name
                 return None, f"{signals.received} arrived"
@@ -162,6 +162,7 @@ def run_task(spec: dict) -> dict:
     file), kill_grace_s, forward_usr2."""
     folder = Path(spec["attempt_dir"])
     folder.mkdir(parents=True, exist_ok=True)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # a closed terminal ends the runner, not the cells
     signals = _Signals(bool(spec.get("forward_usr2")), float(spec.get("kill_grace_s", 10)))
     env = dict(os.environ)
     if spec.get("env_file"):

@@ -127,6 +127,9 @@ class Backend(ABC):
             return lo
         return min(hi, previous * 1.5)
 
+    def close(self, finished: bool) -> None:
+        """The runner stops (``finished``: nothing of the run is left to follow)."""
+
     def enrich(self, handles: Sequence[Handle]) -> dict[str, dict]:
         """Accounting facts about ended attempts (cell key -> fields), asked once at the end."""
         return {}
@@ -160,7 +163,7 @@ class Backend(ABC):
         return observations
 
     def _observe(self, h: Handle, state: JobState, result: dict | None, info: dict) -> Observation:
-        fields: dict[str, Any] = {"job_id": h.job_id, **info}
+        fields: dict[str, Any] = {"job_id": h.job_id, **h.extra.get("record", {}), **info}
         if result is not None and state.terminal:
             fields.update(
                 started_at=result.get("started_at"),
@@ -172,10 +175,9 @@ class Backend(ABC):
                 interrupted_by=result.get("interrupted_by"),
                 error=result.get("error"),
             )
-            if not result.get("started", True):
-                why = f"{result['interrupted_by']} arrived" if result.get("interrupted_by") else "its deadline passed"
-                fields["error"] = f"never started: {why} while it waited for a slot"
-        elif state.terminal and result is None:
+            if not result.get("started", True):  # the task says why (a signal, no runner left)
+                fields["error"] = result.get("error") or "never started"
+        elif state.terminal and result is None and not fields.get("error"):
             fields["error"] = f"no result.json: the job ended as {state.value} before the command finished"
         if state is JobState.FAILED and result is not None and result.get("returncode") == 0:
             fields["error"] = f"exit 0 but {', '.join(missing_outputs(h))} missing"

@@ -28,6 +28,7 @@ from typing import Sequence
 import submitit
 
 from ..cluster import ClusterProfile, Resources, visible_gpus
+from ..crashpoints import point
 from ..errors import UsageError
 from ..manifest import STATE_DIR
 from ..states import JobState
@@ -121,14 +122,15 @@ class LocalBackend(Backend):
         for cell, attempt in records:
             h = self.handle_from_record(cell, attempt)
             claim, waiting = read_json(h.attempt_dir / CLAIM), read_json(h.attempt_dir / WAITING)
-            if claim is not None:  # the command started (or the attempt was given up): follow that job
-                self._adopt(h, int(claim["job"]))
+            if claim is not None:  # the command started (or the attempt was given up): follow that task
+                self._adopt(h, claim)
                 grant = read_json(h.attempt_dir / SLOT) or {}
                 gpus = [g for g in grant.get("gpus", "").split(",") if g]
                 self.running[h.key] = (h, gpus)
                 self.free_gpus = [g for g in self.free_gpus if g not in gpus]
             elif h.job_id is not None or (waiting and _pid_alive(int(waiting["job"]), str(self.folder))):
-                self._adopt(h, int(h.job_id if h.job_id is not None else waiting["job"]))
+                job = h.job_id if h.job_id is not None else waiting["job"]
+                self._adopt(h, {"job": job, "pid": int(job)})
                 self.waiting.append(h)  # at its gate, or still starting: granted in turn
             else:  # accepted by a runner that died before starting it
                 h.extra["submission"] = Submission(h.key, h.attempt, cell["argv"], h.output_dir, h.attempt_dir,
@@ -137,9 +139,11 @@ class LocalBackend(Backend):
             handles.append(h)
         return handles
 
-    def _adopt(self, h: Handle, pid: int) -> None:
-        h.job_id = str(pid)
-        h.extra["process"] = pid
+    def _adopt(self, h: Handle, record: dict) -> None:
+        """Follow a process from a claim (or waiting) record: its job id, and the pid that
+        shows it alive (the task itself once it claimed: it outlives submitit's controller)."""
+        h.job_id = str(record["job"])
+        h.extra["process"] = int(record["pid"])
 
     def describe(self, submissions: Sequence[Submission]) -> str:
         head = f"local backend: {len(submissions)} job(s), at most {self.max_parallel} at once, " \
@@ -149,6 +153,15 @@ class LocalBackend(Backend):
     # --- slots -------------------------------------------------------------------------------
 
     def _release_finished(self) -> None:
+        # A process that found its attempt claimed by another (an orphan of a killed runner
+        # granted before its id reached the manifest) leaves: follow the claimer instead.
+        for h in [*self.waiting, *(h for h, _ in self.running.values())]:
+            claim = None if self._alive(h) or (h.attempt_dir / RESULT).exists() else read_json(h.attempt_dir / CLAIM)
+            if claim is not None and str(claim.get("job")) != h.job_id and _pid_alive(claim["pid"], str(self.folder)):
+                self._adopt(h, claim)
+                if h in self.waiting:
+                    self.waiting.remove(h)
+                    self.running[h.key] = (h, [])
         # A slot frees as soon as the command's result is written, or its process is gone.
         for key, (h, gpus) in list(self.running.items()):
             if (h.attempt_dir / RESULT).exists() or not self._alive(h):
@@ -172,12 +185,17 @@ class LocalBackend(Backend):
         gpus, self.free_gpus = self.free_gpus[: self.gpus_per_job], self.free_gpus[self.gpus_per_job :]
         self.running[h.key] = (h, gpus)
         write_json_atomic(h.attempt_dir / SLOT, {"gpus": ",".join(gpus), "job": h.job_id, "granted_at": time.time()})
+        point("granted")
         waiting = read_json(h.attempt_dir / WAITING)
         if waiting is not None and waiting.get("job") == h.job_id:  # it blocks in sigtimedwait: wake it
             try:
                 os.kill(waiting["pid"], signal.SIGUSR1)
             except ProcessLookupError:
                 pass
+
+    def close(self, finished: bool) -> None:
+        if finished:  # a process still waiting at a gate (an orphan of a killed runner) leaves now
+            self.heartbeat.unlink(missing_ok=True)
 
     def _beat(self) -> None:
         try:
@@ -200,6 +218,7 @@ class LocalBackend(Backend):
         job = self._executor.submit(run_task, spec)
         h.job_id = str(job.job_id)
         h.extra["process"] = job
+        point("process-started")
         return h
 
     def _alive(self, h: Handle) -> bool:
@@ -212,8 +231,9 @@ class LocalBackend(Backend):
 
     def _signal(self, h: Handle, sig: int) -> None:
         if self._alive(h):
+            proc = h.extra.get("process")
             try:
-                os.kill(int(h.job_id), sig)
+                os.kill(proc if isinstance(proc, int) else int(h.job_id), sig)
             except ProcessLookupError:
                 pass
 

@@ -29,6 +29,7 @@ from submitit.core.utils import JobPaths
 
 from .. import context as ctx
 from ..cluster import ClusterProfile, Resources
+from ..crashpoints import point
 from ..errors import UsageError
 from ..manifest import STATE_DIR
 from ..states import JobState, from_slurm
@@ -114,6 +115,7 @@ class SlurmBackend(Backend):
                 h = sub.handle(job_id=job.job_id, state=JobState.PENDING,
                                extra={"job_name": name, "record": {"array_job_id": array_id, "script": str(script)}})  # fmt: skip
                 handles.append(h)
+            point("sbatch-returned")
         return handles
 
     def _queued_despite(self, name: str, chunk: list[Submission]) -> list[Handle] | None:
@@ -220,26 +222,42 @@ class SlurmBackend(Backend):
                 rows[h.key] = (JobState.LOST, {"error": h.extra["discarded"]})
             elif h.job_id in self._by_id:
                 rows[h.key] = self._by_id[h.job_id]
-            elif h.extra.get("cancel_sent"):  # scancel'ed while queued: SLURM may keep no record at all
-                rows[h.key] = (JobState.CANCELLED, {})
         return rows
 
     def _ask(self, handles: Sequence[Handle], now: float) -> None:
         ids = sorted({h.job_id.split("_")[0] for h in handles})
         names = sorted({h.extra["job_name"] for h in handles if h.extra.get("job_name")})
+        cancelled = [h for h in handles if h.extra.get("cancel_sent")]
         try:
             by_id = sacct(ids, names, self._since(handles))
-            missing = sorted({h.job_id.split("_")[0] for h in handles if h.job_id not in by_id})
+            missing = {h.job_id.split("_")[0] for h in handles if h.job_id not in by_id}
         except SchedulerError:
-            by_id, missing = {}, ids
-        if missing:  # sacct lags squeue: a job it does not list yet may well be queued or running
-            by_id.update({j: row for j, row in squeue(missing, names).items() if j not in by_id})
+            by_id, missing = {}, set(ids)
+        missing |= {h.job_id.split("_")[0] for h in cancelled}
+        # sacct lags squeue: a job it does not list yet may well be queued or running
+        queued = squeue(sorted(missing), names) if missing else {}
+        by_id.update({j: row for j, row in queued.items() if j not in by_id})
+        for h in cancelled:  # squeue is the fresher word; a job scancel'ed while queued leaves no record at all
+            by_id[h.job_id] = queued.get(h.job_id) or (JobState.CANCELLED, {"scheduler_state": "CANCELLED"})
         # Ask again soon only when the scheduler has just ended jobs; queued -> running is not urgent.
         ended = {j for j, (state, _) in by_id.items() if state is not None and state.terminal}
         fresh = ended - {j for j, (state, _) in self._by_id.items() if state is not None and state.terminal}
         self._query_every = self.profile.poll_min_s if fresh else min(self.profile.poll_max_s, self._query_every * 1.5)
-        self._by_id = {**self._by_id, **by_id}
+        self._by_id = {**self._by_id, **by_id}  # a row missing once (lag) keeps its last answer
         self._last_query = now
+
+    def poll(self, handles: Sequence[Handle]) -> list:
+        observations = super().poll(handles)
+        # LOST means no word from the scheduler for the whole grace period (an outage, say):
+        # before the retry policy submits the cell again, make sure the old job cannot run too
+        gone = {o.key for o in observations if o.state is JobState.LOST}
+        lost = [h for h in handles if h.key in gone and h.job_id and not h.extra.get("discarded")]
+        if lost:
+            try:
+                self.cancel(lost)
+            except SchedulerError as exc:
+                log.warning("could not cancel LOST jobs %s: %s", [h.job_id for h in lost], exc)
+        return observations
 
     def poll_interval(self, previous: float | None, changed: bool) -> float:
         return min(0.25, self.profile.poll_min_s)  # result files every tick; the scheduler when due

@@ -1,0 +1,230 @@
+"""Exactly once, whatever dies when: the submitter is SIGKILLed at every step of submit, poll
+and merge, then `gridsubmit wait` finishes the grid. The proof is each command's own
+runs.log (one line per run) and, on SLURM, sacct (one job per attempt)."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import cells, gridsubmit_process, load_manifest, run_cli, sacct_settled, wait_for
+
+FAKESLURM = Path(__file__).parent / "fakeslurm" / "bin"
+
+
+def killed_submit(*args, env: dict, log: Path, timeout: float = 180) -> str:
+    """Run gridsubmit with a crash point; its output goes to a file, as the processes it
+    started (and that outlive it) inherit its stdout."""
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "gridsubmit", *map(str, args)], stdout=out, stderr=subprocess.STDOUT,
+                                env={**os.environ, **env})  # fmt: skip
+        code = proc.wait(timeout=timeout)
+    text = log.read_text()
+    assert code == -signal.SIGKILL, text
+    return text
+
+
+def runs(cell: dict) -> int:
+    log = Path(cell["output_dir"]) / "runs.log"
+    return len(log.read_text().splitlines()) if log.exists() else 0
+
+
+def started_attempts(root: Path, cell: dict) -> int:
+    """Attempts whose task claimed the attempt and started the command."""
+    n = 0
+    for attempt in cell["attempts"]:
+        claim = root / attempt["dir"] / "claim.json"
+        if claim.exists() and "gave_up" not in json.loads(claim.read_text()):
+            n += 1
+    return n
+
+
+def leftover_processes(root: Path) -> list[str]:
+    """Processes whose command line names the artifact root (tasks, submitit, runners)."""
+    return processes_matching(str(root))
+
+
+def processes_matching(text: str) -> list[str]:
+    found = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (FileNotFoundError, ProcessLookupError, IndexError):
+            continue
+        if text in cmdline and state not in ("Z", "X"):
+            found.append(f"{pid}: {cmdline[:160]}")
+    return found
+
+
+def report(capsys, backend: str, point: str, counts: dict) -> None:
+    with capsys.disabled():
+        print(f"\n  {backend} kill at {point}: runs per cell {sorted(counts.values())}", end="")
+
+
+def assert_exactly_once(root: Path) -> dict:
+    counts = {}
+    for key, cell in cells(root).items():
+        assert cell["state"] == "COMPLETED", (key, cell["attempts"])
+        counts[key] = runs(cell)
+        assert counts[key] == started_attempts(root, cell) == 1, (key, counts[key], cell["attempts"])
+    return counts
+
+
+LOCAL_POINTS = ["intent-saved", "process-started", "process-started:3", "backend-returned", "handles-recorded",
+                "handles-saved", "granted", "granted:3", "polled:4", "merged:8", "saved:2", "finished", "enriched"]
+
+
+@pytest.mark.parametrize("point", LOCAL_POINTS)
+def test_local_submitter_killed_at_any_step_then_wait_runs_each_cell_exactly_once(scripted, point, capsys):
+    study, profile, root = scripted({"*": "sleep-ok:0.7"}, doses=(1000,))  # 4 cells on 2 slots
+    killed_submit("submit", "--study", study, "--cluster", profile, "--artifact-root", root, "--quiet",
+                  env={"GRIDSUBMIT_CRASH_AT": point}, log=root.parent / "submit.log")  # fmt: skip
+    assert run_cli("wait", root, "--quiet") == 0
+    counts = assert_exactly_once(root)
+    wait_for(lambda: not leftover_processes(root), timeout=15, what=f"no process left: {leftover_processes(root)}")
+    report(capsys, "local", point, counts)
+
+
+def test_local_interrupt_in_the_submit_window_leaves_nothing_running_and_wait_runs_each_cell_once(scripted):
+    study, profile, root = scripted({"*": "sleep-ok:0.5"}, doses=(1000,))
+    proc = gridsubmit_process("submit", "--study", study, "--cluster", profile, "--artifact-root", root, "--quiet",
+                              env={"GRIDSUBMIT_CRASH_AT": "never"})  # fmt: skip
+    wait_for(lambda: (root / "comparison_manifest.json").exists() and any(
+        a for c in cells(root).values() for a in c["attempts"]), what="attempts on disk")
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "Traceback" not in out, out
+    wait_for(lambda: not leftover_processes(root), timeout=20, what=f"no process left: {leftover_processes(root)}")
+    states = {c["state"] for c in cells(root).values()}
+    assert states <= {"CANCELLED", "COMPLETED"}, states
+    assert run_cli("submit", "--study", study, "--cluster", profile, "--artifact-root", root, "--rerun-failed",
+                   "--quiet") == 0  # fmt: skip
+    for cell in cells(root).values():
+        assert runs(cell) == started_attempts(root, cell) and runs(cell) <= 2
+
+
+def test_a_local_run_refuses_wait_and_cancel_from_another_host(scripted, capsys):
+    study, profile, root = scripted({}, doses=(1000,))
+    assert run_cli("submit", "--study", study, "--cluster", profile, "--artifact-root", root, "--quiet") == 0
+    manifest = json.loads((root / "comparison_manifest.json").read_text())
+    manifest["context"]["host"] = "another-host"
+    for cell in manifest["jobs"]:
+        cell["state"] = "RUNNING"
+        cell["attempts"][-1]["state"] = "RUNNING"
+    (root / "comparison_manifest.json").write_text(json.dumps(manifest))
+    capsys.readouterr()
+    assert run_cli("wait", root) == 2
+    assert "belongs to host 'another-host'" in capsys.readouterr().err
+
+
+def test_a_command_the_oom_killer_kills_is_out_of_memory_not_failed(scripted, tmp_path):
+    memory = Path("/sys/fs/cgroup/memory")
+    mine = next((line.split(":", 2)[2] for line in Path("/proc/self/cgroup").read_text().splitlines()
+                 if line.split(":", 2)[1] == "memory"), None)  # fmt: skip
+    group = memory / mine.lstrip("/") / f"gridsubmit-oom-{os.getpid()}" if mine else None
+    try:
+        group.mkdir()
+        (group / "memory.limit_in_bytes").write_text(str(64 * 2**20))
+    except (AttributeError, OSError) as exc:
+        pytest.skip(f"no writable cgroup-v1 memory controller to stage an OOM kill: {exc}")
+    try:
+        hog = tmp_path / "hog.sh"  # joins the limited cgroup, then allocates past it
+        hog.write_text(f"#!/bin/sh\necho $$ > {group}/cgroup.procs\nexec {sys.executable} -c "
+                       "'x = bytearray(400 * 2**20); print(len(x))'\n")  # fmt: skip
+        hog.chmod(0o755)
+        study, profile, root = scripted({}, doses=(1000,))
+        data = yaml.safe_load(study.read_text())
+        study.write_text(yaml.safe_dump({**data, "command": [str(hog), "{output_dir}"], "expected_outputs": []}))
+        assert run_cli("submit", "--study", study, "--cluster", profile, "--artifact-root", root, "--quiet",
+                       "--dose", 1000, "--view", "dense", "--split", "train") == 1  # fmt: skip
+        cell = cells(root)["dose_1000/dense/train"]
+        assert cell["state"] == "OUT_OF_MEMORY" and cell["attempts"][-1]["returncode"] == -9
+    finally:
+        group.rmdir()
+
+
+# --- SLURM ---------------------------------------------------------------------------------
+
+
+def slurm_grid(slurm_scripted):
+    """4 cells in two resource groups: two arrays, two sbatch calls."""
+    return slurm_scripted({"*": "sleep-ok:2"}, doses=(1000, 10000), splits=("train",),
+                          overrides=[{"match": {"dose": 1000}, "set": {"time": "0:09:00"}}])  # fmt: skip
+
+
+def assert_one_job_per_attempt(root: Path) -> None:
+    """Every job of the run in sacct belongs to one attempt, and every attempt that ran has
+    its job there (a job cancelled while queued may leave no record at all)."""
+    attempts = [a for c in load_manifest(root)["jobs"] for a in c["attempts"] if a.get("job_id")]
+    prefix = f"gs-{load_manifest(root)['run_id']}-"
+    jobs = sacct_settled(prefix, {a["job_id"] for a in attempts if a["state"] == "COMPLETED"})
+    ids = [j[0] for j in jobs]
+    assert len(ids) == len(set(ids)) and set(ids) <= {a["job_id"] for a in attempts}, (ids, attempts)
+    assert not [j for j in jobs if j[2] == "FAILED"], jobs  # no task failed for a missing submitit file
+
+
+SLURM_POINTS = ["intent-saved", "sbatch-returned", "sbatch-returned:2", "backend-returned", "handles-recorded",
+                "handles-saved", "polled:3", "merged:6", "saved:2", "finished", "enriched"]
+
+
+@pytest.mark.slurm
+@pytest.mark.parametrize("point", SLURM_POINTS)
+def test_slurm_submitter_killed_at_any_step_then_wait_runs_each_cell_once_with_one_job_per_attempt(
+        slurm_scripted, point, capsys):  # fmt: skip
+    study, profile, root = slurm_grid(slurm_scripted)
+    killed_submit("submit", "--study", study, "--cluster", profile, "--artifact-root", root, "--quiet",
+                  env={"GRIDSUBMIT_CRASH_AT": point}, log=root.parent / "submit.log")  # fmt: skip
+    assert run_cli("wait", root, "--quiet") == 0
+    counts = {key: runs(cell) for key, cell in cells(root).items()}
+    for key, cell in cells(root).items():
+        assert cell["state"] == "COMPLETED" and counts[key] == started_attempts(root, cell) == 1, (key, cell["attempts"])
+    assert_one_job_per_attempt(root)
+    report(capsys, "slurm", point, counts)
+
+
+@pytest.mark.slurm
+@pytest.mark.parametrize("which, when, slow", [(1, "before", 0), (1, "after", 0), (2, "after", 0), (1, "after", 3), (2, "after", 3)])
+def test_slurm_submitter_killed_while_sbatch_is_in_flight_then_wait_runs_each_cell_once(slurm_scripted, tmp_path, capsys,
+                                                                                         which, when, slow):  # fmt: skip
+    study, profile, root = slurm_grid(slurm_scripted)
+    faults, calls = tmp_path / "faults.json", tmp_path / "calls.jsonl"
+    fault = {"do": "slow", "seconds": slow} if slow else {"do": "kill_parent", "when": when}
+    faults.write_text(json.dumps({"sbatch": ([{"do": "slow", "seconds": 0}] if which == 2 else []) + [fault]}))
+    env = {"PATH": f"{FAKESLURM}{os.pathsep}{os.environ['PATH']}", "GRIDSUBMIT_FAULTS": str(faults)}
+    proc = gridsubmit_process("submit", "--study", study, "--cluster", profile, "--artifact-root", root, "--quiet", env=env)
+    if slow:  # kill the submitter while its slow sbatch still runs: the array lands after the submitter died
+        wait_for(lambda: which == 1 or calls.exists() and len(calls.read_text().splitlines()) >= 1, what="sbatch #1")
+        wait_for(lambda: processes_matching("fakeslurm/bin/sbatch"), timeout=60, what="sbatch in flight")
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGKILL)
+    out, _ = proc.communicate(timeout=180)
+    assert proc.returncode == -signal.SIGKILL, out
+    assert run_cli("wait", root, "--quiet") == 0
+    counts = {}
+    for key, cell in cells(root).items():
+        counts[key] = runs(cell)
+        assert cell["state"] == "COMPLETED" and counts[key] == started_attempts(root, cell) == 1, (key, cell["attempts"])
+    assert_one_job_per_attempt(root)
+    report(capsys, "slurm", f"sbatch #{which} in flight ({when}, {'slow' if slow else 'fast'})", counts)
+
+
+def test_cancel_covers_a_cell_waiting_for_its_retry_and_nothing_is_resubmitted(scripted):
+    study, profile, root = scripted({}, doses=(1000,))
+    assert run_cli("submit", "--study", study, "--cluster", profile, "--artifact-root", root, "--quiet") == 0
+    manifest = load_manifest(root)
+    cell = manifest["jobs"][0]
+    cell["state"] = cell["attempts"][0]["state"] = "LOST"  # ended, and due for a retry
+    (root / "comparison_manifest.json").write_text(json.dumps(manifest))
+    assert run_cli("cancel", root, "--view", "dense", "--split", "train") == 0
+    assert run_cli("wait", root, "--quiet") == 1
+    after = cells(root)["dose_1000/dense/train"]
+    assert after["state"] == "CANCELLED" and len(after["attempts"]) == 1 and runs(after) == 1
