@@ -175,9 +175,39 @@ class Run:
             raise TimeoutError(f"{self.root}: not finished after {timeout} s; the run goes on")
         return self.manifest
 
+    def cell(self, key: str) -> dict:
+        """One cell of the run by its key (``dose_1000/dense/train``)."""
+        manifest = existing(self.root)
+        for cell in manifest["jobs"]:
+            if cell["key"] == key:
+                return cell
+        raise UsageError(f"{self.root}: no cell {key!r}; cells are named like {manifest['jobs'][0]['key']!r}"
+                         if manifest["jobs"] else f"{self.root}: the run has no cells")  # fmt: skip
+
+    def log_path(self, key: str, attempt: int | None = None, stream: str = "stdout") -> Path:
+        """The stdout or stderr file of one attempt of a cell (default: its last attempt)."""
+        attempts = self.cell(key)["attempts"]
+        if not attempts:
+            raise UsageError(f"{self.root}: cell {key} has not been submitted; it has no logs")
+        if attempt is not None and not 1 <= attempt <= len(attempts):
+            raise UsageError(f"{self.root}: cell {key} has attempts 1 to {len(attempts)}, not {attempt}")
+        return self.root / attempts[(attempt or len(attempts)) - 1][stream]
+
     def cancel(self, filters: Filters = Filters()) -> str:
         """Cancel the selected cells that have not ended or wait for a retry (all by default)."""
+        check_filters(existing(self.root), filters, self.root)
         return cancel(self.root, filters)
+
+
+def check_filters(manifest: dict, filters: Filters, root: Path) -> None:
+    """A filter value the run does not have is a mistake (a typo cancels nothing), not a no-op."""
+    for flag, wanted, axis in (("--dose", filters.doses, "dose"), ("--view", filters.views, "view"),
+                               ("--split", filters.splits, "split")):  # fmt: skip
+        present = list(dict.fromkeys(cell[axis] for cell in manifest["jobs"]))
+        stray = [w for w in wanted if w not in present]
+        if stray:
+            raise UsageError(f"{root}: {flag} {', '.join(map(str, stray))} matches no cell of this run; "
+                             f"it has: {', '.join(map(str, present))}")  # fmt: skip
 
 
 def execute_comparison_jobs(jobs: Iterable[Any], artifact_root: str | Path, *, cluster: ClusterLike = None,

@@ -65,7 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=text)
         p.add_argument("artifact_root", type=Path)
         if name == "status":
-            p.add_argument("--json", action="store_true", help="the whole manifest as JSON")
+            p.add_argument("cell", nargs="?", help="one cell in full (e.g. dose_1000/dense/train)")
+            p.add_argument("--json", action="store_true", help="the whole manifest (or the cell) as JSON")
         if name == "wait":
             p.add_argument("--quiet", action="store_true", help="no progress display")
             p.add_argument("--timeout", type=float, help=f"give up after this many seconds (exit {TIMED_OUT}); the run goes on")
@@ -74,6 +75,15 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "report":
             p.add_argument("--csv", type=Path, help="write the metrics here")
             p.add_argument("--plot", type=Path, help="write a PNG plot here (needs matplotlib)")
+
+    p = sub.add_parser("logs", help="print (or follow) a cell's stdout or stderr")
+    p.add_argument("artifact_root", type=Path)
+    p.add_argument("cell", help="the cell, e.g. dose_1000/dense/train")
+    p.add_argument("--attempt", type=int, help="which attempt (default: the last)")
+    stream = p.add_mutually_exclusive_group()
+    stream.add_argument("--stdout", dest="stream", action="store_const", const="stdout", help="standard output (default)")
+    stream.add_argument("--stderr", dest="stream", action="store_const", const="stderr", help="standard error")
+    p.add_argument("-f", "--follow", action="store_true", help="keep printing what is written until the attempt ends")
 
     p = sub.add_parser("demo", help="the whole loop on a synthetic study")
     p.add_argument("--artifact-root", type=Path, help="default: gridsubmit-demo/<time>")
@@ -164,6 +174,14 @@ def _print_outcome(m: dict) -> None:
 
 def cmd_status(args) -> int:
     run = Run.open(args.artifact_root)
+    if args.cell:
+        cell = run.cell(args.cell)
+        if args.json:
+            json.dump(cell, sys.stdout, indent=1)
+            print()
+        else:
+            print(report.cell_text(cell, run.root))
+        return 0
     manifest = run.manifest
     if args.json:
         json.dump(manifest, sys.stdout, indent=1)
@@ -184,6 +202,24 @@ def cmd_wait(args) -> int:
     manifest = run.wait(timeout=args.timeout, progress=Progress(quiet=args.quiet))
     _print_outcome(manifest)
     return run.exit_status
+
+
+def cmd_logs(args) -> int:
+    run = Run.open(args.artifact_root)
+    path = run.log_path(args.cell, args.attempt, args.stream or "stdout")
+    with open(path, "rb") if path.exists() else open(os.devnull, "rb") as fh:
+        while True:
+            chunk = fh.read(65536)
+            if chunk:
+                sys.stdout.buffer.write(chunk)
+                sys.stdout.flush()
+                continue
+            attempt = run.cell(args.cell)["attempts"][(args.attempt or 0) - 1]
+            if not args.follow or attempt["state"] not in ("SUBMITTED", "PENDING", "RUNNING"):
+                return 0
+            time.sleep(0.5)
+            if fh.name == os.devnull and path.exists():
+                return cmd_logs(args)
 
 
 def cmd_cancel(args) -> int:
@@ -228,5 +264,5 @@ def cmd_demo(args) -> int:
     return code
 
 
-COMMANDS = {"plan": cmd_plan, "submit": cmd_submit, "status": cmd_status, "wait": cmd_wait,
+COMMANDS = {"plan": cmd_plan, "submit": cmd_submit, "status": cmd_status, "wait": cmd_wait, "logs": cmd_logs,
             "cancel": cmd_cancel, "report": cmd_report, "demo": cmd_demo}  # fmt: skip

@@ -338,7 +338,11 @@ def holder(root: Path) -> dict | None:
     lock = Path(root) / STATE_DIR / "lock"
     if not lock.exists():
         return None
-    with open(lock, "a+") as fh:
+    try:
+        fh = open(lock)  # read-only: status works on a read-only copy of a run
+    except OSError:
+        return None
+    with fh:
         try:
             fcntl.flock(fh, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except BlockingIOError:

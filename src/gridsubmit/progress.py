@@ -38,7 +38,7 @@ class Progress:
                 self._ended[cell["key"]] = n
                 last = cell["attempts"][-1]
                 rc = last.get("returncode")
-                detail = f"rc {rc}" if rc is not None else (last.get("error") or "")
+                detail = "; ".join(part for part in (f"rc {rc}" if rc is not None else "", last.get("error") or "") if part)
                 elapsed = f", {last['elapsed_s']:.1f} s" if last.get("elapsed_s") is not None else ""
                 self._print(f"{cell['key']}: {last['state']} ({detail}{elapsed})")
         line = f"[{self.elapsed()}] {len(manifest['jobs'])} cells: {format_counts(counts(manifest))}"

@@ -7,6 +7,7 @@ amplitude, phase, value); a cell whose CSV could not be parsed has ``metrics_err
 from __future__ import annotations
 
 import csv
+import shlex
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -39,6 +40,21 @@ def status_table(manifest: dict) -> str:
                      "" if elapsed is None else f"{elapsed:.1f}", last.get("node") or "",
                      last.get("gpus") or "", note])  # fmt: skip
     return _table(["cell", "state", "tries", "job", "rc", "elapsed_s", "node", "gpus", "note"], rows)
+
+
+def cell_text(cell: dict, root: Path) -> str:
+    """One cell in full: inputs, command line (quoted, to paste), output folder, attempts."""
+    lines = [f"{cell['key']}: {cell['state']}", f"  command:    {shlex.join(cell['argv']) if cell['argv'] else '(none)'}",
+             f"  output_dir: {cell['output_dir']}"]  # fmt: skip
+    lines += [f"  input {name}: {path}" for name, path in cell["inputs"].items()]
+    lines += [f"  blocked: {why}" for why in cell["missing"]]
+    for a in cell["attempts"]:
+        facts = ", ".join(f"{k}={a[k]}" for k in ("job_id", "returncode", "elapsed_s", "node", "gpus") if a.get(k) is not None)
+        lines.append(f"  attempt {a['attempt']}: {a['state']}  {facts}")
+        if a.get("error"):
+            lines.append(f"    why: {a['error']}")
+        lines.append(f"    logs: {root / a['stdout']}  {root / a['stderr']}")
+    return "\n".join(lines)
 
 
 def metric_rows(manifest: dict) -> list[dict]:

@@ -9,6 +9,7 @@ codes and metrics happens here, once, for all backends.
 from __future__ import annotations
 
 import math
+import re
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
@@ -185,6 +186,8 @@ class Backend(ABC):
         if state.terminal:
             fields["stdout_tail"] = tail(h.attempt_dir / STDOUT)
             fields["stderr_tail"] = tail(h.attempt_dir / STDERR)
+            if state is not JobState.COMPLETED and not fields.get("error"):
+                fields["error"] = reason(state, fields)
             if state is JobState.COMPLETED:
                 metrics, problem = read_metrics(h.output_dir / METRICS_FILE)
         return Observation(h.key, h.attempt, state, fields, metrics, problem)
@@ -193,6 +196,25 @@ class Backend(ABC):
         return Handle(key=cell["key"], attempt=attempt["attempt"], attempt_dir=self.root / attempt["dir"],
                       output_dir=Path(cell["output_dir"]), job_id=attempt.get("job_id"), state=JobState(attempt["state"]),
                       expected_outputs=tuple(cell.get("expected_outputs", ())))  # fmt: skip
+
+
+_EXCEPTION = re.compile(r"^[A-Za-z_][\w.]*(?:Error|Exception|Exit|Interrupt|Warning)\b")
+_IMPOSED_REASON = {JobState.TIMEOUT: "time limit reached", JobState.CANCELLED: "cancelled",
+                   JobState.OUT_OF_MEMORY: "out of memory", JobState.NODE_FAIL: "node failure",
+                   JobState.PREEMPTED: "preempted", JobState.LOST: "lost: no result and no scheduler record"}  # fmt: skip
+
+
+def reason(state: JobState, fields: dict) -> str:
+    """One line saying why an attempt did not complete: the exception line of a Python
+    traceback, else the last line of stderr, else what the scheduler imposed."""
+    lines = [line.strip() for line in (fields.get("stderr_tail") or "").splitlines() if line.strip()]
+    exceptions = [line for line in lines if _EXCEPTION.match(line)]
+    said = (exceptions or lines or [""])[-1][:300]
+    if state is JobState.FAILED:
+        rc = fields.get("returncode")
+        head = f"exit code {rc}" if rc is not None else "failed"
+        return f"{head}: {said}" if said else head
+    return _IMPOSED_REASON.get(state, state.value.lower()) + (f" (stderr: {said})" if said else "")
 
 
 def missing_outputs(h: Handle) -> list[str]:

@@ -1,0 +1,75 @@
+"""The operator's day on the local backend: why a cell failed, its logs, following a run,
+timeouts, filters that match nothing, and read-only views of a run."""
+
+import subprocess
+
+import pytest
+
+from conftest import cells, load_manifest, run_cli
+
+
+def test_a_failed_cells_reason_is_its_last_stderr_line_in_the_summary_status_and_logs(scripted, capsys):
+    study, profile, root = scripted({"dose_1000/dense/train": "exit:3"}, doses=(1000,))
+    assert run_cli("submit", "--study", study, "--cluster", profile, "--artifact-root", root) == 1
+    why = "exit code 3: cellcmd: failing on purpose with 3"
+    assert why in capsys.readouterr().out  # the progress lines and the final table
+    assert cells(root)["dose_1000/dense/train"]["attempts"][0]["error"] == why
+    assert why in (root / "comparison_summary.txt").read_text()
+    assert run_cli("status", root) == 0 and why in capsys.readouterr().out
+    assert run_cli("status", root, "dose_1000/dense/train") == 0
+    out = capsys.readouterr().out
+    assert "attempt 1: FAILED" in out and f"why: {why}" in out and "cellcmd.py" in out
+    assert run_cli("logs", root, "dose_1000/dense/train", "--stderr") == 0
+    assert capsys.readouterr().out == "cellcmd: failing on purpose with 3\n"
+    assert run_cli("logs", root, "dose_1000/dense/train") == 0
+    assert "doing exit:3" in capsys.readouterr().out
+    assert run_cli("logs", root, "dose_1000/dense/train", "--attempt", 2) == 2
+    assert "attempts 1 to 1, not 2" in capsys.readouterr().err
+
+
+def test_cancel_with_a_value_the_run_does_not_have_exits_2_listing_the_values_and_changes_nothing(scripted, capsys):
+    study, profile, root = scripted({}, doses=(1000,))
+    assert run_cli("submit", "--study", study, "--cluster", profile, "--artifact-root", root, "--quiet") == 0
+    before = (root / "comparison_manifest.json").read_bytes()
+    capsys.readouterr()
+    assert run_cli("cancel", root, "--view", "Dense") == 2
+    assert "--view Dense matches no cell of this run; it has: dense, sparse" in capsys.readouterr().err
+    assert run_cli("cancel", root, "--dose", 999) == 2
+    assert (root / "comparison_manifest.json").read_bytes() == before
+
+
+def test_a_local_submit_no_wait_is_followed_by_wait_to_the_end(scripted):
+    study, profile, root = scripted({"*": "sleep-ok:0.5"}, doses=(1000,))
+    assert run_cli("submit", "--study", study, "--cluster", profile, "--artifact-root", root, "--no-wait") == 0
+    assert run_cli("wait", root, "--quiet") == 0
+    assert {c["state"] for c in cells(root).values()} == {"COMPLETED"}
+    assert all(len(c["attempts"]) == 1 for c in cells(root).values())
+
+
+def test_wait_with_a_timeout_returns_3_and_the_run_goes_on(scripted, capsys):
+    study, profile, root = scripted({"*": "sleep-ok:2"}, doses=(1000,))
+    assert run_cli("submit", "--study", study, "--cluster", profile, "--artifact-root", root, "--no-wait") == 0
+    assert run_cli("wait", root, "--quiet", "--timeout", 0.5) == 3
+    assert "the run goes on" in capsys.readouterr().err
+    assert run_cli("wait", root, "--quiet") == 0
+    assert all(len(c["attempts"]) == 1 for c in cells(root).values())
+
+
+def test_status_logs_and_report_work_on_a_read_only_view_of_a_run(scripted, tmp_path, capsys):
+    study, profile, root = scripted({}, doses=(1000,))
+    assert run_cli("submit", "--study", study, "--cluster", profile, "--artifact-root", root, "--quiet") == 0
+    view = tmp_path / "view"
+    view.mkdir()
+    if subprocess.run(["mount", "--bind", str(root), str(view)], capture_output=True).returncode != 0:
+        pytest.skip("cannot bind-mount here (needs root)")
+    try:
+        if subprocess.run(["mount", "-o", "remount,ro,bind", str(view)], capture_output=True).returncode != 0:
+            pytest.skip("cannot remount read-only here")
+        assert run_cli("status", view) == 0
+        assert run_cli("status", view, "--json") == 0
+        assert run_cli("logs", view, "dose_1000/sparse/test") == 0
+        assert run_cli("report", view) == 0
+        assert "dose_1000/sparse/test" in capsys.readouterr().out
+    finally:
+        subprocess.run(["umount", str(view)], capture_output=True)
+    assert load_manifest(root)["n_success"] == 4
