@@ -7,7 +7,6 @@ import time
 from pathlib import Path
 
 import jsonschema
-import pytest
 
 from conftest import cells, gridsubmit_process, load_manifest, results, run_cli, wait_for
 from gridsubmit.demo.generate import make_study

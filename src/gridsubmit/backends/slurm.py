@@ -30,7 +30,6 @@ from submitit.core.utils import JobPaths
 from .. import context as ctx
 from ..cluster import ClusterProfile, Resources
 from ..crashpoints import point
-from ..errors import UsageError
 from ..manifest import STATE_DIR
 from ..states import JobState, from_slurm
 from ..task import run_task
