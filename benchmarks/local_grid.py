@@ -48,6 +48,7 @@ def main() -> None:
     doses = tuple(1000 * (i + 1) for i in range(args.cells // 4))  # 4 cells per dose
     work = Path(tempfile.mkdtemp(prefix="gridsubmit-bench-"))
     study = make_study(work / "study", doses=doses, command=["sleep", str(args.seconds)])
+    study.write_text(study.read_text() + "expected_outputs: []\n")  # sleep writes no metrics file
     profile = work / "local.yaml"
     profile.write_text(f"backend: local\ntime: '10:00'\nmax_parallel: {args.slots}\n")
     n = len(doses) * 4

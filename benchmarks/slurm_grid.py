@@ -61,7 +61,8 @@ def max_array_size() -> int:
 
 def write_study(folder: Path, cells: int, command: list, behaviours: dict | None = None) -> Path:
     doses = list(range(1, cells // 4 + 1))
-    study = {"name": "bench", "roots": {}, "doses": doses, "inputs": {}, "command": command}
+    # null removes the built-in study's roots and inputs; a bare command writes no metrics file
+    study = {"name": "bench", "roots": None, "doses": doses, "inputs": None, "expected_outputs": [], "command": command}
     path = folder / "study.yaml"
     path.write_text(yaml.safe_dump(study))
     return path
