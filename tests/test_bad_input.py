@@ -117,3 +117,56 @@ def test_gpus_per_job_beyond_the_visible_gpus_is_an_error(tmp_path, study, capsy
     cluster = profile(tmp_path, "backend: local\ntime: 5\ngpus_per_job: 2\n")
     assert run_cli("submit", "--study", study, "--cluster", cluster, "--artifact-root", tmp_path / "run") == 2
     assert "key 'gpus_per_job'" in capsys.readouterr().err
+
+
+def _damaged(root, how):
+    path = root / "comparison_manifest.json"
+    text = path.read_text()
+    data = json.loads(text)
+    if how == "truncated":
+        path.write_text(text[: len(text) // 2])
+    elif how == "newer schema":
+        path.write_text(json.dumps({**data, "schema_version": 99}))
+    elif how == "unknown state":
+        data["jobs"][0]["state"] = "WEIRD"
+        path.write_text(json.dumps(data))
+    elif how == "attempts missing":
+        del data["jobs"][1]["attempts"]
+        path.write_text(json.dumps(data))
+    elif how == "attempt without its folder":
+        del data["jobs"][2]["attempts"][0]["dir"]
+        path.write_text(json.dumps(data))
+    return path
+
+
+COMMANDS = {
+    "status": lambda root, study: ["status", root], "status --json": lambda root, study: ["status", root, "--json"],
+    "status CELL": lambda root, study: ["status", root, "dose_1000/dense/train"],
+    "logs": lambda root, study: ["logs", root, "dose_1000/dense/train"], "wait": lambda root, study: ["wait", root],
+    "cancel": lambda root, study: ["cancel", root], "report": lambda root, study: ["report", root],
+    "submit": lambda root, study: ["submit", "--study", study, "--artifact-root", root, "--quiet"],
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("how", ["truncated", "newer schema", "unknown state", "attempts missing", "attempt without its folder"])
+def test_every_command_refuses_a_damaged_manifest_with_one_line_and_leaves_it_as_it_is(tmp_path, study, capsys, how):
+    root = tmp_path / "run"
+    assert run_cli("submit", "--study", study, "--artifact-root", root, "--quiet") == 0
+    path = _damaged(root, how)
+    before = path.read_bytes()
+    capsys.readouterr()
+    for name, args in COMMANDS.items():
+        code = run_cli(*args(root, study))
+        err = capsys.readouterr().err
+        assert code == 2, (name, err)
+        assert err.startswith("gridsubmit: error: ") and "comparison_manifest.json" in err, (name, err)
+        assert path.read_bytes() == before, name
+
+
+def test_an_artifact_root_that_is_a_file_is_refused_by_every_command(tmp_path, study, capsys):
+    root = tmp_path / "a-file"
+    root.write_text("not a folder\n")
+    for name, args in COMMANDS.items():
+        assert run_cli(*args(root, study)) == 2, name
+        assert "is a file, not an artifact root folder" in capsys.readouterr().err, name
+    assert root.read_text() == "not a folder\n"

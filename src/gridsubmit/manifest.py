@@ -269,10 +269,14 @@ def manifest_path(root: Path) -> Path:
 def load(root: Path) -> dict | None:
     """The manifest in ``root``, None if there is none; refuses one that is not ours."""
     path = manifest_path(root)
+    if Path(root).exists() and not Path(root).is_dir():
+        raise UsageError(f"{root}: is a file, not an artifact root folder; choose another --artifact-root")
     if not path.exists():
         return None
     try:
         data = json.loads(path.read_text())
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot read: {exc.strerror or exc}") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise UsageError(f"{path}: not a JSON manifest ({exc}); move it away or choose another --artifact-root") from None
     if not isinstance(data, dict) or data.get("tool") != "gridsubmit" or "schema_version" not in data:
@@ -281,7 +285,39 @@ def load(root: Path) -> dict | None:
     if not isinstance(data["schema_version"], int) or data["schema_version"] > SCHEMA_VERSION:
         raise UsageError(f"{path}: key 'schema_version' is {data['schema_version']!r}, newer than this gridsubmit "
                          f"understands ({SCHEMA_VERSION}); upgrade gridsubmit to use it")  # fmt: skip
+    problem = _shape_problem(data)
+    if problem:
+        raise UsageError(f"{path}: {problem}; the file was edited or damaged: restore it, or move it away and "
+                         "submit again into a new --artifact-root")  # fmt: skip
     return data
+
+
+_STATES = {s.value for s in JobState}
+_CELL_KEYS = {"key": str, "dose": int, "view": str, "split": str, "state": str, "attempts": list, "argv": list,
+              "output_dir": str, "inputs": dict, "missing": list, "retry_base": int, "cancel_requested": bool}  # fmt: skip
+
+
+def _shape_problem(data: dict) -> str | None:
+    """What makes a manifest unusable (a missing key, a wrong type, an unknown state), or None."""
+    for key, kind in (("run_id", str), ("artifact_root", str), ("cluster", dict), ("jobs", list)):
+        if not isinstance(data.get(key), kind):
+            return f"key '{key}' is missing or not a {kind.__name__}"
+    for i, cell in enumerate(data["jobs"]):
+        if not isinstance(cell, dict):
+            return f"key 'jobs[{i}]' is not a mapping"
+        for key, kind in _CELL_KEYS.items():
+            if not isinstance(cell.get(key), kind) or kind is int and isinstance(cell.get(key), bool):
+                return f"key 'jobs[{i}].{key}' is missing or not a {kind.__name__}"
+        if cell["state"] not in _STATES:
+            return f"key 'jobs[{i}].state' is {cell['state']!r}, not one of {', '.join(sorted(_STATES))}"
+        for n, attempt in enumerate(cell["attempts"]):
+            where = f"jobs[{i}].attempts[{n}]"
+            if not isinstance(attempt, dict) or attempt.get("state") not in _STATES:
+                return f"key '{where}.state' is missing or not a known state"
+            for key, kind in (("attempt", int), ("dir", str), ("stdout", str), ("stderr", str), ("resources", dict)):
+                if not isinstance(attempt.get(key), kind):
+                    return f"key '{where}.{key}' is missing or not a {kind.__name__}"
+    return None
 
 
 def save(root: Path, manifest: dict) -> None:
