@@ -39,6 +39,14 @@ def test_squeue_rows_map_to_states():
                                                  "50_3": S.PENDING, "51": S.TIMEOUT}  # fmt: skip
 
 
+def test_squeue_says_why_a_job_waits_and_whether_it_ever_starts_by_itself():
+    jobs = parse_squeue("60_0|PENDING||JobArrayTaskLimit\n61|PENDING||JobHeldUser\n62|PENDING||InvalidAccount\n"
+                        "63|RUNNING|localhost|None\n64|REQUEUE_HOLD||launch failed requeued held\n")  # fmt: skip
+    assert jobs["60_0"][1]["pending_reason"] == "JobArrayTaskLimit" and jobs["60_0"][1]["stuck"] is False
+    assert jobs["61"][1]["stuck"] and jobs["62"][1]["stuck"] and jobs["64"][1]["stuck"]
+    assert jobs["63"][1] == {"scheduler_state": "RUNNING", "node": "localhost", "pending_reason": "", "stuck": False}
+
+
 def test_array_ranges_expand_to_task_ids():
     assert expand_job_id("7_[0-2,5%4]") == ["7_0", "7_1", "7_2", "7_5"]
     assert expand_job_id("7_3") == ["7_3"] and expand_job_id("8") == ["8"]

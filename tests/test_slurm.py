@@ -244,3 +244,22 @@ def test_the_real_study_grid_runs_in_the_submit_directory_with_the_captured_envi
         runs = read_runs(Path(cell["output_dir"]))
         assert [r["cwd"] for r in runs] == [str(repo)] * (2 if key == "dose_500/sparse/train" else 1)
         assert "--tike_recon_path" in runs[-1]["argv"] and runs[-1]["cuda"] in {"0", "1", "2", "3"}
+
+
+def test_a_held_job_is_shown_held_with_its_reason_and_wait_does_not_wait_silently(slurm_scripted, capsys):
+    study, profile, root = slurm_scripted({}, doses=(1000,), sbatch_extra={"hold": True})
+    args = ["--study", study, "--cluster", profile, "--artifact-root", root, "--view", "dense", "--split", "train"]
+    assert run_cli("submit", *args, "--no-wait", "--quiet") == 0
+    job = cells(root)["dose_1000/dense/train"]["attempts"][0]["job_id"]
+    try:
+        assert run_cli("wait", root, "--quiet", "--timeout", 6) == 3
+        assert "the run goes on" in capsys.readouterr().err
+        assert run_cli("status", root) == 0
+        assert "held or stuck: JobHeldUser" in capsys.readouterr().out
+        assert run_cli("wait", root, "--quiet", "--fail-on-held") == 4
+        err = capsys.readouterr().err
+        assert f"waits for someone to act" in err and "JobHeldUser" in err and job in err
+    finally:
+        subprocess.run(["scontrol", "release", job], capture_output=True)
+    assert run_cli("wait", root, "--quiet") == 0
+    assert cells(root)["dose_1000/dense/train"]["state"] == "COMPLETED"

@@ -120,6 +120,10 @@ class GridExecutor:
         return run
 
 
+class StuckError(RuntimeError):
+    """``wait(fail_on_stuck=True)``: a job is held or otherwise cannot start by itself."""
+
+
 class Run:
     """One artifact root's run, from any process: its manifest, waiting, cancelling."""
 
@@ -148,9 +152,10 @@ class Run:
         """0: every runnable cell completed; 1: any did not."""
         return exit_status(existing(self.root))
 
-    def wait(self, timeout: float | None = None, progress: Progress | None = None) -> dict:
+    def wait(self, timeout: float | None = None, progress: Progress | None = None, fail_on_stuck: bool = False) -> dict:
         """Drive the run to its end, or follow the process that drives it and take over when
-        it stops. Raises TimeoutError after ``timeout`` seconds, leaving the run going."""
+        it stops. Raises TimeoutError after ``timeout`` seconds, leaving the run going, and
+        with ``fail_on_stuck`` StuckError once a job waits for someone to act (held, ...)."""
         progress = progress or Progress(quiet=True)
         deadline = None if timeout is None else time.monotonic() + timeout
         lock = mf.RunLock(self.root, "wait")
@@ -160,9 +165,14 @@ class Run:
                     manifest = existing(self.root)
                     profile = profile_of(manifest)
                     backend = make_backend(profile, self.root, manifest)
-                    Runner(self.root, manifest, profile, backend, progress).run(wait=True, deadline=deadline)
+                    runner = Runner(self.root, manifest, profile, backend, progress)
+                    runner.run(wait=True, deadline=deadline, stop_when_stuck=fail_on_stuck)
+                    stuck = runner.stuck() if fail_on_stuck else []
                 finally:
                     lock.release()
+                if stuck:
+                    raise StuckError(f"{self.root}: {len(stuck)} job(s) wait for someone to act: " + "; ".join(
+                        f"{key} job {a['job_id']} ({a['pending_reason']})" for key, a in stuck) + "; the run goes on")
                 break
             progress.update(existing(self.root))  # another process drives it: follow
             if deadline is not None and time.monotonic() >= deadline:

@@ -13,13 +13,14 @@ from pathlib import Path
 from . import __version__
 from . import manifest as mf
 from . import report
-from .api import GridExecutor, Run
+from .api import GridExecutor, Run, StuckError
 from .errors import UsageError
 from .progress import Progress
 from .study import Filters, load_study
 
 ROOT_FLAGS = ("phase_c", "phase_e", "phase_f")
 TIMED_OUT = 3  # `wait --timeout` passed; the run goes on
+STUCK = 4  # `wait --fail-on-held`: a job is held or cannot start by itself; the run goes on
 
 
 def _filters(p: argparse.ArgumentParser) -> None:
@@ -70,6 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "wait":
             p.add_argument("--quiet", action="store_true", help="no progress display")
             p.add_argument("--timeout", type=float, help=f"give up after this many seconds (exit {TIMED_OUT}); the run goes on")
+            p.add_argument("--fail-on-held", action="store_true", help=f"stop (exit {STUCK}) once a SLURM job is held or "
+                           "waits for a reason that never clears by itself (bad account, ...); the run goes on")
         if name == "cancel":
             _filters(p)
         if name == "report":
@@ -102,6 +105,9 @@ def main(argv: list[str] | None = None) -> int:
     except TimeoutError as exc:
         print(f"gridsubmit: {exc}", file=sys.stderr)
         return TIMED_OUT
+    except StuckError as exc:
+        print(f"gridsubmit: {exc}", file=sys.stderr)
+        return STUCK
     except BrokenPipeError:  # the reader went away (| head): end quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
@@ -199,7 +205,7 @@ def cmd_status(args) -> int:
 
 def cmd_wait(args) -> int:
     run = Run.open(args.artifact_root)
-    manifest = run.wait(timeout=args.timeout, progress=Progress(quiet=args.quiet))
+    manifest = run.wait(timeout=args.timeout, progress=Progress(quiet=args.quiet), fail_on_stuck=args.fail_on_held)
     _print_outcome(manifest)
     return run.exit_status
 

@@ -35,6 +35,8 @@ def status_table(manifest: dict) -> str:
         last = cell["attempts"][-1] if cell["attempts"] else {}
         elapsed = last.get("elapsed_s")
         note = "; ".join(cell["missing"]) if cell["missing"] else (last.get("error") or "")
+        if cell["state"] == "PENDING" and last.get("pending_reason"):
+            note = ("held or stuck: " if last.get("stuck") else "waiting: ") + last["pending_reason"]
         rows.append([cell["key"], cell["state"], len(cell["attempts"]) or "", last.get("job_id") or "",
                      "" if last.get("returncode") is None else last["returncode"],
                      "" if elapsed is None else f"{elapsed:.1f}", last.get("node") or "",

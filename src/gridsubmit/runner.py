@@ -77,11 +77,12 @@ class Runner:
         self._saved_at = 0.0
         self.dirty = False
         self._attached = False
+        self._warned: set[str] = set()  # job ids already reported as stuck
 
     # --- the loop ------------------------------------------------------------------------------
 
     def run(self, wait: bool = True, submit_new: bool = True, until_ended: set[str] | None = None,
-            deadline: float | None = None) -> dict:  # fmt: skip
+            deadline: float | None = None, stop_when_stuck: bool = False) -> dict:  # fmt: skip
         """Drive the grid. ``wait=False`` returns once everything due is submitted;
         ``until_ended`` returns once those cells have ended; ``deadline`` (time.monotonic)
         returns then, whatever is still running."""
@@ -99,6 +100,8 @@ class Runner:
                 if not wait and not more_due and self.backend.runs_unattended:
                     break
                 if deadline is not None and time.monotonic() >= deadline:
+                    break
+                if stop_when_stuck and self.stuck():
                     break
                 interval = self.backend.poll_interval(interval, changed)
                 time.sleep(interval)
@@ -135,11 +138,25 @@ class Runner:
             if obs.state.terminal:
                 self.ended.append(self.handles.pop(obs.key))
         self.dirty |= changed
+        self._warn_stuck()
         if self.dirty and time.monotonic() - self._saved_at >= SAVE_EVERY_S:
             self.save()
             point("saved")
         self.progress.update(self.manifest)
         return changed
+
+    def stuck(self) -> list[tuple[str, dict]]:
+        """Queued attempts that will not start by themselves (held, invalid account, ...)."""
+        return [(key, mf.find(self.manifest, key)["attempts"][h.attempt - 1]) for key, h in self.handles.items()
+                if mf.find(self.manifest, key)["attempts"][h.attempt - 1].get("stuck")
+                and mf.find(self.manifest, key)["state"] == JobState.PENDING.value]  # fmt: skip
+
+    def _warn_stuck(self) -> None:
+        for key, attempt in self.stuck():
+            if attempt["job_id"] not in self._warned:
+                self._warned.add(attempt["job_id"])
+                self.progress.note(f"{key}: job {attempt['job_id']} waits for someone to act ({attempt['pending_reason']}): "
+                                   f"`scontrol release {attempt['job_id']}` for a held job, or cancel it")  # fmt: skip
 
     def _stop_attached_jobs(self, timeout_s: float = 15.0) -> None:
         """Interrupted while jobs depend on this process: cancel them and record their ends;

@@ -233,9 +233,12 @@ class SlurmBackend(Backend):
         except SchedulerError:
             by_id, missing = {}, set(ids)
         missing |= {h.job_id.split("_")[0] for h in cancelled}
+        # queued jobs: squeue says why they wait (sacct does not)
+        pending = {h.job_id for h in handles if (by_id.get(h.job_id) or (None,))[0] is JobState.PENDING}
+        missing |= {j.split("_")[0] for j in pending}
         # sacct lags squeue: a job it does not list yet may well be queued or running
         queued = squeue(sorted(missing), names) if missing else {}
-        by_id.update({j: row for j, row in queued.items() if j not in by_id})
+        by_id.update({j: row for j, row in queued.items() if j not in by_id or j in pending})
         for h in cancelled:  # squeue is the fresher word; a job scancel'ed while queued leaves no record at all
             by_id[h.job_id] = queued.get(h.job_id) or (JobState.CANCELLED, {"scheduler_state": "CANCELLED"})
         # Ask again soon only when the scheduler has just ended jobs; queued -> running is not urgent.
@@ -370,16 +373,26 @@ def parse_sacct(text: str) -> dict[str, tuple[JobState | None, dict]]:
     return jobs
 
 
+# Pending reasons that never clear by themselves: the job waits until someone acts.
+STUCK_REASONS = ("JobHeld", "Invalid", "ReqNodeNotAvail", "PartitionDown", "PartitionInactive", "AccountNotAllowed",
+                 "QOSNotAllowed", "DependencyNeverSatisfied", "launch failed requeued held")  # fmt: skip
+
+
 def parse_squeue(text: str) -> dict[str, tuple[JobState | None, dict]]:
-    """Rows of ``squeue -h -r -o %i|%T|%N``."""
+    """Rows of ``squeue -h -r -o %i|%T|%N|%r``: a queued job's reason says why it waits;
+    a held job, or one whose reason never clears by itself, is marked ``stuck``."""
     jobs = {}
     for line in text.splitlines():
         parts = line.strip().split("|")
         if len(parts) < 3:
             continue
-        info = {"scheduler_state": parts[1]}
+        info: dict = {"scheduler_state": parts[1]}
         if parts[2]:
             info["node"] = parts[2]
+        reason = parts[3].strip() if len(parts) > 3 else ""
+        waits = _mapped(parts[1]) is JobState.PENDING and reason not in ("", "None")
+        info["pending_reason"] = reason if waits else ""
+        info["stuck"] = waits and (parts[1] in ("REQUEUE_HOLD", "SPECIAL_EXIT") or reason.startswith(STUCK_REASONS))
         for jid in expand_job_id(parts[0]):
             jobs[jid] = (_mapped(parts[1]), info)
     return jobs
@@ -410,7 +423,7 @@ def sacct(ids: list[str], names: list[str], since: str) -> dict:
 
 
 def squeue(ids: list[str], names: list[str]) -> dict:
-    argv = ["squeue", "-h", "-r", "-t", "all", "-o", "%i|%T|%N", "-j", ",".join(ids)]
+    argv = ["squeue", "-h", "-r", "-t", "all", "-o", "%i|%T|%N|%r", "-j", ",".join(ids)]
     if names:  # job ids are reused when a cluster is reset: only this run's jobs
         argv += ["--name", ",".join(names)]
     try:
