@@ -73,3 +73,22 @@ def test_status_logs_and_report_work_on_a_read_only_view_of_a_run(scripted, tmp_
     finally:
         subprocess.run(["umount", str(view)], capture_output=True)
     assert load_manifest(root)["n_success"] == 4
+
+
+def test_the_demo_refuses_a_folder_that_is_not_empty(tmp_path, capsys):
+    (tmp_path / "notes.txt").write_text("mine\n")
+    assert run_cli("demo", "--artifact-root", tmp_path, "--quiet") == 2
+    assert "is not an empty folder" in capsys.readouterr().err
+    assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
+
+
+def test_a_profile_python_expands_home_and_variables_and_refuses_an_unset_one(tmp_path, monkeypatch):
+    from gridsubmit.cluster import parse_profile
+    from gridsubmit.errors import ConfigError
+
+    monkeypatch.setenv("STUDY_ENV", "/opt/study-env")
+    profile = parse_profile({"backend": "local", "time": 5, "python": "$STUDY_ENV/bin/python"}, "p.yaml")
+    assert profile.python == "/opt/study-env/bin/python" and profile.resources.gpus_per_job in (0, 1)
+    assert parse_profile({"backend": "local", "time": 5, "python": "~/py"}, "p.yaml").python.startswith("/")
+    with pytest.raises(ConfigError, match="key 'python'.*not set"):
+        parse_profile({"backend": "local", "time": 5, "python": "$NOPE_NOT_SET/python"}, "p.yaml")

@@ -250,8 +250,9 @@ def cmd_demo(args) -> int:
     from .demo.generate import make_study
 
     root = (args.artifact_root or Path("gridsubmit-demo") / time.strftime("%Y%m%d-%H%M%S")).resolve()
-    if mf.load(root) is not None:
-        raise UsageError(f"{root}: already holds a run; choose another --artifact-root")
+    if root.exists() and (not root.is_dir() or any(root.iterdir())):
+        raise UsageError(f"{root}: exists and is not an empty folder; the demo writes a study and a run there: "
+                         "choose another --artifact-root")  # fmt: skip
     study = make_study(root / "study")
     print(f"synthetic study: {study}")
     code = cmd_submit(argparse.Namespace(

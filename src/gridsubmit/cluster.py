@@ -174,6 +174,17 @@ def _positive_int(value: Any, src: Any, key: str, minimum: int = 1) -> int:
     return value
 
 
+def _path(value: Any, src: Any, key: str) -> str | None:
+    """A path with ~ and $VARIABLES expanded (an unset variable is an error, not an empty string)."""
+    if value is None:
+        return None
+    text = os.path.expanduser(expect(value, str, src, key))
+    expanded = os.path.expandvars(text)
+    if "$" in expanded:
+        raise ConfigError(src, key, f"{value!r} names an environment variable that is not set")
+    return expanded
+
+
 def _opt_str(value: Any, src: Any, key: str) -> str | None:
     return None if value is None else expect(value, str, src, key)
 
@@ -216,7 +227,7 @@ def parse_profile(d: dict, src: str) -> ClusterProfile:
     if "time" not in d:
         raise ConfigError(src, "time", "missing: every profile sets a per-job time limit (e.g. time: '1:00:00')")
     changes = _resource_changes({k: v for k, v in d.items() if k in RESOURCE_KEYS}, src, "")
-    changes.setdefault("gpus_per_job", 1 if backend == "slurm" else -1)  # -1: decided from visible GPUs
+    changes.setdefault("gpus_per_job", 1 if backend == "slurm" else -1)  # -1: decided from the visible GPUs below
     resources = Resources(**changes)
 
     overrides = []
@@ -287,7 +298,7 @@ def parse_profile(d: dict, src: str) -> ClusterProfile:
     extra = expect(d.get("sbatch_extra") or {}, dict, src, "sbatch_extra")
     for k, v in extra.items():
         expect(v, (str, int, bool), src, f"sbatch_extra.{k}")
-    return ClusterProfile(
+    profile = ClusterProfile(
         source=src,
         backend=backend,
         name=expect(d.get("name", Path(src).stem), str, src, "name"),
@@ -296,7 +307,7 @@ def parse_profile(d: dict, src: str) -> ClusterProfile:
         retry=retry,
         env={k: str(v) for k, v in env.items()},
         capture_env=tuple(capture),
-        python=_opt_str(d.get("python"), src, "python"),
+        python=_path(d.get("python"), src, "python"),
         poll_min_s=poll_min,
         poll_max_s=poll_max,
         max_parallel=_positive_int(d["max_parallel"], src, "max_parallel") if d.get("max_parallel") is not None else None,
@@ -310,6 +321,9 @@ def parse_profile(d: dict, src: str) -> ClusterProfile:
         warn_signal=_opt_str(d.get("warn_signal"), src, "warn_signal"),
         raw=d,
     )
+    if profile.resources.gpus_per_job < 0:  # local default: one GPU per job when GPUs are visible, else none
+        profile = replace(profile, resources=replace(resources, gpus_per_job=1 if visible_gpus(profile) else 0))
+    return profile
 
 
 def visible_gpus(profile: ClusterProfile) -> tuple[str, ...]:
