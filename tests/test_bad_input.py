@@ -170,3 +170,21 @@ def test_an_artifact_root_that_is_a_file_is_refused_by_every_command(tmp_path, s
         assert run_cli(*args(root, study)) == 2, name
         assert "is a file, not an artifact root folder" in capsys.readouterr().err, name
     assert root.read_text() == "not a folder\n"
+
+
+@pytest.mark.parametrize("name", ["run%A_%a", "run\\x", "run\nx"])
+def test_a_slurm_artifact_root_that_sbatch_would_misread_is_refused_before_anything_is_written(tmp_path, study, capsys, name):
+    root = tmp_path / name
+    assert run_cli("submit", "--study", study, "--cluster", profile(tmp_path, "backend: slurm\ntime: 5\n"),
+                   "--artifact-root", root) == 2  # fmt: skip
+    assert "an artifact root for SLURM cannot contain" in capsys.readouterr().err
+    assert not root.exists()
+
+
+def test_a_profile_interpreter_with_a_space_is_quoted_in_the_sbatch_script(tmp_path):
+    from gridsubmit.backends.slurm import SlurmBackend
+    from gridsubmit.cluster import parse_profile
+
+    backend = SlurmBackend(parse_profile({"backend": "slurm", "time": 5, "python": "/opt/my env/bin/python",
+                                          "max_array_size": 10}, "p.yaml"), tmp_path, tmp_path, {}, "r")  # fmt: skip
+    assert "'/opt/my env/bin/python' -u -m submitit.core._submit" in backend._executor(backend.profile.resources, "n")._submitit_command_str

@@ -98,6 +98,10 @@ class GridExecutor:
         context = self.context_for(grid)
         run_id = mf.new_run_id()
         prepare(self.root, grid, self.profile, rerun_failed, run_id, context)  # refuses before anything is written
+        if self.profile.backend == "slurm":
+            from .backends.slurm import check_root
+
+            check_root(self.root)
         self.root.mkdir(parents=True, exist_ok=True)
         deadline = None if timeout is None else time.monotonic() + timeout
         with mf.RunLock(self.root, "submit"):

@@ -30,6 +30,7 @@ from submitit.core.utils import JobPaths
 from .. import context as ctx
 from ..cluster import ClusterProfile, Resources
 from ..crashpoints import point
+from ..errors import UsageError
 from ..manifest import STATE_DIR
 from ..states import JobState, from_slurm
 from ..task import run_task
@@ -38,6 +39,14 @@ from .base import Backend, Handle, SchedulerError, Submission, SubmitError
 DEFAULT_MAX_ARRAY_SIZE = 1001  # SLURM's own default
 log = logging.getLogger(__name__)
 SACCT_FIELDS = "JobID,JobName,State,ExitCode,NodeList,MaxRSS,Elapsed"
+
+
+def check_root(root: Path) -> None:
+    """sbatch reads % patterns and \\ escapes in --output/--error, and takes no newline."""
+    odd = [c for c in ("%", "\\", "\n") if c in str(root)]
+    if odd:
+        raise UsageError(f"{str(root)!r}: an artifact root for SLURM cannot contain {' or '.join(map(repr, odd))} "
+                         "(SLURM reads them in log file names); choose another --artifact-root")  # fmt: skip
 
 
 def run_command(argv: list[str], timeout: float = 60) -> str:
@@ -59,6 +68,7 @@ class SlurmBackend(Backend):
         super().__init__(profile, root, workdir, env)
         self.run_id = run_id
         self.folder = self.root / STATE_DIR / "submitit"
+        check_root(root)
         self._max_array_size = profile.max_array_size
         self._by_id: dict[str, tuple[JobState | None, dict]] = {}  # the last answer, by job id
         self._last_query = -math.inf
@@ -157,7 +167,8 @@ class SlurmBackend(Backend):
 
     def _executor(self, res: Resources, name: str) -> submitit.SlurmExecutor:
         p = self.profile
-        executor = submitit.SlurmExecutor(folder=self.folder, python=p.python)
+        # the interpreter goes into the script as it is: quote it (a path may hold spaces)
+        executor = submitit.SlurmExecutor(folder=self.folder, python=shlex.quote(p.python) if p.python else None)
         params: dict = {"job_name": name, "time": max(1, math.ceil(res.time_s / 60)), "use_srun": p.use_srun,
                         "stderr_to_stdout": False, "signal_delay_s": 0}  # fmt: skip
         for key in ("partition", "cpus_per_task", "account", "qos", "constraint"):
