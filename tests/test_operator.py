@@ -1,11 +1,16 @@
 """The operator's day on the local backend: why a cell failed, its logs, following a run,
 timeouts, filters that match nothing, and read-only views of a run."""
 
+import os
+import signal
 import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 
-from conftest import cells, load_manifest, run_cli
+from conftest import cells, gridsubmit_process, load_manifest, run_cli, wait_for
 
 
 def test_a_failed_cells_reason_is_its_last_stderr_line_in_the_summary_status_and_logs(scripted, capsys):
@@ -92,3 +97,21 @@ def test_a_profile_python_expands_home_and_variables_and_refuses_an_unset_one(tm
     assert parse_profile({"backend": "local", "time": 5, "python": "~/py"}, "p.yaml").python.startswith("/")
     with pytest.raises(ConfigError, match="key 'python'.*not set"):
         parse_profile({"backend": "local", "time": 5, "python": "$NOPE_NOT_SET/python"}, "p.yaml")
+
+
+def test_ctrl_c_in_a_local_wait_detaches_and_the_run_goes_on_to_the_end(scripted, tmp_path):
+    study, profile, root = scripted({"*": "sleep-ok:2"}, doses=(1000,))
+    with open(tmp_path / "submit.log", "w") as log:  # killed right after its job ids are on disk
+        subprocess.run([sys.executable, "-m", "gridsubmit", "submit", "--study", str(study), "--cluster", str(profile),
+                        "--artifact-root", str(root), "--quiet"], stdout=log, stderr=log,
+                       env={**os.environ, "GRIDSUBMIT_CRASH_AT": "handles-saved"}, timeout=60)  # fmt: skip
+    waiter = gridsubmit_process("wait", root, "--quiet")
+    wait_for(lambda: (root / ".gridsubmit" / "holder.json").exists(), what="wait to take the run")
+    time.sleep(0.5)
+    waiter.send_signal(signal.SIGINT)
+    out, _ = waiter.communicate(timeout=60)
+    assert waiter.returncode == 130 and "detached; a background runner goes on" in out and "Traceback" not in out, out
+    assert run_cli("wait", root, "--quiet") == 0
+    for cell in cells(root).values():
+        assert cell["state"] == "COMPLETED" and len(cell["attempts"]) == 1
+        assert len((Path(cell["output_dir"]) / "runs.log").read_text().splitlines()) == 1

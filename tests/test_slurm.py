@@ -258,7 +258,7 @@ def test_a_held_job_is_shown_held_with_its_reason_and_wait_does_not_wait_silentl
         assert "held or stuck: JobHeldUser" in capsys.readouterr().out
         assert run_cli("wait", root, "--quiet", "--fail-on-held") == 4
         err = capsys.readouterr().err
-        assert f"waits for someone to act" in err and "JobHeldUser" in err and job in err
+        assert "waits for someone to act" in err and "JobHeldUser" in err and job in err
     finally:
         subprocess.run(["scontrol", "release", job], capture_output=True)
     assert run_cli("wait", root, "--quiet") == 0

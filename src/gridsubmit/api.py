@@ -124,6 +124,10 @@ class GridExecutor:
         return run
 
 
+class Detached(KeyboardInterrupt):
+    """``wait`` was interrupted and left the run going."""
+
+
 class StuckError(RuntimeError):
     """``wait(fail_on_stuck=True)``: a job is held or otherwise cannot start by itself."""
 
@@ -156,10 +160,13 @@ class Run:
         """0: every runnable cell completed; 1: any did not."""
         return exit_status(existing(self.root))
 
-    def wait(self, timeout: float | None = None, progress: Progress | None = None, fail_on_stuck: bool = False) -> dict:
+    def wait(self, timeout: float | None = None, progress: Progress | None = None, fail_on_stuck: bool = False,
+             cancel_on_interrupt: bool = False) -> dict:  # fmt: skip
         """Drive the run to its end, or follow the process that drives it and take over when
         it stops. Raises TimeoutError after ``timeout`` seconds, leaving the run going, and
-        with ``fail_on_stuck`` StuckError once a job waits for someone to act (held, ...)."""
+        with ``fail_on_stuck`` StuckError once a job waits for someone to act (held, ...).
+        Interrupted (Ctrl-C), it detaches: a local run is handed to a background runner,
+        unless ``cancel_on_interrupt``."""
         progress = progress or Progress(quiet=True)
         deadline = None if timeout is None else time.monotonic() + timeout
         lock = mf.RunLock(self.root, "wait")
@@ -170,7 +177,16 @@ class Run:
                     profile = profile_of(manifest)
                     backend = make_backend(profile, self.root, manifest)
                     runner = Runner(self.root, manifest, profile, backend, progress)
-                    runner.run(wait=True, deadline=deadline, stop_when_stuck=fail_on_stuck)
+                    try:
+                        runner.run(wait=True, deadline=deadline, stop_when_stuck=fail_on_stuck,
+                                   cancel_on_interrupt=cancel_on_interrupt)  # fmt: skip
+                    except KeyboardInterrupt:
+                        if profile.backend == "local" and not cancel_on_interrupt:
+                            lock.release()
+                            detach_waiter(self.root)
+                            raise Detached(f"{self.root}: detached; a background runner goes on "
+                                           f"(`gridsubmit wait {self.root}` follows it, `gridsubmit cancel` stops it)") from None  # fmt: skip
+                        raise
                     stuck = runner.stuck() if fail_on_stuck else []
                 finally:
                     lock.release()
@@ -178,10 +194,13 @@ class Run:
                     raise StuckError(f"{self.root}: {len(stuck)} job(s) wait for someone to act: " + "; ".join(
                         f"{key} job {a['job_id']} ({a['pending_reason']})" for key, a in stuck) + "; the run goes on")
                 break
-            progress.update(existing(self.root))  # another process drives it: follow
-            if deadline is not None and time.monotonic() >= deadline:
-                break
-            time.sleep(FOLLOW_EVERY_S)
+            try:
+                progress.update(existing(self.root))  # another process drives it: follow
+                if deadline is not None and time.monotonic() >= deadline:
+                    break
+                time.sleep(FOLLOW_EVERY_S)
+            except KeyboardInterrupt:
+                raise Detached(f"{self.root}: stopped following; {mf.describe_holder(self.root)} goes on") from None
         progress.done()
         if not self.done:
             if profile_of(existing(self.root)).backend == "local" and mf.holder(self.root) is None:

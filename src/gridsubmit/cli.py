@@ -13,7 +13,7 @@ from pathlib import Path
 from . import __version__
 from . import manifest as mf
 from . import report
-from .api import GridExecutor, Run, StuckError
+from .api import Detached, GridExecutor, Run, StuckError
 from .errors import UsageError
 from .progress import Progress
 from .study import Filters, load_study
@@ -71,6 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "wait":
             p.add_argument("--quiet", action="store_true", help="no progress display")
             p.add_argument("--timeout", type=float, help=f"give up after this many seconds (exit {TIMED_OUT}); the run goes on")
+            p.add_argument("--cancel-on-interrupt", action="store_true", help="Ctrl-C cancels the local run's cells "
+                           "(default: Ctrl-C detaches and a background runner goes on)")
             p.add_argument("--fail-on-held", action="store_true", help=f"stop (exit {STUCK}) once a SLURM job is held or "
                            "waits for a reason that never clears by itself (bad account, ...); the run goes on")
         if name == "cancel":
@@ -111,6 +113,9 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # the reader went away (| head): end quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
+    except Detached as exc:
+        print(f"\ngridsubmit: {exc}", file=sys.stderr)
+        return 130
     except KeyboardInterrupt:
         print("\ngridsubmit: interrupted. SLURM jobs keep running and `gridsubmit wait <artifact-root>` re-attaches; "
               "local jobs were cancelled (`gridsubmit submit ... --rerun-failed` runs them again)", file=sys.stderr)  # fmt: skip
@@ -205,7 +210,8 @@ def cmd_status(args) -> int:
 
 def cmd_wait(args) -> int:
     run = Run.open(args.artifact_root)
-    manifest = run.wait(timeout=args.timeout, progress=Progress(quiet=args.quiet), fail_on_stuck=args.fail_on_held)
+    manifest = run.wait(timeout=args.timeout, progress=Progress(quiet=args.quiet), fail_on_stuck=args.fail_on_held,
+                        cancel_on_interrupt=args.cancel_on_interrupt)  # fmt: skip
     _print_outcome(manifest)
     return run.exit_status
 

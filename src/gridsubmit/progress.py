@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import sys
 import time
 from typing import TextIO
@@ -43,7 +44,8 @@ class Progress:
                 self._print(f"{cell['key']}: {last['state']} ({detail}{elapsed})")
         line = f"[{self.elapsed()}] {len(manifest['jobs'])} cells: {format_counts(counts(manifest))}"
         if self.tty and line != self._last_line:  # redraw on change (the clock ticks each second)
-            self.stream.write("\r\033[K" + line)
+            width = shutil.get_terminal_size().columns - 1  # a wrapped line could not be redrawn in place
+            self.stream.write("\r\033[K" + line[:width])
             self.stream.flush()
             self._last_line = line
         elif line.split("] ", 1)[1] != self._last_line.split("] ", 1)[-1]:

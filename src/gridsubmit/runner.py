@@ -82,7 +82,7 @@ class Runner:
     # --- the loop ------------------------------------------------------------------------------
 
     def run(self, wait: bool = True, submit_new: bool = True, until_ended: set[str] | None = None,
-            deadline: float | None = None, stop_when_stuck: bool = False) -> dict:  # fmt: skip
+            deadline: float | None = None, stop_when_stuck: bool = False, cancel_on_interrupt: bool = True) -> dict:  # fmt: skip
         """Drive the grid. ``wait=False`` returns once everything due is submitted;
         ``until_ended`` returns once those cells have ended; ``deadline`` (time.monotonic)
         returns then, whatever is still running."""
@@ -109,7 +109,7 @@ class Runner:
             self._enrich()
             point("enriched")
         except KeyboardInterrupt:
-            if not self.backend.runs_unattended:
+            if not self.backend.runs_unattended and cancel_on_interrupt:
                 self._stop_attached_jobs()
             raise
         finally:
