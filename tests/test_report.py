@@ -168,7 +168,7 @@ def test_a_manifest_written_before_the_tidy_format_still_reports():
 
 
 def test_the_plot_has_a_line_per_model_and_view_in_amplitude_and_phase_panels(tmp_path):
-    pytest.importorskip("matplotlib")
+    import matplotlib  # noqa: F401  (a test dependency: never skipped)
     path = tmp_path / "metrics.png"
     m = two_dose_manifest()
     m["jobs"].append(cell(1000, split="train", metrics=tuple_rows("PtychoPINN", 10.0, 0.1)))  # not drawn: test split wins
@@ -183,7 +183,7 @@ def test_the_plot_has_a_line_per_model_and_view_in_amplitude_and_phase_panels(tm
 
 
 def test_wide_values_are_plotted_in_the_amplitude_column(tmp_path):
-    pytest.importorskip("matplotlib")
+    import matplotlib  # noqa: F401  (a test dependency: never skipped)
     m = manifest(cell(1000, split="train", metrics=[row("pinn", "psnr", value=20.0)]),
                  cell(10000, split="train", metrics=[row("pinn", "psnr", value=30.0)]))  # fmt: skip
     fig = report.plot(m, tmp_path / "p.png")
@@ -193,7 +193,7 @@ def test_wide_values_are_plotted_in_the_amplitude_column(tmp_path):
 
 
 def test_plotting_nothing_is_a_usage_error(tmp_path):
-    pytest.importorskip("matplotlib")
+    import matplotlib  # noqa: F401  (a test dependency: never skipped)
     with pytest.raises(UsageError, match="nothing to plot"):
         report.plot(manifest(cell(1000)), tmp_path / "p.png")
     with pytest.raises(UsageError, match="nothing to plot"):

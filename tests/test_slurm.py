@@ -263,3 +263,47 @@ def test_a_held_job_is_shown_held_with_its_reason_and_wait_does_not_wait_silentl
         subprocess.run(["scontrol", "release", job], capture_output=True)
     assert run_cli("wait", root, "--quiet") == 0
     assert cells(root)["dose_1000/dense/train"]["state"] == "COMPLETED"
+
+
+def test_odd_artifact_and_study_paths_and_an_interpreter_path_with_a_space_run_every_cell(slurm_cluster, tmp_path, capsys):
+    from gridsubmit.demo.generate import make_study
+
+    odd = tmp_path / "odd %A_%a %x %% 'q' $(touch INJECTED) `true`; x"
+    study = make_study(odd / "study", doses=(1000,))
+    wrapper = tmp_path / "my env" / "bin" / "python"  # an interpreter whose path has a space
+    wrapper.parent.mkdir(parents=True)
+    wrapper.write_text(f'#!/bin/sh\nexec {sys.executable} "$@"\n')
+    wrapper.chmod(0o755)
+    profile = tmp_path / "slurm.yaml"
+    profile.write_text(json.dumps({"backend": "slurm", "partition": "gpu", "gpus_per_job": 1, "time": "0:10:00",
+                                   "python": str(wrapper), "poll_interval": {"min": 1, "max": 2}}))  # fmt: skip
+    root = odd / "run"
+    assert run_cli("submit", "--study", study, "--cluster", profile, "--artifact-root", root, "--no-wait") == 0
+    view = tmp_path / "view"  # a read-only view of the live run: status never writes
+    view.mkdir()
+    if subprocess.run(["mount", "--bind", str(root), str(view)], capture_output=True).returncode == 0:
+        try:
+            subprocess.run(["mount", "-o", "remount,ro,bind", str(view)], capture_output=True, check=True)
+            capsys.readouterr()
+            assert run_cli("status", view) == 0 and "dose_1000/sparse/test" in capsys.readouterr().out
+        finally:
+            subprocess.run(["umount", str(view)], capture_output=True)
+    assert run_cli("wait", root, "--quiet") == 0
+    assert {c["state"] for c in cells(root).values()} == {"COMPLETED"} and len(cells(root)) == 4
+    assert not list(tmp_path.rglob("INJECTED"))
+    logs = list((root / ".gridsubmit" / "submitit").glob("*_0_log.out"))  # SLURM wrote its logs where submitit looks
+    assert len(logs) == 4 and all("%" not in p.name for p in logs)
+
+
+def test_a_job_that_waits_shows_why_in_status(slurm_scripted, capsys):
+    study, profile, root = slurm_scripted({}, doses=(1000,), sbatch_extra={"begin": "now+1hour"})
+    args = ["--study", study, "--cluster", profile, "--artifact-root", root, "--view", "dense", "--split", "train"]
+    assert run_cli("submit", *args, "--no-wait", "--quiet") == 0
+    try:
+        assert run_cli("wait", root, "--quiet", "--timeout", 4) == 3
+        capsys.readouterr()
+        assert run_cli("status", root) == 0
+        assert "waiting: BeginTime" in capsys.readouterr().out
+    finally:
+        assert run_cli("cancel", root) == 0
+    assert cells(root)["dose_1000/dense/train"]["state"] == "CANCELLED"

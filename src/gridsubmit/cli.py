@@ -180,7 +180,9 @@ def cmd_submit(args) -> int:
 
 def _print_outcome(m: dict) -> None:
     print("\n" + report.status_table(m))
-    print(f"\n{m['n_jobs']} cells: {m['n_success']} completed, {m['n_failed']} failed, {m['n_blocked']} blocked")
+    cancelled = m["counts"].get("CANCELLED", 0)  # asked for: not counted as failed here
+    print(f"\n{m['n_jobs']} cells: {m['n_success']} completed, {m['n_failed'] - cancelled} failed, "
+          f"{cancelled} cancelled, {m['n_blocked']} blocked")
 
 
 def cmd_status(args) -> int:

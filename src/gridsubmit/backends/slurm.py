@@ -42,11 +42,11 @@ SACCT_FIELDS = "JobID,JobName,State,ExitCode,NodeList,MaxRSS,Elapsed"
 
 
 def check_root(root: Path) -> None:
-    """sbatch reads % patterns and \\ escapes in --output/--error, and takes no newline."""
-    odd = [c for c in ("%", "\\", "\n") if c in str(root)]
+    """A backslash in --output/--error turns SLURM's patterns off; sbatch takes no newline."""
+    odd = [c for c in ("\\", "\n") if c in str(root)]
     if odd:
         raise UsageError(f"{str(root)!r}: an artifact root for SLURM cannot contain {' or '.join(map(repr, odd))} "
-                         "(SLURM reads them in log file names); choose another --artifact-root")  # fmt: skip
+                         "(SLURM's log file names cannot carry it); choose another --artifact-root")  # fmt: skip
 
 
 def run_command(argv: list[str], timeout: float = 60) -> str:
@@ -107,7 +107,7 @@ class SlurmBackend(Backend):
             by_name[sub.record["job_name"]].append(sub)
         handles: list[Handle] = []
         for name, chunk in by_name.items():
-            executor = self._executor(chunk[0].resources, name)
+            executor = self._executor(chunk[0].resources, name, len(chunk))
             try:
                 with executor.batch():
                     jobs = [executor.submit(run_task, self._spec(sub)) for sub in chunk]
@@ -165,7 +165,7 @@ class SlurmBackend(Backend):
         # lines (module load, conda activate), which may change them
         return {**self.task_spec(sub), "env": dict(self.profile.env), "forward_usr2": bool(self.profile.warn_signal)}
 
-    def _executor(self, res: Resources, name: str) -> submitit.SlurmExecutor:
+    def _executor(self, res: Resources, name: str, tasks: int = 2) -> submitit.SlurmExecutor:
         p = self.profile
         # the interpreter goes into the script as it is: quote it (a path may hold spaces)
         executor = submitit.SlurmExecutor(folder=self.folder, python=shlex.quote(p.python) if p.python else None)
@@ -178,7 +178,9 @@ class SlurmBackend(Backend):
             params["mem"] = f"{res.mem_mb}M"
         # gridsubmit owns every retry: a job SLURM requeued after a node failure would run
         # the cell again beside the new attempt
-        extra = {"no-requeue": True, **p.sbatch_extra}
+        # SLURM expands % patterns in log file names: a % of the folder itself must be %%
+        logs = f"{str(self.folder).replace('%', '%%')}/{'%A_%a' if tasks > 1 else '%j'}_0_log"
+        extra = {"no-requeue": True, "output": f"{logs}.out", "error": f"{logs}.err", **p.sbatch_extra}
         if res.gpus_per_job:
             count = f"{res.gpu_type}:{res.gpus_per_job}" if res.gpu_type else str(res.gpus_per_job)
             if p.gpu_request == "gres":
@@ -203,7 +205,7 @@ class SlurmBackend(Backend):
         """The exact sbatch script of each array chunk (nothing is submitted)."""
         parts = []
         for chunk in self.chunks(submissions):
-            executor = self._executor(chunk[0].resources, f"gs-{self.run_id}-<chunk>")
+            executor = self._executor(chunk[0].resources, f"gs-{self.run_id}-<chunk>", len(chunk))
             if len(chunk) > 1:
                 executor.parameters["map_count"] = len(chunk)
             script = executor._make_submission_file_text(executor._submitit_command_str, "dry-run")
