@@ -102,7 +102,11 @@ class GridExecutor:
             from .backends.slurm import check_root
 
             check_root(self.root)
-        self.root.mkdir(parents=True, exist_ok=True)
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            (self.root / mf.STATE_DIR).mkdir(exist_ok=True)
+        except OSError as exc:
+            raise UsageError(f"{self.root}: cannot create the artifact root: {exc.strerror or exc}") from None
         deadline = None if timeout is None else time.monotonic() + timeout
         with mf.RunLock(self.root, "submit"):
             old = mf.load(self.root)
