@@ -268,7 +268,7 @@ def test_a_held_job_is_shown_held_with_its_reason_and_wait_does_not_wait_silentl
 def test_odd_artifact_and_study_paths_and_an_interpreter_path_with_a_space_run_every_cell(slurm_cluster, tmp_path, capsys):
     from gridsubmit.demo.generate import make_study
 
-    odd = tmp_path / "odd %A_%a %x %% 'q' $(touch INJECTED) `true`; x"
+    odd = tmp_path / "odd 'q' \"dq\" $(touch INJECTED) `true`; x & y"  # % is refused up front (test_bad_input)
     study = make_study(odd / "study", doses=(1000,))
     wrapper = tmp_path / "my env" / "bin" / "python"  # an interpreter whose path has a space
     wrapper.parent.mkdir(parents=True)

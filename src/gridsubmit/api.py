@@ -98,10 +98,9 @@ class GridExecutor:
         context = self.context_for(grid)
         run_id = mf.new_run_id()
         prepare(self.root, grid, self.profile, rerun_failed, run_id, context)  # refuses before anything is written
-        if self.profile.backend == "slurm":
-            from .backends.slurm import check_root
+        from .backends.slurm import check_root
 
-            check_root(self.root)
+        check_root(self.root, self.profile.backend)
         try:
             self.root.mkdir(parents=True, exist_ok=True)
             (self.root / mf.STATE_DIR).mkdir(exist_ok=True)

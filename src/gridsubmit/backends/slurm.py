@@ -41,12 +41,13 @@ log = logging.getLogger(__name__)
 SACCT_FIELDS = "JobID,JobName,State,ExitCode,NodeList,MaxRSS,Elapsed"
 
 
-def check_root(root: Path) -> None:
-    """A backslash in --output/--error turns SLURM's patterns off; sbatch takes no newline."""
-    odd = [c for c in ("\\", "\n") if c in str(root)]
+def check_root(root: Path, backend: str) -> None:
+    """submitit reads % in its folder as job id patterns; on SLURM a backslash in
+    --output/--error turns the patterns off, and sbatch takes no newline."""
+    odd = [c for c in ("%", "\n", *(["\\"] if backend == "slurm" else [])) if c in str(root)]
     if odd:
-        raise UsageError(f"{str(root)!r}: an artifact root for SLURM cannot contain {' or '.join(map(repr, odd))} "
-                         "(SLURM's log file names cannot carry it); choose another --artifact-root")  # fmt: skip
+        raise UsageError(f"{str(root)!r}: an artifact root cannot contain {' or '.join(map(repr, odd))} (submitit and "
+                         "SLURM read them in file names); choose another --artifact-root")  # fmt: skip
 
 
 def run_command(argv: list[str], timeout: float = 60) -> str:
@@ -68,7 +69,7 @@ class SlurmBackend(Backend):
         super().__init__(profile, root, workdir, env)
         self.run_id = run_id
         self.folder = self.root / STATE_DIR / "submitit"
-        check_root(root)
+        check_root(root, "slurm")
         self._max_array_size = profile.max_array_size
         self._by_id: dict[str, tuple[JobState | None, dict]] = {}  # the last answer, by job id
         self._last_query = -math.inf
@@ -107,7 +108,7 @@ class SlurmBackend(Backend):
             by_name[sub.record["job_name"]].append(sub)
         handles: list[Handle] = []
         for name, chunk in by_name.items():
-            executor = self._executor(chunk[0].resources, name, len(chunk))
+            executor = self._executor(chunk[0].resources, name)
             try:
                 with executor.batch():
                     jobs = [executor.submit(run_task, self._spec(sub)) for sub in chunk]
@@ -165,7 +166,7 @@ class SlurmBackend(Backend):
         # lines (module load, conda activate), which may change them
         return {**self.task_spec(sub), "env": dict(self.profile.env), "forward_usr2": bool(self.profile.warn_signal)}
 
-    def _executor(self, res: Resources, name: str, tasks: int = 2) -> submitit.SlurmExecutor:
+    def _executor(self, res: Resources, name: str) -> submitit.SlurmExecutor:
         p = self.profile
         # the interpreter goes into the script as it is: quote it (a path may hold spaces)
         executor = submitit.SlurmExecutor(folder=self.folder, python=shlex.quote(p.python) if p.python else None)
@@ -178,9 +179,7 @@ class SlurmBackend(Backend):
             params["mem"] = f"{res.mem_mb}M"
         # gridsubmit owns every retry: a job SLURM requeued after a node failure would run
         # the cell again beside the new attempt
-        # SLURM expands % patterns in log file names: a % of the folder itself must be %%
-        logs = f"{str(self.folder).replace('%', '%%')}/{'%A_%a' if tasks > 1 else '%j'}_0_log"
-        extra = {"no-requeue": True, "output": f"{logs}.out", "error": f"{logs}.err", **p.sbatch_extra}
+        extra = {"no-requeue": True, **p.sbatch_extra}
         if res.gpus_per_job:
             count = f"{res.gpu_type}:{res.gpus_per_job}" if res.gpu_type else str(res.gpus_per_job)
             if p.gpu_request == "gres":
@@ -205,7 +204,7 @@ class SlurmBackend(Backend):
         """The exact sbatch script of each array chunk (nothing is submitted)."""
         parts = []
         for chunk in self.chunks(submissions):
-            executor = self._executor(chunk[0].resources, f"gs-{self.run_id}-<chunk>", len(chunk))
+            executor = self._executor(chunk[0].resources, f"gs-{self.run_id}-<chunk>")
             if len(chunk) > 1:
                 executor.parameters["map_count"] = len(chunk)
             script = executor._make_submission_file_text(executor._submitit_command_str, "dry-run")
