@@ -19,6 +19,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from . import context as ctx
 from . import manifest as mf
+from .backends.base import check_root
 from .cluster import ClusterProfile, default_local_profile, load_profile, parse_profile
 from .errors import UsageError
 from .jobs import JobKey
@@ -98,8 +99,6 @@ class GridExecutor:
         context = self.context_for(grid)
         run_id = mf.new_run_id()
         prepare(self.root, grid, self.profile, rerun_failed, run_id, context)  # refuses before anything is written
-        from .backends.slurm import check_root
-
         check_root(self.root, self.profile.backend)
         try:
             self.root.mkdir(parents=True, exist_ok=True)

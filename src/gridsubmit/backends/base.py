@@ -217,6 +217,15 @@ def reason(state: JobState, fields: dict) -> str:
     return _IMPOSED_REASON.get(state, state.value.lower()) + (f" (stderr: {said})" if said else "")
 
 
+def check_root(root: Path, backend: str) -> None:
+    """submitit reads % in its folder as job id patterns; on SLURM a backslash in
+    --output/--error turns the patterns off, and sbatch takes no newline."""
+    odd = [c for c in ("%", "\n", *(["\\"] if backend == "slurm" else [])) if c in str(root)]
+    if odd:
+        raise UsageError(f"{str(root)!r}: an artifact root cannot contain {' or '.join(map(repr, odd))} (submitit and "
+                         "SLURM read them in file names); choose another --artifact-root")  # fmt: skip
+
+
 def missing_outputs(h: Handle) -> list[str]:
     return [name for name in h.expected_outputs if not (h.output_dir / name).is_file()]
 

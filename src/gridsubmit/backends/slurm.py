@@ -30,24 +30,14 @@ from submitit.core.utils import JobPaths
 from .. import context as ctx
 from ..cluster import ClusterProfile, Resources
 from ..crashpoints import point
-from ..errors import UsageError
 from ..manifest import STATE_DIR
 from ..states import JobState, from_slurm
 from ..task import run_task
-from .base import Backend, Handle, SchedulerError, Submission, SubmitError
+from .base import Backend, Handle, SchedulerError, Submission, SubmitError, check_root
 
 DEFAULT_MAX_ARRAY_SIZE = 1001  # SLURM's own default
 log = logging.getLogger(__name__)
 SACCT_FIELDS = "JobID,JobName,State,ExitCode,NodeList,MaxRSS,Elapsed"
-
-
-def check_root(root: Path, backend: str) -> None:
-    """submitit reads % in its folder as job id patterns; on SLURM a backslash in
-    --output/--error turns the patterns off, and sbatch takes no newline."""
-    odd = [c for c in ("%", "\n", *(["\\"] if backend == "slurm" else [])) if c in str(root)]
-    if odd:
-        raise UsageError(f"{str(root)!r}: an artifact root cannot contain {' or '.join(map(repr, odd))} (submitit and "
-                         "SLURM read them in file names); choose another --artifact-root")  # fmt: skip
 
 
 def run_command(argv: list[str], timeout: float = 60) -> str:
