@@ -236,13 +236,10 @@ class Run:
 
 def check_filters(manifest: dict, filters: Filters, root: Path) -> None:
     """A filter value the run does not have is a mistake (a typo cancels nothing), not a no-op."""
-    for flag, wanted, axis in (("--dose", filters.doses, "dose"), ("--view", filters.views, "view"),
-                               ("--split", filters.splits, "split")):  # fmt: skip
-        present = list(dict.fromkeys(cell[axis] for cell in manifest["jobs"]))
-        stray = [w for w in wanted if w not in present]
-        if stray:
-            raise UsageError(f"{root}: {flag} {', '.join(map(str, stray))} matches no cell of this run; "
-                             f"it has: {', '.join(map(str, present))}")  # fmt: skip
+    present = {axis: list(dict.fromkeys(cell[axis] for cell in manifest["jobs"])) for axis in ("dose", "view", "split")}
+    stray = filters.stray(present["dose"], present["view"], present["split"], "no cell of this run")
+    if stray:
+        raise UsageError(f"{root}: {stray}")
 
 
 def execute_comparison_jobs(jobs: Iterable[Any], artifact_root: str | Path, *, cluster: ClusterLike = None,

@@ -147,9 +147,11 @@ class Runner:
 
     def stuck(self) -> list[tuple[str, dict]]:
         """Queued attempts that will not start by themselves (held, invalid account, ...)."""
-        return [(key, mf.find(self.manifest, key)["attempts"][h.attempt - 1]) for key, h in self.handles.items()
-                if mf.find(self.manifest, key)["attempts"][h.attempt - 1].get("stuck")
-                and mf.find(self.manifest, key)["state"] == JobState.PENDING.value]  # fmt: skip
+        if not self.backend.runs_unattended:  # only a scheduler's queue holds jobs back
+            return []
+        cells = {cell["key"]: cell for cell in self.manifest["jobs"]}
+        return [(key, cells[key]["attempts"][h.attempt - 1]) for key, h in self.handles.items()
+                if cells[key]["state"] == JobState.PENDING.value and cells[key]["attempts"][h.attempt - 1].get("stuck")]
 
     def _warn_stuck(self) -> None:
         for key, attempt in self.stuck():

@@ -59,6 +59,15 @@ class Filters:
     def as_dict(self) -> dict:
         return {"dose": list(self.doses), "view": list(self.views), "split": list(self.splits)}
 
+    def stray(self, doses: Sequence[int], views: Sequence[str], splits: Sequence[str], owner: str) -> str | None:
+        """What in these filters matches none of ``owner``'s values ("--view Dense ..."), or None."""
+        for flag, wanted, present in (("--dose", self.doses, doses), ("--view", self.views, views),
+                                      ("--split", self.splits, splits)):  # fmt: skip
+            stray = [w for w in wanted if w not in present]
+            if stray:
+                return f"{flag} {', '.join(map(str, stray))} matches {owner}; it has: {', '.join(map(str, present))}"
+        return None
+
     def matches(self, key: JobKey) -> bool:
         return (
             (not self.doses or key.dose in self.doses)
@@ -368,12 +377,9 @@ def plan(study: Study, artifact_root: str | Path, filters: Filters = Filters(), 
     if given is None:
         roots = _check_roots(study)
         doses = discover_doses(study) if isinstance(study.doses, str) else sorted(study.doses)
-        for flag, wanted, present in (("--dose", filters.doses, doses), ("--view", filters.views, study.views),
-                                      ("--split", filters.splits, study.splits)):  # fmt: skip
-            stray = [w for w in wanted if w not in present]
-            if stray:
-                raise ConfigError(study.source, flag.lstrip("-") + "s", f"{flag} {', '.join(map(str, stray))} matches "
-                                  f"nothing; the study has: {', '.join(map(str, present))}")  # fmt: skip
+        stray = filters.stray(doses, study.views, study.splits, "nothing in the study")
+        if stray:
+            raise ConfigError(study.source, stray.split()[0].lstrip("-") + "s", stray)
         keys = [JobKey(dose, view, split) for dose in doses for view in study.views for split in study.splits]
         cells: list[tuple[JobKey, Mapping[str, Any]]] = [(k, {}) for k in sorted(keys, key=JobKey.sort_key) if filters.matches(k)]
     else:

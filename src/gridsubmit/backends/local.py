@@ -153,21 +153,28 @@ class LocalBackend(Backend):
     # --- slots -------------------------------------------------------------------------------
 
     def _release_finished(self) -> None:
-        # A process that found its attempt claimed by another (an orphan of a killed runner
-        # granted before its id reached the manifest) leaves: follow the claimer instead.
-        for h in [*self.waiting, *(h for h, _ in self.running.values())]:
-            claim = None if self._alive(h) or (h.attempt_dir / RESULT).exists() else read_json(h.attempt_dir / CLAIM)
-            if claim is not None and str(claim.get("job")) != h.job_id and _pid_alive(claim["pid"], str(self.folder)):
-                self._adopt(h, claim)
-                if h in self.waiting:
-                    self.waiting.remove(h)
-                    self.running[h.key] = (h, [])
-        # A slot frees as soon as the command's result is written, or its process is gone.
+        """One pass over the processes: a slot frees as soon as the command's result is
+        written or its process is gone; waiting processes that are gone leave the queue."""
         for key, (h, gpus) in list(self.running.items()):
-            if (h.attempt_dir / RESULT).exists() or not self._alive(h):
+            if (h.attempt_dir / RESULT).exists() or not (self._alive(h) or self._follow_claimer(h)):
                 del self.running[key]
                 self.free_gpus.extend(gpus)
-        self.waiting = deque(h for h in self.waiting if self._alive(h))
+        waiting: deque[Handle] = deque()
+        for h in self.waiting:
+            if self._alive(h):
+                waiting.append(h)
+            elif self._follow_claimer(h):
+                self.running[h.key] = (h, [])
+        self.waiting = waiting
+
+    def _follow_claimer(self, h: Handle) -> bool:
+        """A process gone without a result may have found its attempt claimed by another (an
+        orphan of a killed runner, granted before its id reached the manifest): follow that one."""
+        claim = read_json(h.attempt_dir / CLAIM)
+        if claim is None or str(claim.get("job")) == h.job_id or not _pid_alive(claim["pid"], str(self.folder)):
+            return False
+        self._adopt(h, claim)
+        return True
 
     def _schedule(self) -> None:
         """Open gates while slots are free (oldest first), then keep spares started."""
