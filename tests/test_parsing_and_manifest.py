@@ -103,8 +103,8 @@ def test_rerun_failed_restarts_failed_cells_and_keeps_their_history():
         cell.update(inputs={}, output_dir="/o", options={}, argv=["x"], resources={"time_s": 60, "gpus_per_job": 0})
     for key in ("study", "cluster", "filters", "versions"):
         fresh[key] = old.setdefault(key, {})
-    keep = mf.adopt_plan(old, fresh, rerun_failed=False)
+    keep = mf.adopt_plan(old, fresh, mf.Rerun())
     assert [c["state"] for c in keep["jobs"]] == ["COMPLETED", "FAILED"]
-    rerun = mf.adopt_plan(old, fresh, rerun_failed=True)
+    rerun = mf.adopt_plan(old, fresh, mf.Rerun(failed=True))
     assert [c["state"] for c in rerun["jobs"]] == ["COMPLETED", "PLANNED"]
     assert rerun["jobs"][1]["retry_base"] == 1 and len(rerun["jobs"][1]["attempts"]) == 1

@@ -48,7 +48,7 @@ def tuple_rows(model, psnr, ssim):
 
 def test_the_study_tidy_csv_becomes_one_row_per_model_and_metric_with_amplitude_phase_or_value(tmp_path):
     (tmp_path / "m.csv").write_text(TIDY)
-    rows, problem = read_metrics(tmp_path / "m.csv")
+    rows, problem, _ = read_metrics(tmp_path / "m.csv")
     assert problem is None
     assert rows == [row("PtychoPINN", "mae", 0.081234, 0.301122), row("PtychoPINN", "psnr", 63.412, 58.1),
                     row("PtychoPINN", "registration_offset_dy", value=1.0), row("Baseline", "psnr", 61.9, 55.3)]  # fmt: skip
@@ -57,7 +57,7 @@ def test_the_study_tidy_csv_becomes_one_row_per_model_and_metric_with_amplitude_
 
 def test_an_older_wide_csv_becomes_tidy_rows_with_values_and_its_text_columns_are_ignored(tmp_path):
     (tmp_path / "m.csv").write_text("model,psnr,ssim,note\npinn,30.5,0.91,ok\nbaseline,,0.8,\n")
-    rows, problem = read_metrics(tmp_path / "m.csv")
+    rows, problem, _ = read_metrics(tmp_path / "m.csv")
     assert problem is None
     assert rows == [row("pinn", "psnr", value=30.5), row("pinn", "ssim", value=0.91),
                     row("baseline", "psnr", value=None), row("baseline", "ssim", value=0.8)]  # fmt: skip
@@ -65,17 +65,18 @@ def test_an_older_wide_csv_becomes_tidy_rows_with_values_and_its_text_columns_ar
 
 def test_nan_and_infinity_are_stored_as_none_so_the_manifest_stays_plain_json(tmp_path):
     (tmp_path / "m.csv").write_text("model,metric,amplitude,phase,value\nPtychoPINN,psnr,nan,inf,\nBaseline,psnr,30,-Infinity,\n")
-    rows, problem = read_metrics(tmp_path / "m.csv")
+    rows, problem, warning = read_metrics(tmp_path / "m.csv")
     assert problem is None
     assert rows == [row("PtychoPINN", "psnr"), row("Baseline", "psnr", 30.0)]
+    assert warning == "3 value(s) NaN or infinite: PtychoPINN psnr amplitude, PtychoPINN psnr phase, Baseline psnr phase"
     (tmp_path / "w.csv").write_text("model,psnr\npinn,NaN\n")
-    assert read_metrics(tmp_path / "w.csv") == ([row("pinn", "psnr")], None)
+    assert read_metrics(tmp_path / "w.csv") == ([row("pinn", "psnr")], None, "1 value(s) NaN or infinite: pinn psnr")
 
 
 def test_a_missing_file_is_no_metrics_and_a_header_alone_is_an_empty_list(tmp_path):
-    assert read_metrics(tmp_path / "absent.csv") == (None, None)
+    assert read_metrics(tmp_path / "absent.csv") == (None, None, None)
     (tmp_path / "m.csv").write_text("model,metric,amplitude,phase,value\n")
-    assert read_metrics(tmp_path / "m.csv") == ([], None)
+    assert read_metrics(tmp_path / "m.csv") == ([], None, "no rows")
 
 
 @pytest.mark.parametrize("content, why", [
@@ -88,21 +89,21 @@ def test_a_missing_file_is_no_metrics_and_a_header_alone_is_an_empty_list(tmp_pa
 def test_an_unparseable_file_yields_a_problem_naming_the_file_and_never_raises(tmp_path, content, why):
     path = tmp_path / "comparison_metrics.csv"
     path.write_bytes(content)
-    rows, problem = read_metrics(path)
+    rows, problem, _ = read_metrics(path)
     assert rows is None
     assert problem.startswith(f"{path}: ") and why in problem
 
 
 def test_a_folder_in_place_of_the_file_is_a_problem_too(tmp_path):
     (tmp_path / "comparison_metrics.csv").mkdir()
-    rows, problem = read_metrics(tmp_path / "comparison_metrics.csv")
+    rows, problem, _ = read_metrics(tmp_path / "comparison_metrics.csv")
     assert rows is None and str(tmp_path / "comparison_metrics.csv") in problem
 
 
 def test_bytes_that_are_not_utf8_are_replaced_and_rows_are_bounded(tmp_path):
     path = tmp_path / "m.csv"
     path.write_bytes(b"model,metric,amplitude,phase,value\n" + b"".join(b"m\xff%d,psnr,1,2,\n" % i for i in range(MAX_ROWS + 50)))
-    rows, problem = read_metrics(path)
+    rows, problem, _ = read_metrics(path)
     assert problem is None and len(rows) == MAX_ROWS
     assert rows[0] == row("m\ufffd0", "psnr", 1.0, 2.0)
 
@@ -251,7 +252,7 @@ def test_the_reference_comparison_writes_the_study_tidy_csv(tmp_path):
     assert proc.returncode == 0, proc.stderr
     text = (out / "comparison_metrics.csv").read_text()
     assert text.startswith("model,metric,amplitude,phase,value\nPtychoPINN,mae,")
-    rows, problem = read_metrics(out / "comparison_metrics.csv")
+    rows, problem, _ = read_metrics(out / "comparison_metrics.csv")
     assert problem is None
     by = {(r["model"], r["metric"]): r for r in rows}
     for model in ("PtychoPINN", "Baseline", "pty-chi"):
@@ -280,7 +281,7 @@ def test_the_comparison_fails_naming_a_reconstruction_that_does_not_exist(tmp_pa
 def test_without_a_reconstruction_only_the_two_networks_are_scored(tmp_path):
     root = make_study(tmp_path / "study", doses=(1000,)).parent
     assert compare.main(compare_args(root, 1000, "dense", "train", tmp_path / "out")) == 0
-    rows, _ = read_metrics(tmp_path / "out" / "comparison_metrics.csv")
+    rows, _, _ = read_metrics(tmp_path / "out" / "comparison_metrics.csv")
     assert {r["model"] for r in rows} == {"PtychoPINN", "Baseline"}
 
 

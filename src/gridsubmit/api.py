@@ -12,13 +12,18 @@ and, for the study's own call site, :func:`execute_comparison_jobs`.
 
 from __future__ import annotations
 
+import os
 import re
+import shlex
+import socket
+import sys
 import time
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from . import context as ctx
 from . import manifest as mf
+from . import provenance as prov
 from .backends.base import check_root
 from .cluster import ClusterProfile, default_local_profile, load_profile, parse_profile
 from .errors import UsageError
@@ -87,18 +92,29 @@ class GridExecutor:
         context = self.context_for(grid)
         return check_commands((job.argv for job in grid.runnable), context.workdir, {**context.env, **self.profile.env})
 
-    def dry_run(self, grid: Grid, *, rerun_failed: bool = False) -> str:
+    def preview(self, grid: Grid, *, rerun: mf.Rerun = mf.Rerun()) -> dict:
+        """The manifest as ``submit`` would lay it out, without writing or submitting
+        anything: each cell's state, ``stale`` reasons, and whether it is due to run."""
+        return prepare(self.root, grid, self.profile, rerun, mf.new_run_id(), self.context_for(grid))
+
+    def dry_run(self, grid: Grid, *, rerun: mf.Rerun = mf.Rerun()) -> str:
         """What would be submitted (for SLURM: the sbatch scripts); submits nothing."""
-        manifest = prepare(self.root, grid, self.profile, rerun_failed, mf.new_run_id(), self.context_for(grid))
+        manifest = self.preview(grid, rerun=rerun)
         return Runner(self.root, manifest, self.profile, make_backend(self.profile, self.root, manifest)).dry_run()
 
-    def submit(self, grid: Grid, *, rerun_failed: bool = False, wait: bool = False, timeout: float | None = None) -> "Run":
-        """Record the grid in the root's manifest and submit its due cells. ``wait``: poll to
-        the end here (``timeout`` seconds at most, then TimeoutError). Without ``wait`` a local
-        run is handed to a background runner, since local cells need one to be scheduled."""
+    def submit(self, grid: Grid, *, rerun_failed: bool = False, rerun_stale: bool = False, rerun_all: bool = False,
+               rerun: Sequence[str] = (), hash_inputs: bool = False, wait: bool = False,
+               timeout: float | None = None, command: str | None = None) -> "Run":  # fmt: skip
+        """Record the grid in the root's manifest and submit its due cells: cells never run,
+        and those ended before that ``rerun_failed`` / ``rerun_stale`` / ``rerun_all`` /
+        ``rerun`` (cell keys) pick; COMPLETED cells are never run again otherwise, stale or
+        not. ``hash_inputs``: record each input's sha256 (else size and mtime). ``wait``:
+        poll to the end here (``timeout`` seconds at most, then TimeoutError). Without
+        ``wait`` a local run is handed to a background runner, since local cells need one."""
+        selection = mf.Rerun(rerun_failed, rerun_stale, rerun_all, tuple(rerun))
         context = self.context_for(grid)
         run_id = mf.new_run_id()
-        prepare(self.root, grid, self.profile, rerun_failed, run_id, context)  # refuses before anything is written
+        prepare(self.root, grid, self.profile, selection, run_id, context)  # refuses before anything is written
         check_root(self.root, self.profile.backend)
         try:
             self.root.mkdir(parents=True, exist_ok=True)
@@ -108,10 +124,16 @@ class GridExecutor:
         deadline = None if timeout is None else time.monotonic() + timeout
         with mf.RunLock(self.root, "submit"):
             old = mf.load(self.root)
-            manifest = prepare(self.root, grid, self.profile, rerun_failed, run_id, context)
+            manifest = prepare(self.root, grid, self.profile, selection, run_id, context)
             if old is None or not old.get("context"):  # a new run, or one from before contexts were kept
                 ctx.save(self.root / mf.STATE_DIR, context)
                 manifest.update(context=context.as_manifest(), schema_version=mf.SCHEMA_VERSION)
+            manifest["schema_version"] = mf.SCHEMA_VERSION
+            due = [cell["key"] for cell in mf.due_cells(manifest, self.profile.retry)]
+            who = {"user": ctx.user(), "host": socket.gethostname(), "cwd": os.getcwd(),
+                   "command": command or shlex.join(sys.argv)}  # fmt: skip
+            entry = mf.submission_record(manifest, selection, hash_inputs, due, prov.git_state(context.workdir), who)
+            manifest["submissions"] = [*manifest.get("submissions", []), entry]
             backend = make_backend(self.profile, self.root, manifest)
             runner = Runner(self.root, manifest, self.profile, backend, self.progress)
             if not wait and not backend.runs_unattended:
@@ -156,6 +178,11 @@ class Run:
         """Every cell has ended and none is due for a retry."""
         manifest = existing(self.root)
         return mf.finished(manifest) and not mf.due_cells(manifest, profile_of(manifest).retry)
+
+    def stale(self) -> dict[str, list[str]]:
+        """COMPLETED cells whose results no longer match what they ran from: key -> reasons
+        (a changed option or command found by the last submit, inputs changed on disk since)."""
+        return prov.stale_now(existing(self.root))
 
     @property
     def exit_status(self) -> int:

@@ -39,6 +39,20 @@ def _study_args(p: argparse.ArgumentParser) -> None:
     _filters(p)
 
 
+def _rerun_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--rerun-failed", action="store_true", help="run again the cells that ended without completing")
+    p.add_argument("--rerun-stale", action="store_true", help="run again the COMPLETED cells whose inputs, options, "
+                   "command or working directory changed since they ran")
+    p.add_argument("--rerun-all", action="store_true", help="run again every selected cell (with the filters: those); "
+                   "also replaces the cells of another study in this artifact root")
+    p.add_argument("--rerun", action="append", default=[], metavar="CELL", help="run this cell again, e.g. "
+                   "dose_1000/dense/train (repeatable)")
+
+
+def _rerun(args) -> "mf.Rerun":
+    return mf.Rerun(args.rerun_failed, args.rerun_stale, args.rerun_all, tuple(args.rerun))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gridsubmit", description="Run a condition grid of comparison jobs on SLURM or locally.")
     parser.add_argument("--version", action="version", version=f"gridsubmit {__version__}")
@@ -49,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--artifact-root", type=Path, default=Path("runs/plan"), help="where outputs would go")
     p.add_argument("--cluster", type=Path, help="cluster profile YAML (for {python})")
     p.add_argument("--argv", action="store_true", help="print each cell's command line")
+    _rerun_args(p)
 
     p = sub.add_parser("submit", help="submit the grid (and wait for it, by default)")
     _study_args(p)
@@ -56,7 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--artifact-root", type=Path, required=True,
                    help="folder for the manifest, logs and outputs (shared with the nodes on a cluster)")
     p.add_argument("--no-wait", dest="wait", action="store_false", help="return after submitting")
-    p.add_argument("--rerun-failed", action="store_true", help="run cells that failed before again")
+    _rerun_args(p)
+    p.add_argument("--hash-inputs", action="store_true", help="record each input's sha256 (default: size and mtime; "
+                   "hashing multi-GB checkpoints takes a while)")
     p.add_argument("--dry-run", action="store_true", help="print what would be submitted; submit nothing")
     p.add_argument("--quiet", action="store_true", help="no progress display")
 
@@ -80,6 +97,10 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "report":
             p.add_argument("--csv", type=Path, help="write the metrics here")
             p.add_argument("--plot", type=Path, help="write a PNG plot here (needs matplotlib)")
+            p.add_argument("--html", type=Path, help="write a self-contained HTML page here: grid, metrics, plots, "
+                           "provenance, failures")
+            p.add_argument("--require-complete", action="store_true", help="exit 1 unless every cell COMPLETED, is not "
+                           "stale, has its outputs and metrics")
 
     p = sub.add_parser("logs", help="print (or follow) a cell's stdout or stderr")
     p.add_argument("artifact_root", type=Path)
@@ -149,12 +170,28 @@ def cmd_plan(args) -> int:
     executor = _executor(args, args.artifact_root)
     grid = _grid(args, executor)
     print(f"working directory: {grid.workdir}")
-    for job in grid.jobs:
-        state = "BLOCKED" if job.blocked else "PLANNED"
-        print(f"{str(job.key):<32} {state}" + (f"  {'; '.join(job.missing)}" if job.blocked else ""))
-        if args.argv and not job.blocked:
-            print("    " + shlex.join(job.argv))
-    print(f"\n{len(grid.jobs)} cells: {len(grid.runnable)} runnable, {len(grid.blocked)} blocked")
+    if mf.load(executor.root) is None:
+        for job in grid.jobs:
+            state = "BLOCKED" if job.blocked else "PLANNED"
+            print(f"{str(job.key):<32} {state}" + (f"  {'; '.join(job.missing)}" if job.blocked else ""))
+            if args.argv and not job.blocked:
+                print("    " + shlex.join(job.argv))
+        print(f"\n{len(grid.jobs)} cells: {len(grid.runnable)} runnable, {len(grid.blocked)} blocked")
+        return 0
+    manifest = executor.preview(grid, rerun=_rerun(args))  # what submit would do with this root
+    due = {cell["key"] for cell in mf.due_cells(manifest, executor.profile.retry)}
+    planned = {str(job.key) for job in grid.jobs}
+    for cell in manifest["jobs"]:
+        if cell["key"] not in planned:
+            continue
+        action = "runs" if cell["key"] in due else "stays"
+        note = "; ".join(cell["missing"]) if cell["state"] == "BLOCKED" else "stale: " + "; ".join(cell["stale"]) if cell.get("stale") else ""
+        print(f"{cell['key']:<32} {cell['state']:<10} {action:<6} {note}".rstrip())
+        if args.argv and cell["argv"]:
+            print("    " + shlex.join(cell["argv"]))
+    stale = [c for c in manifest["jobs"] if c["key"] in planned and c.get("stale") and c["key"] not in due]
+    print(f"\n{len(planned)} cells in {executor.root}: {len(due & planned)} would run"
+          + (f", {len(stale)} stale left as they are (--rerun-stale runs them)" if stale else ""))
     return 0
 
 
@@ -165,12 +202,26 @@ def cmd_submit(args) -> int:
     if not grid.runnable:
         raise UsageError(f"nothing to run: all {len(grid.jobs)} cell(s) are blocked (see `gridsubmit plan`)")
     if args.dry_run:
-        print(executor.dry_run(grid, rerun_failed=args.rerun_failed))
+        print(executor.dry_run(grid, rerun=_rerun(args)))
         return 0
+    preview = executor.preview(grid, rerun=_rerun(args))  # refuses another study, an unknown --rerun cell, ...
+    due = mf.due_cells(preview, executor.profile.retry)
+    stale = [c["key"] for c in preview["jobs"] if c.get("stale") and c["state"] == "COMPLETED"]
+    if stale:
+        print(f"{len(stale)} COMPLETED cell(s) are stale and stay as they are (`--rerun-stale` runs them):")
+        for cell in preview["jobs"]:
+            if cell["key"] in stale:
+                print(f"  {cell['key']}: {'; '.join(cell['stale'])}")
+    if not due and mf.finished(preview) and mf.load(root) is not None:
+        print(f"nothing to run: every cell of {root} has run (`--rerun-failed`, `--rerun-stale`, `--rerun-all`, "
+              "`--rerun CELL` run cells again)")  # fmt: skip
+        return Run.open(root).exit_status
     if args.wait:
-        print(f"artifact root: {root}  ({len(grid.runnable)} runnable, {len(grid.blocked)} blocked; "
+        print(f"artifact root: {root}  ({len(due)} to run, {len(grid.blocked)} blocked; "
               f"backend {executor.profile.backend}; working directory {grid.workdir})")  # fmt: skip
-    run = executor.submit(grid, rerun_failed=args.rerun_failed, wait=args.wait)
+    run = executor.submit(grid, rerun_failed=args.rerun_failed, rerun_stale=args.rerun_stale, rerun_all=args.rerun_all,
+                          rerun=args.rerun, hash_inputs=args.hash_inputs, wait=args.wait,
+                          command=shlex.join(["gridsubmit", *sys.argv[1:]]))  # fmt: skip
     if not args.wait:
         print(f"submitted; `gridsubmit status {root}` shows progress, `gridsubmit wait {root}` waits")
         return 0
@@ -193,7 +244,7 @@ def cmd_status(args) -> int:
             json.dump(cell, sys.stdout, indent=1)
             print()
         else:
-            print(report.cell_text(cell, run.root))
+            print(report.cell_text(cell, run.root, run.stale().get(cell["key"], []), run.manifest.get("submissions", [])))
         return 0
     manifest = run.manifest
     if args.json:
@@ -201,8 +252,10 @@ def cmd_status(args) -> int:
         print()
         return 0
     print(f"run {manifest['run_id']} · {manifest['cluster'].get('backend')} ({manifest['cluster'].get('name')}) · {run.root}")
-    print(report.status_table(manifest))
-    print(f"\n{manifest['n_jobs']} cells: " + ", ".join(f"{k} {v}" for k, v in manifest["counts"].items()))
+    stale = run.stale()
+    print(report.status_table(manifest, stale))
+    print(f"\n{manifest['n_jobs']} cells: " + ", ".join(f"{k} {v}" for k, v in manifest["counts"].items())
+          + (f" ({len(stale)} of them stale: `submit --rerun-stale` runs them)" if stale else ""))
     if not mf.finished(manifest):
         who = mf.holder(run.root)
         print(f"runner: {mf.describe_holder(run.root)}" if who is not None else
@@ -243,14 +296,27 @@ def cmd_cancel(args) -> int:
 
 
 def cmd_report(args) -> int:
-    manifest = Run.open(args.artifact_root).manifest
-    print(report.metrics_table(manifest))
+    run = Run.open(args.artifact_root)
+    manifest = run.manifest
+    stale = run.stale()
+    ok, missing, _ = report.completeness(manifest, stale)
+    shown = report.only(manifest, ok)
+    print(report.metrics_table(shown))
+    print("\n" + report.completeness_text(manifest, stale))
     if args.csv:
-        n = report.write_csv(manifest, args.csv)
+        n = report.write_csv(shown, args.csv)
         print(f"wrote {n} row(s) to {args.csv}")
     if args.plot:
-        report.plot(manifest, args.plot)
+        report.plot(shown, args.plot)
         print(f"wrote {args.plot}")
+    if args.html:
+        from .report_html import write_html
+
+        write_html(manifest, args.html, missing)
+        print(f"wrote {args.html}")
+    if args.require_complete and missing:
+        print(f"gridsubmit: --require-complete: {len(missing)} cell(s) do not contribute", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -265,8 +331,8 @@ def cmd_demo(args) -> int:
     print(f"synthetic study: {study}")
     code = cmd_submit(argparse.Namespace(
         study=study, phase_c_root=None, phase_e_root=None, phase_f_root=None, strict=True, dose=[], view=[], split=[],
-        workdir=None, cluster=args.cluster, artifact_root=root, wait=True, rerun_failed=False, dry_run=False,
-        quiet=args.quiet))  # fmt: skip
+        workdir=None, cluster=args.cluster, artifact_root=root, wait=True, rerun_failed=False, rerun_stale=False,
+        rerun_all=False, rerun=[], hash_inputs=False, dry_run=False, quiet=args.quiet))  # fmt: skip
     manifest = Run.open(root).manifest
     print("\n" + report.metrics_table(manifest))
     plot = root / "metrics.png"

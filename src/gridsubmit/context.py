@@ -44,11 +44,14 @@ def capture(workdir: str | Path, names: Iterable[str] = (), environ: Mapping[str
     environ = os.environ if environ is None else environ
     wanted = dict.fromkeys([*CAPTURED, *names])
     env = {name: environ[name] for name in wanted if name in environ}
+    return RunContext(Path(workdir).resolve(), env, socket.gethostname(), user(), time.time())
+
+
+def user() -> str:
     try:
-        user = getpass.getuser()
+        return getpass.getuser()
     except (KeyError, OSError):
-        user = str(os.getuid())
-    return RunContext(Path(workdir).resolve(), env, socket.gethostname(), user, time.time())
+        return str(os.getuid())
 
 
 def redact(env: Mapping[str, str]) -> dict[str, str]:

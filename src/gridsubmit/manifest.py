@@ -24,7 +24,7 @@ from .jobs import JobKey
 from .states import JobState
 from .task import read_json, write_json_atomic
 
-SCHEMA_VERSION = 2  # 2: context, pointers, expected_outputs, metrics in tidy rows
+SCHEMA_VERSION = 3  # 2: context, pointers, expected_outputs, tidy metrics; 3: provenance, stale, submissions
 MANIFEST = "comparison_manifest.json"
 SUMMARY = "comparison_summary.txt"
 STATE_DIR = ".gridsubmit"  # lock, cancel requests, submitit's files
@@ -42,6 +42,7 @@ class Observation:
     fields: dict[str, Any] = field(default_factory=dict)
     metrics: list[dict] | None = None
     metrics_error: str | None = None  # the metrics file exists but could not be read
+    metrics_warning: str | None = None  # it was read, but has no rows or values that are not numbers
 
 
 # --- building ------------------------------------------------------------------------------
@@ -77,6 +78,8 @@ def cell_record(job, resources: dict) -> dict:
         "cancel_requested": False,
         "metrics": None,
         "metrics_error": None,
+        "metrics_warning": None,
+        "stale": [],
     }
 
 
@@ -104,10 +107,40 @@ def new_manifest(grid, profile, artifact_root: Path, run_id: str, context: dict)
 PLANNED_FIELDS = ("inputs", "pointers", "output_dir", "expected_outputs", "options", "argv", "resources", "missing")
 
 
-def adopt_plan(old: dict, fresh: dict, rerun_failed: bool) -> dict:
+@dataclass(frozen=True)
+class Rerun:
+    """Which cells that already ran a submit runs again; cells never run always run."""
+
+    failed: bool = False  # ended FAILED, TIMEOUT, CANCELLED, ...
+    stale: bool = False  # COMPLETED from what the study no longer plans
+    all: bool = False
+    cells: tuple[str, ...] = ()  # these keys
+
+    def picks(self, cell: dict, stale: bool) -> bool:
+        state = JobState(cell["state"])
+        return (self.all or cell["key"] in self.cells or self.failed and state in FAILED_STATES
+                or self.stale and stale and state is JobState.COMPLETED)  # fmt: skip
+
+    def as_dict(self) -> dict:
+        return {"failed": self.failed, "stale": self.stale, "all": self.all, "cells": list(self.cells)}
+
+
+def study_differences(old: dict, new: dict) -> list[str]:
+    """What makes ``new`` another study than ``old`` (its name or its axes), for one-study roots."""
+    out = []
+    for key in ("name", "doses", "views", "splits"):
+        if key in old and old.get(key) != new.get(key):
+            out.append(f"{key}: {old.get(key)!r} here, {new.get(key)!r} now")
+    return out
+
+
+def adopt_plan(old: dict, fresh: dict, rerun: Rerun, stale: dict[str, list[str]] | None = None) -> dict:
     """Lay a fresh plan over an existing manifest: cells keep their history; cells not yet
-    run take the fresh plan (inputs may have appeared); failed cells restart when asked.
-    The run's context (working directory, environment) stays as first recorded."""
+    run take the fresh plan (inputs may have appeared); cells ``rerun`` picks restart with
+    it; COMPLETED cells whose record differs from the fresh plan (``stale``: key -> reasons)
+    are marked, not rerun unless picked. Cells stay in the study's order. The run's context
+    (working directory, environment) stays as first recorded."""
+    stale = stale or {}
     out = copy.deepcopy(old)
     out.update({k: fresh[k] for k in ("study", "cluster", "filters", "versions")})
     by_key = {cell["key"]: cell for cell in out["jobs"]}
@@ -119,12 +152,26 @@ def adopt_plan(old: dict, fresh: dict, rerun_failed: bool) -> dict:
         state = JobState(cell["state"])
         if state in (JobState.PLANNED, JobState.BLOCKED) and not cell["attempts"]:
             cell.update({k: new[k] for k in PLANNED_FIELDS + ("state",)})
-        elif rerun_failed and state in FAILED_STATES:
+        elif cell["attempts"] and (state.terminal or state is JobState.PLANNED) and rerun.picks(cell, bool(stale.get(cell["key"]))):
             cell.update({k: new[k] for k in PLANNED_FIELDS})
-            cell.update(state=new["state"], retry_base=len(cell["attempts"]), cancel_requested=False)
-    order = {cell["key"]: i for i, cell in enumerate(fresh["jobs"])}
-    out["jobs"].sort(key=lambda c: (order.get(c["key"], len(order)), JobKey.parse(c["key"]).sort_key()))
+            cell.update(state=new["state"], retry_base=len(cell["attempts"]), cancel_requested=False, stale=[])
+            cell.pop("cancel_error", None)
+            continue
+        if state is JobState.COMPLETED:
+            cell["stale"] = list(stale.get(cell["key"], []))
+    out["jobs"].sort(key=lambda c: JobKey.parse(c["key"]).sort_key())
     return out
+
+
+def submission_record(manifest: dict, rerun: Rerun, hash_inputs: bool, due: list[str], git: dict | None,
+                      who: dict) -> dict:  # fmt: skip
+    """One entry of the manifest's ``submissions`` history: when, by whom, from where, with
+    which filters, flags, versions, code version and cluster profile, and what it ran."""
+    stale = [c["key"] for c in manifest["jobs"] if c.get("stale") and c["state"] == JobState.COMPLETED.value]
+    return {"n": len(manifest.get("submissions", [])) + 1, "at": time.time(), **who,
+            "filters": manifest["filters"], "rerun": rerun.as_dict(), "hash_inputs": hash_inputs,
+            "study": manifest["study"]["name"], "versions": manifest["versions"], "git": git,
+            "cluster": manifest["cluster"], "submitted": due, "stale_left": stale}  # fmt: skip
 
 
 # --- pure queries and merges ---------------------------------------------------------------
@@ -149,18 +196,10 @@ def active_attempts(manifest: dict) -> list[tuple[dict, dict]]:
             if cell["attempts"] and JobState(cell["attempts"][-1]["state"]).active]  # fmt: skip
 
 
-def add_attempt(manifest: dict, key: str, record: dict) -> None:
-    cell = find(manifest, key)
+def add_attempt(cell: dict, record: dict) -> None:
     record = {"attempt": len(cell["attempts"]) + 1, **record}
     cell["attempts"].append(record)
     cell["state"] = record["state"]
-
-
-def find(manifest: dict, key: str) -> dict:
-    for cell in manifest["jobs"]:
-        if cell["key"] == key:
-            return cell
-    raise KeyError(key)
 
 
 def merge(manifest: dict, observations: Iterable[Observation]) -> bool:
@@ -177,8 +216,9 @@ def merge(manifest: dict, observations: Iterable[Observation]) -> bool:
         if obs.attempt == len(cell["attempts"]) and cell["state"] != obs.state.value:
             cell["state"] = obs.state.value
             changed = True
-        if obs.state is JobState.COMPLETED and (cell["metrics"], cell.get("metrics_error")) != (obs.metrics, obs.metrics_error):
-            cell["metrics"], cell["metrics_error"] = obs.metrics, obs.metrics_error
+        read = (obs.metrics, obs.metrics_error, obs.metrics_warning)
+        if obs.state is JobState.COMPLETED and (cell["metrics"], cell.get("metrics_error"), cell.get("metrics_warning")) != read:
+            cell["metrics"], cell["metrics_error"], cell["metrics_warning"] = read
             changed = True
     return changed
 

@@ -30,17 +30,18 @@ class _Bad(Exception):
     """A problem with the file's contents; its message says what and where."""
 
 
-def read_metrics(path: Path) -> tuple[list[dict] | None, str | None]:
-    """(rows, problem): (None, None) when the file does not exist, (None, "<path>: why") when
-    it cannot be read or parsed, else (rows, None) with at most MAX_ROWS rows."""
+def read_metrics(path: Path) -> tuple[list[dict] | None, str | None, str | None]:
+    """(rows, problem, warning): (None, None, None) when the file does not exist, (None,
+    "<path>: why", None) when it cannot be read or parsed, else (rows, None, warning) with at
+    most MAX_ROWS rows; ``warning`` says when there are no rows or NaN/infinite values."""
     path = Path(path)
     try:
         with open(path, "rb") as fh:
             data = fh.read(MAX_BYTES + 1)
     except FileNotFoundError:
-        return None, None
+        return None, None, None
     except OSError as exc:
-        return None, f"{path}: cannot read: {exc.strerror or exc}"
+        return None, f"{path}: cannot read: {exc.strerror or exc}", None
     if len(data) > MAX_BYTES:  # drop the partial last line
         data = data[: data.rfind(b"\n", 0, MAX_BYTES) + 1]
     text = data.decode("utf-8-sig", errors="replace")
@@ -54,10 +55,21 @@ def read_metrics(path: Path) -> tuple[list[dict] | None, str | None]:
         body = records[1 : MAX_ROWS + 1]
         rows = _tidy(header, body) if "metric" in header else _wide(header, [name.strip() for name in records[0]], body)
     except _Bad as exc:
-        return None, f"{path}: {exc}"
+        return None, f"{path}: {exc}", None
     except csv.Error as exc:
-        return None, f"{path}: not a CSV file: {exc}"
-    return rows[:MAX_ROWS], None
+        return None, f"{path}: not a CSV file: {exc}", None
+    rows = rows[:MAX_ROWS]
+    odd = []
+    for row in rows:
+        for name in NUMBERS:
+            if row[name] is not None and not math.isfinite(row[name]):
+                odd.append(f"{row['model']} {row['metric']}" + ("" if name == "value" else f" {name}"))
+                row[name] = None
+    if not rows:
+        return rows, None, "no rows"
+    if odd:
+        return rows, None, f"{len(odd)} value(s) NaN or infinite: {', '.join(odd[:4])}{', ...' if len(odd) > 4 else ''}"
+    return rows, None, None
 
 
 def tidy_records(records: Iterable[dict]) -> list[dict]:
@@ -116,15 +128,17 @@ def _row(model: str, metric: str, amplitude: float | None, phase: float | None, 
 
 
 def _parse(text: str) -> float | None:
-    """'' -> None; a number -> float, NaN and infinities -> None; anything else -> ValueError."""
-    return None if not text else _number(float(text))
+    """'' -> None; a number (NaN and infinities too, flagged by the caller) -> float; anything else -> ValueError."""
+    return None if not text else float(text)
 
 
 def _number(value: Any) -> float | None:
     if isinstance(value, str):
         try:
-            return _parse(value.strip())
+            value = _parse(value.strip())
         except ValueError:
+            return None
+        if value is None:
             return None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None

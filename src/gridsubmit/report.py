@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import shlex
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -29,12 +30,14 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join([line(header), line(["-" * w for w in widths])] + [line(r) for r in rows])
 
 
-def status_table(manifest: dict) -> str:
+def status_table(manifest: dict, stale: dict[str, list[str]] | None = None) -> str:
     rows = []
     for cell in manifest["jobs"]:
         last = cell["attempts"][-1] if cell["attempts"] else {}
         elapsed = last.get("elapsed_s")
         note = "; ".join(cell["missing"]) if cell["missing"] else (last.get("error") or "")
+        if stale and cell["key"] in stale:
+            note = "stale: " + "; ".join(stale[cell["key"]])
         if cell["state"] == "PENDING" and last.get("pending_reason"):
             note = ("held or stuck: " if last.get("stuck") else "waiting: ") + last["pending_reason"]
         rows.append([cell["key"], cell["state"], len(cell["attempts"]) or "", last.get("job_id") or "",
@@ -44,19 +47,85 @@ def status_table(manifest: dict) -> str:
     return _table(["cell", "state", "tries", "job", "rc", "elapsed_s", "node", "gpus", "note"], rows)
 
 
-def cell_text(cell: dict, root: Path) -> str:
-    """One cell in full: inputs, command line (quoted, to paste), output folder, attempts."""
-    lines = [f"{cell['key']}: {cell['state']}", f"  command:    {shlex.join(cell['argv']) if cell['argv'] else '(none)'}",
+def cell_text(cell: dict, root: Path, stale: list[str] = (), submissions: list[dict] = ()) -> str:
+    """One cell in full: inputs, command line (quoted, to paste), output folder, attempts
+    with what each ran from (working directory, input sizes and times, code version)."""
+    lines = [f"{cell['key']}: {cell['state']}" + (" (stale)" if stale else ""),
+             f"  command:    {shlex.join(cell['argv']) if cell['argv'] else '(none)'}",
              f"  output_dir: {cell['output_dir']}"]  # fmt: skip
     lines += [f"  input {name}: {path}" for name, path in cell["inputs"].items()]
     lines += [f"  blocked: {why}" for why in cell["missing"]]
+    lines += [f"  stale: {why}" for why in stale]
     for a in cell["attempts"]:
-        facts = ", ".join(f"{k}={a[k]}" for k in ("job_id", "returncode", "elapsed_s", "node", "gpus") if a.get(k) is not None)
+        facts = ", ".join(f"{k}={a[k]}" for k in ("job_id", "returncode", "elapsed_s", "elapsed", "max_rss", "node", "gpus",
+                                                   "gpu_name", "gpu_driver") if a.get(k) is not None)  # fmt: skip
         lines.append(f"  attempt {a['attempt']}: {a['state']}  {facts}")
         if a.get("error"):
             lines.append(f"    why: {a['error']}")
+        if a.get("command") and a["command"] != shlex.join(cell["argv"]):
+            lines.append(f"    ran: {a['command']}")
+        if a.get("workdir"):
+            lines.append(f"    in: {a['workdir']}  fingerprint {a.get('fingerprint')}")
+        for name, ident in (a.get("inputs") or {}).items():
+            if ident:
+                lines.append(f"    input {name}: {ident.get('size')} bytes, modified {_time(ident.get('mtime'))}"
+                             + (f", sha256 {ident['sha256']}" if ident.get("sha256") else ""))  # fmt: skip
+        sub = submissions[a["submission"] - 1] if a.get("submission") and a["submission"] <= len(submissions) else None
+        if sub:
+            git = sub.get("git") or {}
+            code = f"git {git['commit'][:12]}{' (dirty)' if git.get('dirty') else ''}" if git else "not in a git repository"
+            lines.append(f"    submitted by {sub.get('user')}@{sub.get('host')} at {_time(sub.get('at'))}: {code}; "
+                         + ", ".join(f"{k} {v}" for k, v in (sub.get("versions") or {}).items()))  # fmt: skip
         lines.append(f"    logs: {root / a['stdout']}  {root / a['stderr']}")
     return "\n".join(lines)
+
+
+def _time(epoch: float | None) -> str:
+    return "?" if epoch is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(epoch))
+
+
+def completeness(manifest: dict, stale: dict[str, list[str]]) -> tuple[list[str], list[tuple[str, str]], list[tuple[str, str]]]:
+    """Which cells the metrics stand on: (keys of contributing cells, [(key, why not)] for
+    the others, [(key, warning)] for contributing cells whose metrics have NaN values).
+    A cell contributes when it COMPLETED, is not ``stale``, still has its expected outputs
+    and its metrics file was read with rows in it."""
+    ok, missing, flagged = [], [], []
+    for cell in manifest["jobs"]:
+        last = cell["attempts"][-1] if cell["attempts"] else {}
+        gone = [name for name in cell.get("expected_outputs", []) if not (Path(cell["output_dir"]) / name).is_file()]
+        if cell["state"] == "BLOCKED":
+            why = "blocked: " + "; ".join(cell["missing"])
+        elif cell["state"] != "COMPLETED":
+            why = cell["state"] + (f": {last['error']}" if last.get("error") else "")
+        elif cell["key"] in stale:
+            why = "stale: " + "; ".join(stale[cell["key"]])
+        elif gone:
+            why = f"{', '.join(gone)} no longer in {cell['output_dir']}"
+        elif cell.get("metrics_error"):
+            why = f"metrics not read: {cell['metrics_error']}"
+        elif not cell.get("metrics"):
+            why = "no metrics" + (f": {cell['metrics_warning']}" if cell.get("metrics_warning") else " file")
+        else:
+            ok.append(cell["key"])
+            if cell.get("metrics_warning"):
+                flagged.append((cell["key"], cell["metrics_warning"]))
+            continue
+        missing.append((cell["key"], why))
+    return ok, missing, flagged
+
+
+def completeness_text(manifest: dict, stale: dict[str, list[str]]) -> str:
+    ok, missing, flagged = completeness(manifest, stale)
+    lines = [f"{len(ok)} of {len(manifest['jobs'])} cells contribute metrics"]
+    lines += [f"  not included: {key}: {why}" for key, why in missing]
+    lines += [f"  flagged: {key}: {why}" for key, why in flagged]
+    return "\n".join(lines)
+
+
+def only(manifest: dict, keys: list[str]) -> dict:
+    """The manifest with only these cells (what the metrics table, CSV and plot show)."""
+    wanted = set(keys)
+    return {**manifest, "jobs": [cell for cell in manifest["jobs"] if cell["key"] in wanted]}
 
 
 def metric_rows(manifest: dict) -> list[dict]:
@@ -77,19 +146,26 @@ def metrics_table(manifest: dict) -> str:
     if not rows:
         head = "(no metrics could be read)" if errors else "(no metrics: no completed cell wrote comparison_metrics.csv)"
         return "\n".join([head, *errors])
+    metrics, lines = metric_grid(rows)
+    table = _table(["dose", "view", "split", "model", *metrics],
+                   [[*key, *(_shown(by[m]) if m in by else "" for m in metrics)] for key, by in lines.items()])  # fmt: skip
+    return "\n".join(["pairs are amplitude/phase", table] + ([""] + errors if errors else []))
+
+
+def metric_grid(rows: list[dict]) -> tuple[list[str], dict[tuple, dict[str, dict]]]:
+    """The metrics table's layout for :func:`metric_rows`: its metric columns in order (preferred
+    tuple metrics, other tuple metrics, then scalars, the study's own in its order, each as first
+    seen) and its lines, (dose, view, split, model) -> metric -> row, in manifest order."""
     present = list(dict.fromkeys(r["metric"] for r in rows))
     scalar = {r["metric"] for r in rows if r["amplitude"] is None and r["phase"] is None} - {
         r["metric"] for r in rows if r["amplitude"] is not None or r["phase"] is not None}  # fmt: skip
-    # preferred tuple metrics, other tuple metrics, then scalars (the study's own in its order), each as first seen
     order = lambda m: (m in scalar, SCALARS.index(m) if m in SCALARS else -1)  # noqa: E731
     others = sorted((m for m in present if m not in PREFERRED), key=order)
     metrics = [m for m in PREFERRED if m in present] + others
-    lines: dict[tuple, dict[str, str]] = {}  # (dose, view, split, model) -> metric -> shown text, in manifest order
+    lines: dict[tuple, dict[str, dict]] = {}
     for r in rows:
-        lines.setdefault((r["dose"], r["view"], r["split"], r["model"]), {})[r["metric"]] = _shown(r)
-    table = _table(["dose", "view", "split", "model", *metrics],
-                   [[*key, *(shown.get(m, "") for m in metrics)] for key, shown in lines.items()])  # fmt: skip
-    return "\n".join(["pairs are amplitude/phase", table] + ([""] + errors if errors else []))
+        lines.setdefault((r["dose"], r["view"], r["split"], r["model"]), {})[r["metric"]] = r
+    return metrics, lines
 
 
 def _shown(row: dict) -> str:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from . import context as ctx
 from . import manifest as mf
+from . import provenance as prov
 from .crashpoints import point
 from .backends.base import Backend, Handle, SchedulerError, Submission, SubmitError
 from .cluster import ClusterProfile, parse_profile
@@ -52,16 +53,52 @@ def profile_of(manifest: dict) -> ClusterProfile:
     return parse_profile(raw, manifest["cluster"]["source"])
 
 
-def prepare(root: Path, grid, profile: ClusterProfile, rerun_failed: bool, run_id: str, context: ctx.RunContext) -> dict:
-    """The manifest to run: a new one, or the existing one with the fresh plan laid over it."""
+def prepare(root: Path, grid, profile: ClusterProfile, rerun: mf.Rerun, run_id: str, context: ctx.RunContext) -> dict:
+    """The manifest to run: a new one, or the existing one with the fresh plan laid over it.
+    Refuses (before anything is written) another study, reruns of cells that are running,
+    and cells to rerun that the grid does not have."""
     old = mf.load(root)
-    if old is not None:
-        active = {a["backend"] for _, a in mf.active_attempts(old)} - {profile.backend}
-        if active:
-            raise UsageError(f"{root}: cells of this run are still active on the {active.pop()} backend; "
-                             f"`gridsubmit wait {root}` or `gridsubmit cancel {root}` before switching to {profile.backend}")  # fmt: skip
     fresh = mf.new_manifest(grid, profile, root, old["run_id"] if old else run_id, context.as_manifest())
-    return fresh if old is None else mf.adopt_plan(old, fresh, rerun_failed)
+    unknown = [key for key in rerun.cells if key not in {c["key"] for c in fresh["jobs"]}]
+    if unknown:
+        example = fresh["jobs"][0]["key"] if fresh["jobs"] else "dose_1000/dense/train"
+        raise UsageError(f"--rerun {unknown[0]}: no such cell in this grid (cells are named like {example})")
+    if old is None:
+        return fresh
+    active = {a["backend"] for _, a in mf.active_attempts(old)} - {profile.backend}
+    if active:
+        raise UsageError(f"{root}: cells of this run are still active on the {active.pop()} backend; "
+                         f"`gridsubmit wait {root}` or `gridsubmit cancel {root}` before switching to {profile.backend}")  # fmt: skip
+    differs = mf.study_differences(old["study"], fresh["study"])
+    if differs and not rerun.all:
+        raise UsageError(f"{root}: holds a run of another study ({'; '.join(differs)}). One artifact root holds one "
+                         "study: submit into a new --artifact-root, or pass --rerun-all to replace this one's cells")  # fmt: skip
+    running = [cell["key"] for cell, _ in mf.active_attempts(old) if rerun.all or cell["key"] in rerun.cells]
+    if running:
+        raise UsageError(f"{root}: cannot rerun {running[0]}{f' (and {len(running) - 1} more)' if len(running) > 1 else ''}: "
+                         f"still running; `gridsubmit wait {root}` or `gridsubmit cancel {root}` first")  # fmt: skip
+    out = mf.adopt_plan(old, fresh, rerun, stale_cells(old, fresh, str(context.workdir)))
+    if differs:  # --rerun-all into a root of another study: its cells that the new one lacks go
+        study = fresh["study"]
+        out["jobs"] = [c for c in out["jobs"] if c["view"] in study["views"] and c["split"] in study["splits"]
+                       and (isinstance(study["doses"], str) or c["dose"] in study["doses"])]  # fmt: skip
+    return out
+
+
+def stale_cells(old: dict, fresh: dict, workdir: str) -> dict[str, list[str]]:
+    """COMPLETED cells of ``old`` whose last attempt ran from something other than what the
+    fresh plan would run now: key -> reasons. Attempts recorded before fingerprints are not judged."""
+    by_key = {cell["key"]: cell for cell in old["jobs"]}
+    hasher = prov.Hasher()
+    out = {}
+    for new in fresh["jobs"]:
+        cell = by_key.get(new["key"])
+        if cell is None or cell["state"] != JobState.COMPLETED.value or "fingerprint" not in cell["attempts"][-1]:
+            continue
+        reasons = prov.changes(cell["attempts"][-1], prov.ran_from(new, workdir), hasher)
+        if reasons:
+            out[new["key"]] = reasons
+    return out
 
 
 class Runner:
@@ -69,6 +106,7 @@ class Runner:
                  progress: Progress | None = None):  # fmt: skip
         self.root = Path(root)
         self.manifest = manifest
+        self.cells = {cell["key"]: cell for cell in manifest["jobs"]}  # the runner never adds or drops cells
         self.profile = profile
         self.backend = backend
         self.progress = progress or Progress(quiet=True)
@@ -78,6 +116,7 @@ class Runner:
         self.dirty = False
         self._attached = False
         self._warned: set[str] = set()  # job ids already reported as stuck
+        self._hasher = prov.Hasher()
 
     # --- the loop ------------------------------------------------------------------------------
 
@@ -149,7 +188,7 @@ class Runner:
         """Queued attempts that will not start by themselves (held, invalid account, ...)."""
         if not self.backend.runs_unattended:  # only a scheduler's queue holds jobs back
             return []
-        cells = {cell["key"]: cell for cell in self.manifest["jobs"]}
+        cells = self.cells
         return [(key, cells[key]["attempts"][h.attempt - 1]) for key, h in self.handles.items()
                 if cells[key]["state"] == JobState.PENDING.value and cells[key]["attempts"][h.attempt - 1].get("stuck")]
 
@@ -182,7 +221,7 @@ class Runner:
         facts = self.backend.enrich(self.ended)
         for h in self.ended:
             if h.job_id and facts.get(h.job_id):
-                attempt = mf.find(self.manifest, h.key)["attempts"][h.attempt - 1]
+                attempt = self.cells[h.key]["attempts"][h.attempt - 1]
                 attempt.update(facts[h.job_id])
                 self.dirty = True
 
@@ -210,9 +249,12 @@ class Runner:
             return False
         submissions = [self._next_submission(cell) for cell in due]
         self.backend.assign(submissions)
-        for sub in submissions:
+        history = self.manifest.get("submissions") or [{}]
+        hasher = self._hasher if history[-1].get("hash_inputs") else None
+        for sub, cell in zip(submissions, due):
             rel = sub.attempt_dir.relative_to(self.root)
-            mf.add_attempt(self.manifest, sub.key, {
+            origin = prov.ran_from(cell, str(self.backend.workdir), hasher)
+            mf.add_attempt(cell, {**origin, "submission": history[-1].get("n"),
                 "backend": self.backend.name, "job_id": None, "state": JobState.SUBMITTED.value,
                 "submitted_at": time.time(), "dir": str(rel), "stdout": str(rel / STDOUT),
                 "stderr": str(rel / STDERR), "resources": sub.resources.as_dict(), **sub.record})  # fmt: skip
@@ -226,7 +268,7 @@ class Runner:
             accepted = {h.key for h in getattr(exc, "handles", [])}
             for sub in submissions:  # refused: these attempts never existed
                 if sub.key not in accepted:
-                    cell = mf.find(self.manifest, sub.key)
+                    cell = self.cells[sub.key]
                     cell["attempts"].pop()
                     cell["state"] = cell["attempts"][-1]["state"] if cell["attempts"] else JobState.PLANNED.value
             self.save()
@@ -243,7 +285,7 @@ class Runner:
     def _record_handles(self, handles: list[Handle]) -> None:
         for h in handles:
             self.handles[h.key] = h
-            cell = mf.find(self.manifest, h.key)
+            cell = self.cells[h.key]
             cell["attempts"][-1].update(job_id=h.job_id, state=h.state.value, **h.extra.get("record", {}))
             cell["state"] = h.state.value
             h.extra["submitted_at"] = cell["attempts"][-1]["submitted_at"]
@@ -269,7 +311,7 @@ class Runner:
                 self.backend.cancel(targets)
             except SchedulerError as exc:  # reported, not retried forever: the cells go on
                 for h in targets:
-                    mf.find(self.manifest, h.key).update(cancel_error=str(exc), cancel_requested=False)
+                    self.cells[h.key].update(cancel_error=str(exc), cancel_requested=False)
                     keys.remove(h.key)
                 self.progress.note(f"cancel failed: {exc}")
         self.dirty |= bool(keys)

@@ -182,15 +182,15 @@ class Backend(ABC):
             fields["error"] = f"no result.json: the job ended as {state.value} before the command finished"
         if state is JobState.FAILED and result is not None and result.get("returncode") == 0:
             fields["error"] = f"exit 0 but {', '.join(missing_outputs(h))} missing"
-        metrics, problem = None, None
+        metrics, problem, warning = None, None, None
         if state.terminal:
             fields["stdout_tail"] = tail(h.attempt_dir / STDOUT)
             fields["stderr_tail"] = tail(h.attempt_dir / STDERR)
             if state is not JobState.COMPLETED and not fields.get("error"):
                 fields["error"] = reason(state, fields)
             if state is JobState.COMPLETED:
-                metrics, problem = read_metrics(h.output_dir / METRICS_FILE)
-        return Observation(h.key, h.attempt, state, fields, metrics, problem)
+                metrics, problem, warning = read_metrics(h.output_dir / METRICS_FILE)
+        return Observation(h.key, h.attempt, state, fields, metrics, problem, warning)
 
     def handle_from_record(self, cell: dict, attempt: dict) -> Handle:
         return Handle(key=cell["key"], attempt=attempt["attempt"], attempt_dir=self.root / attempt["dir"],
