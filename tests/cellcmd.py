@@ -3,7 +3,8 @@
     python cellcmd.py SPEC.json dose_1000/dense/train OUTPUT_DIR
 
 SPEC.json maps cell keys (or "*") to a behaviour: "ok", "exit:N", "sleep:S", "sleep-ok:S",
-"sleep-once:S" (sleeps on its first run only), "binary", "big:BYTES", "kill-wrapper-once" (the first run kills the task wrapper running it,
+"sleep-once:S" (sleeps on its first run only), "nometrics" (exit 0, no metrics file), "nan" and
+"norows" (a metrics file with a NaN / without rows), "binary", "big:BYTES", "kill-wrapper-once" (the first run kills the task wrapper running it,
 as if its node process vanished). Every run appends one line to OUTPUT_DIR/runs.log.
 """
 
@@ -39,4 +40,7 @@ if kind == "big":
     line = b"x" * 99 + b"\n"
     for _ in range(int(arg) // 100):
         sys.stdout.buffer.write(line)
-(out / "comparison_metrics.csv").write_text("model,mae,psnr\npinn,0.1,30.5\n")
+if kind == "nometrics":  # exits 0 without what the study needs
+    sys.exit(0)
+(out / "comparison_metrics.csv").write_text({"nan": "model,mae,psnr\npinn,nan,30.5\n", "norows": "model,mae,psnr\n"}.get(
+    kind, "model,mae,psnr\npinn,0.1,30.5\n"))

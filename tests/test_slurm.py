@@ -47,6 +47,11 @@ def test_grid_on_the_gpu_partition_completes_with_one_distinct_gpu_per_running_j
         assert Path(attempt["script"]).is_file() and "--gres=gpu:1" in Path(attempt["script"]).read_text()
         assert attempt["job_name"].startswith(prefix(root))
     assert any(c["attempts"][0].get("max_rss") for c in manifest["jobs"])  # MaxRSS from the step rows
+    for cell in manifest["jobs"]:  # accounting and provenance on every attempt
+        attempt = cell["attempts"][0]
+        assert attempt["elapsed"] and attempt["scheduler_state"] == "COMPLETED" and attempt["submission"] == 1
+        assert attempt["workdir"] == manifest["context"]["workdir"] and attempt["fingerprint"]
+        assert all(ident["size"] is not None for ident in attempt["inputs"].values() if ident)
 
 
 def test_exit_code_timeout_and_cancel_are_told_apart_while_healthy_cells_complete(slurm_scripted):

@@ -120,6 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.command_line = shlex.join(["gridsubmit", *(sys.argv[1:] if argv is None else argv)])  # for the manifest's history
     try:
         return COMMANDS[args.command](args)
     except UsageError as exc:
@@ -212,16 +213,15 @@ def cmd_submit(args) -> int:
         for cell in preview["jobs"]:
             if cell["key"] in stale:
                 print(f"  {cell['key']}: {'; '.join(cell['stale'])}")
-    if not due and mf.finished(preview) and mf.load(root) is not None:
+    if not due and mf.finished(preview):  # recorded all the same: the stale marks, the history
         print(f"nothing to run: every cell of {root} has run (`--rerun-failed`, `--rerun-stale`, `--rerun-all`, "
               "`--rerun CELL` run cells again)")  # fmt: skip
-        return Run.open(root).exit_status
-    if args.wait:
+    elif args.wait:
         print(f"artifact root: {root}  ({len(due)} to run, {len(grid.blocked)} blocked; "
               f"backend {executor.profile.backend}; working directory {grid.workdir})")  # fmt: skip
     run = executor.submit(grid, rerun_failed=args.rerun_failed, rerun_stale=args.rerun_stale, rerun_all=args.rerun_all,
                           rerun=args.rerun, hash_inputs=args.hash_inputs, wait=args.wait,
-                          command=shlex.join(["gridsubmit", *sys.argv[1:]]))  # fmt: skip
+                          command=args.command_line)  # fmt: skip
     if not args.wait:
         print(f"submitted; `gridsubmit status {root}` shows progress, `gridsubmit wait {root}` waits")
         return 0
@@ -312,7 +312,7 @@ def cmd_report(args) -> int:
     if args.html:
         from .report_html import write_html
 
-        write_html(manifest, args.html, missing)
+        write_html(manifest, args.html, stale)
         print(f"wrote {args.html}")
     if args.require_complete and missing:
         print(f"gridsubmit: --require-complete: {len(missing)} cell(s) do not contribute", file=sys.stderr)
@@ -332,7 +332,7 @@ def cmd_demo(args) -> int:
     code = cmd_submit(argparse.Namespace(
         study=study, phase_c_root=None, phase_e_root=None, phase_f_root=None, strict=True, dose=[], view=[], split=[],
         workdir=None, cluster=args.cluster, artifact_root=root, wait=True, rerun_failed=False, rerun_stale=False,
-        rerun_all=False, rerun=[], hash_inputs=False, dry_run=False, quiet=args.quiet))  # fmt: skip
+        rerun_all=False, rerun=[], hash_inputs=False, dry_run=False, quiet=args.quiet, command_line=args.command_line))  # fmt: skip
     manifest = Run.open(root).manifest
     print("\n" + report.metrics_table(manifest))
     plot = root / "metrics.png"

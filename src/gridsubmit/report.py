@@ -148,7 +148,7 @@ def metrics_table(manifest: dict) -> str:
         return "\n".join([head, *errors])
     metrics, lines = metric_grid(rows)
     table = _table(["dose", "view", "split", "model", *metrics],
-                   [[*key, *(_shown(by[m]) if m in by else "" for m in metrics)] for key, by in lines.items()])  # fmt: skip
+                   [[*key, *(shown(by[m]) if m in by else "" for m in metrics)] for key, by in lines.items()])  # fmt: skip
     return "\n".join(["pairs are amplitude/phase", table] + ([""] + errors if errors else []))
 
 
@@ -168,7 +168,7 @@ def metric_grid(rows: list[dict]) -> tuple[list[str], dict[tuple, dict[str, dict
     return metrics, lines
 
 
-def _shown(row: dict) -> str:
+def shown(row: dict) -> str:
     fmt = lambda v: "-" if v is None else f"{v:.4g}"  # noqa: E731
     if row["amplitude"] is None and row["phase"] is None:
         return fmt(row["value"])

@@ -22,18 +22,20 @@ import jinja2
 from . import report
 from .errors import UsageError
 
-# state -> colour class in the template; a state not listed here is shown uncoloured
+# state -> colour class in the template, in the order states are counted in the header;
+# a state not listed here is shown uncoloured, after these
 STATE_CLASS = {
     "COMPLETED": "ok",
     **dict.fromkeys(("FAILED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "LOST"), "bad"),
     "PREEMPTED": "warn",
     "CANCELLED": "off",
-    "BLOCKED": "blocked",
-    "PLANNED": "planned",
-    "SUBMITTED": "submitted",
-    "PENDING": "pending",
     "RUNNING": "running",
+    "PENDING": "pending",
+    "SUBMITTED": "submitted",
+    "PLANNED": "planned",
+    "BLOCKED": "blocked",
 }
+STATE_ORDER = {state: i for i, state in enumerate(STATE_CLASS)}
 
 # an attempt's short facts, in the order shown: (key, label); then the optional ones present
 ATTEMPT_FIELDS = (("job_id", "job"), ("backend", "backend"), ("node", "node"), ("gpus", "gpus"),
@@ -56,19 +58,18 @@ def _environment() -> jinja2.Environment:
     return _env
 
 
-def render_html(manifest: dict, incomplete: Iterable[Sequence[str]] | None = None) -> str:
-    """The page for ``manifest``. ``incomplete``: (cell key, reason) for every cell that does
-    not contribute to the metrics; None: every cell not COMPLETED or without metrics."""
-    if incomplete is None:
-        incomplete = fallback_incomplete(manifest)
-    page = _page(manifest, [(str(key), str(reason)) for key, reason in incomplete])
+def render_html(manifest: dict, stale: dict[str, list[str]] | None = None) -> str:
+    """The page for ``manifest``; ``stale``: COMPLETED cells whose results no longer hold
+    (key -> reasons, as :meth:`gridsubmit.Run.stale` gives them). The metrics table and the
+    plot show the cells that contribute (:func:`gridsubmit.report.completeness`)."""
+    page = _page(manifest, stale or {})
     return _environment().get_template("report.html.j2").render(**page)
 
 
-def write_html(manifest: dict, path: str | Path, incomplete: Iterable[Sequence[str]] | None = None) -> Path:
+def write_html(manifest: dict, path: str | Path, stale: dict[str, list[str]] | None = None) -> Path:
     """Write :func:`render_html`'s page to ``path`` (UTF-8); return the path."""
     path = Path(path)
-    text = render_html(manifest, incomplete)
+    text = render_html(manifest, stale)
     try:
         path.write_text(text, encoding="utf-8")
     except OSError as exc:
@@ -76,28 +77,12 @@ def write_html(manifest: dict, path: str | Path, incomplete: Iterable[Sequence[s
     return path
 
 
-def fallback_incomplete(manifest: dict) -> list[tuple[str, str]]:
-    """Every cell not COMPLETED or without metrics, with why: its state and its last
-    attempt's error (its missing inputs when BLOCKED, the metrics problem when COMPLETED)."""
-    out = []
-    for cell in manifest.get("jobs") or []:
-        state = str(cell.get("state") or "?")
-        last = _last(cell)
-        if state == "BLOCKED":
-            out.append((cell.get("key", "?"), "; ".join(["BLOCKED", *map(str, cell.get("missing") or [])])))
-        elif state != "COMPLETED":
-            out.append((cell.get("key", "?"), f"{state}: {last['error']}" if last.get("error") else state))
-        elif cell.get("metrics_error"):
-            out.append((cell.get("key", "?"), f"COMPLETED, metrics not read: {cell['metrics_error']}"))
-        elif not cell.get("metrics"):
-            out.append((cell.get("key", "?"), "COMPLETED without metrics"))
-    return out
-
-
 # --- what the template shows -----------------------------------------------------------------
 
 
-def _page(manifest: dict, incomplete: list[tuple[str, str]]) -> dict:
+def _page(manifest: dict, stale: dict[str, list[str]]) -> dict:
+    contributing, incomplete, flagged = report.completeness(manifest, stale)
+    shown = report.only(manifest, contributing)
     root = Path(str(manifest.get("artifact_root") or "."))
     jobs = manifest.get("jobs") or []
     ids = _anchors(jobs)
@@ -107,6 +92,7 @@ def _page(manifest: dict, incomplete: list[tuple[str, str]]) -> dict:
     cluster = manifest.get("cluster") or {}
     context = manifest.get("context") or {}
     counts = manifest.get("counts") or _counts(jobs)
+    counts = dict(sorted(counts.items(), key=lambda kv: STATE_ORDER.get(kv[0], len(STATE_ORDER))))
     versions = manifest.get("versions") or {}
     header = [("run id", manifest.get("run_id")),
               ("study", (manifest.get("study") or {}).get("name")),
@@ -117,17 +103,17 @@ def _page(manifest: dict, incomplete: list[tuple[str, str]]) -> dict:
               ("created", _when(manifest.get("created_at"))),
               ("updated", _when(manifest.get("updated_at"))),
               ("versions", _text(versions) if versions else None)]  # fmt: skip
-    incomplete_keys = {key for key, _ in incomplete}
     return {
         "title": f"gridsubmit run {manifest.get('run_id', '')}".strip(),
         "header": [(label, _text(value)) for label, value in header if value not in (None, "")],
         "counts": [{"state": s, "n": n, "cls": _cls(s)} for s, n in counts.items()],
         "n_cells": len(jobs),
         "grid": _grid(jobs, anchors),
-        "n_contributing": sum(1 for c in jobs if c.get("key") not in incomplete_keys),
+        "n_contributing": len(contributing),
         "incomplete": [{"key": key, "reason": reason, "anchor": anchors.get(key)} for key, reason in incomplete],
-        "metrics": _metrics(manifest, anchors),
-        "plot": _plot(manifest),
+        "flagged": [{"key": key, "reason": reason, "anchor": anchors.get(key)} for key, reason in flagged],
+        "metrics": _metrics(shown, anchors),
+        "plot": _plot(shown),
         "submissions": _submissions(manifest),
         "cells": [_cell(manifest, cell, anchor, root) for cell, anchor in zip(jobs, ids)],
         "generated": _when(time.time()),
@@ -164,7 +150,7 @@ def _grid(jobs: list[dict], anchors: dict) -> dict:
                     continue
                 n = len(cell.get("attempts") or [])
                 entries.append({"key": cell.get("key"), "state": cell.get("state"), "cls": _cls(cell.get("state")),
-                                "anchor": anchors[cell.get("key")],
+                                "anchor": anchors[cell.get("key")], "stale": bool(cell.get("stale")),
                                 "attempts": f"{n} attempt{'s' if n != 1 else ''}" if n else "no attempt"})  # fmt: skip
         rows.append({"dose": dose, "entries": entries})
     return {"views": views, "splits": splits, "rows": rows}
@@ -175,7 +161,8 @@ def _metrics(manifest: dict, anchors: dict) -> dict:
     metrics, lines = report.metric_grid(rows)
     errors = [{"key": c.get("key"), "anchor": anchors.get(c.get("key")), "error": c["metrics_error"]}
               for c in manifest.get("jobs") or [] if c.get("metrics_error")]  # fmt: skip
-    table = [{"axes": list(key), "values": [report._shown(by[m]) if m in by else "" for m in metrics]}
+    # each value as report's table shows it: amplitude/phase pairs split in two lines, scalars as one
+    table = [{"axes": list(key), "values": [report.shown(by[m]).split("/") if m in by else [""] for m in metrics]}
              for key, by in lines.items()]  # fmt: skip
     return {"columns": metrics, "rows": table, "errors": errors}
 
@@ -201,19 +188,24 @@ def _cell(manifest: dict, cell: dict, anchor: str, root: Path) -> dict:
     state = str(cell.get("state") or "?")
     attempts = cell.get("attempts") or []
     last = _last(cell)
-    identities = last.get("inputs") if isinstance(last.get("inputs"), dict) else {}
+    paths = cell.get("inputs") or {}
+    identities = last.get("inputs") if isinstance(last.get("inputs"), dict) else {}  # {name: {path, size, mtime, sha256}}
     pointers = cell.get("pointers") or {}
     inputs = []
-    for name in dict.fromkeys([*(cell.get("inputs") or {}), *identities]):
-        path = (cell.get("inputs") or {}).get(name)
+    for name in dict.fromkeys([*paths, *identities]):
+        path = paths.get(name)
         ident = identities.get(name) if isinstance(identities.get(name), dict) else {}
         pointer = pointers.get(name) if isinstance(pointers.get(name), dict) else {}
-        inputs.append({"name": name, "path": "(absent, optional)" if path is None and name in (cell.get("inputs") or {}) else _text(path),
-                       "seen": _text(ident.get("path")) if ident.get("path") not in (None, path) else "",
-                       "size": _size(ident.get("size")), "bytes": f"{ident['size']:,} bytes" if _is_int(ident.get("size")) else "",
-                       "mtime": _when(ident.get("mtime")) or "",
-                       "sha256": _text(ident.get("sha256")) if ident.get("sha256") else "",
-                       "via": f"{pointer.get('file')} → {pointer.get('field')}" if pointer.get("file") else ""})  # fmt: skip
+        inputs.append({
+            "name": name,
+            "path": "(absent, optional)" if path is None and name in paths else _text(path),
+            "seen": _text(ident["path"]) if ident.get("path") not in (None, path) else "",
+            "size": _size(ident.get("size")),
+            "bytes": f"{ident['size']:,} bytes" if _is_int(ident.get("size")) else "",
+            "mtime": _when(ident.get("mtime")) or "",
+            "sha256": _text(ident["sha256"]) if ident.get("sha256") else "",
+            "via": f"{pointer.get('file')} → {pointer.get('field')}" if pointer.get("file") else "",
+        })
     argv = cell.get("argv") or []
     failed = state != "COMPLETED" and bool(last)
     identity_columns = [c for c in ("size", "mtime", "sha256") if any(i[c] for i in inputs)]
@@ -348,7 +340,8 @@ def _text(value) -> str:
     if isinstance(value, bool):
         return "yes" if value else "no"
     if isinstance(value, dict):
-        return ", ".join(f"{k}: {_fact(str(k), v)}" for k, v in value.items()) or "—"
+        return ", ".join(f"{k}: ({_text(v)})" if isinstance(v, dict) and v else f"{k}: {_fact(str(k), v)}"
+                         for k, v in value.items()) or "—"  # fmt: skip
     if isinstance(value, (list, tuple)):
         return ", ".join(_text(v) for v in value) or "—"
     if isinstance(value, os.PathLike):

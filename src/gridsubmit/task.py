@@ -215,6 +215,7 @@ def _run(spec: dict, env: dict, folder: Path, signals: _Signals) -> dict:
             now = time.time()
             return {**out, "returncode": 127, "error": message, "ended_at": now, "elapsed_s": now - started}
         signals.child = child
+        smi = _ask_gpus(env)  # runs beside the command; read once it ended
         if signals.ending:  # a signal arrived while starting
             signals.send(signal.SIGTERM, f"SIGTERM ({signals.received} arrived while starting)")
         elif limit:
@@ -222,16 +223,53 @@ def _run(spec: dict, env: dict, folder: Path, signals: _Signals) -> dict:
         child.wait()  # blocks; the signal handlers and timers act meanwhile
         signal.setitimer(signal.ITIMER_REAL, 0)
         _signal_group(child, signal.SIGKILL)  # leave no grandchildren behind
+    gpu_info = _gpu_info(smi, env.get("CUDA_VISIBLE_DEVICES"))
     ended = time.time()
     rc = child.returncode
     # a child killed by a forwarded warning was interrupted too
     received = signals.received or ("SIGUSR2" if signals.warned and signals.forward_usr2 else None)
     record = {**out, "returncode": rc, "timed_out": signals.timed_out, "interrupted_by": received,
-              "signals_sent": signals.sent, "ended_at": ended, "elapsed_s": round(ended - started, 3)}  # fmt: skip
+              "signals_sent": signals.sent, "ended_at": ended, "elapsed_s": round(ended - started, 3),
+              "gpu_info": gpu_info}  # fmt: skip
     if rc < 0 and not signals.sent:  # killed by somebody else: the scheduler, a node failure, the OOM killer
         record["killed_by_signal"] = signal.Signals(-rc).name if -rc in signal.Signals.__members__.values() else -rc
         record["oom_killed"] = rc == -signal.SIGKILL and _oom_killed(child.pid)
     return record
+
+
+def _ask_gpus(env: dict) -> subprocess.Popen | None:
+    """Start ``nvidia-smi`` (where the node has one) to name the GPUs and the driver."""
+    for folder in env.get("PATH", "").split(os.pathsep):
+        path = os.path.join(folder, "nvidia-smi")
+        if folder and os.access(path, os.X_OK):
+            try:
+                return subprocess.Popen([path, "--query-gpu=index,uuid,name,driver_version", "--format=csv,noheader"],
+                                        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
+                                        env=env, text=True)  # fmt: skip
+            except OSError:
+                return None
+    return None
+
+
+def _gpu_info(smi: subprocess.Popen | None, visible: str | None) -> list[dict] | None:
+    """The GPUs the command could see (by index or UUID in CUDA_VISIBLE_DEVICES; all when unset)."""
+    if smi is None:
+        return None
+    try:
+        out, _ = smi.communicate(timeout=10)
+    except subprocess.TimeoutExpired:
+        smi.kill()
+        smi.wait()
+        return None
+    gpus = []
+    for line in out.splitlines():
+        parts = [p.strip() for p in line.split(",")]
+        if len(parts) == 4:
+            gpus.append(dict(zip(("index", "uuid", "name", "driver"), parts)))
+    if visible is not None:
+        wanted = [v.strip() for v in visible.split(",") if v.strip()]
+        gpus = [g for g in gpus if g["index"] in wanted or g["uuid"] in wanted]
+    return gpus
 
 
 def _oom_killed(pid: int) -> bool:

@@ -176,6 +176,9 @@ class Backend(ABC):
                 interrupted_by=result.get("interrupted_by"),
                 error=result.get("error"),
             )
+            gpus = result.get("gpu_info") or []
+            if gpus:  # nvidia-smi on the node named them
+                fields.update(gpu_name=", ".join(dict.fromkeys(g["name"] for g in gpus)), gpu_driver=gpus[0]["driver"])
             if not result.get("started", True):  # the task says why (a signal, no runner left)
                 fields["error"] = result.get("error") or "never started"
         elif state.terminal and result is None and not fields.get("error"):

@@ -37,6 +37,7 @@ from .base import Backend, Handle, SchedulerError, Submission, SubmitError, chec
 
 DEFAULT_MAX_ARRAY_SIZE = 1001  # SLURM's own default
 log = logging.getLogger(__name__)
+ACCOUNTING_WAIT_S = 15.0  # at the end of a run, how long to wait for sacct's final word on its jobs
 SACCT_FIELDS = "JobID,JobName,State,ExitCode,NodeList,MaxRSS,Elapsed"
 
 
@@ -278,11 +279,19 @@ class SlurmBackend(Backend):
         if not ids:
             return {}
         names = sorted({h.extra["job_name"] for h in handles if h.extra.get("job_name")})
-        try:
-            by_id = sacct(ids, names, self._since(handles))
-        except SchedulerError:
-            return {}
-        return {h.job_id: by_id[h.job_id][1] for h in handles if h.job_id in by_id}
+        deadline = time.monotonic() + ACCOUNTING_WAIT_S
+        while True:  # accounting trails the result files: wait a little for its final word
+            try:
+                by_id = sacct(ids, names, self._since(handles))
+            except SchedulerError:
+                by_id = {}
+            final = {h.job_id: by_id[h.job_id][1] for h in handles
+                     if h.job_id in by_id and by_id[h.job_id][0] is not None and by_id[h.job_id][0].terminal}  # fmt: skip
+            if len(final) == len([h for h in handles if h.job_id]) or time.monotonic() >= deadline:
+                break
+            time.sleep(1.0)
+        late = {"accounting": f"sacct had no final record {ACCOUNTING_WAIT_S:.0f} s after the run ended"}
+        return {h.job_id: final.get(h.job_id, late) for h in handles if h.job_id}
 
     def cancel(self, handles: Sequence[Handle]) -> None:
         """scancel, asked up to three times; raises SchedulerError if it keeps failing."""

@@ -1,0 +1,367 @@
+"""Compare two runs cell by cell: what each cell ran from, and how its metrics moved.
+
+Pure functions on two manifests as :attr:`gridsubmit.api.Run.manifest` returns them (nothing
+on disk is read, apart from :func:`write_diff_csv` writing its file):
+
+* :func:`diff_runs` pairs the cells of run A and run B by key and, for each cell in both,
+  lists the differences in what its **last attempt** ran from (inputs, command, options,
+  working directory, code version, tool versions) and the metric deltas (B - A);
+* :func:`diff_text` renders that as a readable report, :func:`write_diff_csv` as one CSV row
+  per cell x model x metric.
+
+Two runs live in two artifact roots and often read their inputs from two copies of a study,
+so paths are never compared as they are: an input is the same when its file name, size and
+(when both runs recorded it) sha256 agree, wherever it lies; the command is compared with the
+artifact root, the inputs and their folders replaced by placeholders. Timings
+(``computation_time_s``) move from run to run by themselves: their deltas are reported, but do
+not make a cell count as changed. See docs/diff.md.
+"""
+
+from __future__ import annotations
+
+import csv
+import difflib
+import os
+import re
+import shlex
+from pathlib import Path
+from typing import Any, Iterable
+
+from .errors import UsageError
+from .metrics import tidy_records
+
+AMOUNTS = ("amplitude", "phase", "value")
+TIMINGS = ("computation_time_s",)  # measured anew by every run: reported, never counted as a change
+CSV_FIELDS = ("dose", "view", "split", "model", "metric",
+              "a_amplitude", "b_amplitude", "d_amplitude", "a_phase", "b_phase", "d_phase",
+              "a_value", "b_value", "d_value")  # fmt: skip
+HASH_HINT = "content unknown: --hash-inputs records sha256"
+
+
+# --- the diff ----------------------------------------------------------------------------------
+
+
+def diff_runs(a: dict, b: dict, *, timings: Iterable[str] = TIMINGS) -> dict:
+    """Run A against run B (JSON-ready): ``a``/``b`` (run_id, artifact_root), ``only_in_a``,
+    ``only_in_b`` (cell keys), ``cells`` (every cell in both, in run A's order: key, dose, view,
+    split, state_a, state_b, ``provenance`` differences, ``metrics`` deltas, ``changed``),
+    ``summary`` (counts) and ``notes`` (what could not be compared). Deltas are B - A, null
+    when either side has no value. A cell is ``changed`` when its provenance differs, any
+    metric not in ``timings`` differs (a non-zero delta, or a value on one side only), or its
+    state differs."""
+    timings = frozenset(timings)
+    side_a, side_b = _Side(a, "A"), _Side(b, "B")
+    cells_a = {c["key"]: c for c in a.get("jobs") or []}
+    cells_b = {c["key"]: c for c in b.get("jobs") or []}
+    notes: list[str] = []
+    cells = []
+    for key, ca in cells_a.items():
+        if key not in cells_b:
+            continue
+        cb = cells_b[key]
+        prov = _provenance(side_a.ran_from(ca), side_b.ran_from(cb), notes)
+        metrics = _metric_deltas(ca, cb, timings)
+        state_a, state_b = ca.get("state"), cb.get("state")
+        changed = bool(prov) or state_a != state_b or any(m["differs"] and not m["timing"] for m in metrics)
+        cells.append({"key": key, "dose": ca.get("dose"), "view": ca.get("view"), "split": ca.get("split"),
+                      "state_a": state_a, "state_b": state_b, "changed": changed,
+                      "provenance": prov, "metrics": metrics})  # fmt: skip
+    only_a = [k for k in cells_a if k not in cells_b]
+    only_b = [k for k in cells_b if k not in cells_a]
+    n_changed = sum(c["changed"] for c in cells)
+    return {
+        "a": side_a.header(),
+        "b": side_b.header(),
+        "only_in_a": only_a,
+        "only_in_b": only_b,
+        "cells": cells,
+        "summary": {"cells": len(cells), "changed": n_changed, "identical": len(cells) - n_changed,
+                    "only_in_a": len(only_a), "only_in_b": len(only_b)},  # fmt: skip
+        "notes": side_a.notes() + side_b.notes() + list(dict.fromkeys(notes)),
+    }
+
+
+class _Side:
+    """One run: what each of its cells ran from, and how to take its own paths out of a command."""
+
+    def __init__(self, manifest: dict, name: str):
+        self.manifest, self.name = manifest, name
+        self.root = manifest.get("artifact_root")
+        self.submissions = manifest.get("submissions") or []
+        self.unrecorded: list[str] = []  # cells whose last attempt holds no record of what it ran from
+        self.no_submission: list[str] = []
+        records = [self._record(cell) for cell in manifest.get("jobs") or []]
+        folders = {os.path.dirname(i["path"]) for r in records for i in r["inputs"].values() if i and i.get("path")}
+        try:
+            common = os.path.commonpath(sorted(folders)) if folders else None
+        except ValueError:  # relative and absolute paths mixed
+            common = None
+        self.inputs_root = common if common and common != os.sep else None
+
+    def header(self) -> dict:
+        return {"run_id": self.manifest.get("run_id"), "artifact_root": self.root}
+
+    def _record(self, cell: dict) -> dict:
+        attempts = cell.get("attempts") or []
+        last = attempts[-1] if attempts else {}
+        argv = last.get("argv") if last.get("argv") is not None else cell.get("argv") or []
+        inputs = last.get("inputs")
+        if inputs is None:  # older attempts (or none yet): the planned input paths, without sizes
+            inputs = {n: None if p is None else {"path": p} for n, p in (cell.get("inputs") or {}).items()}
+        sub, index = None, last.get("submission")
+        if isinstance(index, int) and 1 <= index <= len(self.submissions):
+            sub = self.submissions[index - 1]
+        return {"argv": list(argv), "command": last.get("command") or shlex.join(argv),
+                "workdir": last.get("workdir") or (self.manifest.get("context") or {}).get("workdir"),
+                "options": dict(last.get("options") if last.get("options") is not None else cell.get("options") or {}),
+                "inputs": dict(inputs), "submission": sub, "recorded": "inputs" in last and "argv" in last}  # fmt: skip
+
+    def ran_from(self, cell: dict) -> dict:
+        record = self._record(cell)
+        if not record["recorded"]:
+            self.unrecorded.append(cell["key"])
+        if record["submission"] is None:
+            self.no_submission.append(cell["key"])
+        record.update(side=self, normalised=self.normalise(record))
+        return record
+
+    def normalise(self, record: dict) -> list[str]:
+        """The argv with this run's artifact root, input paths, input folders and the folder
+        holding all its inputs replaced by placeholders (longest first, whole path parts only)."""
+        subs: dict[str, str] = {}
+        if self.root:
+            subs[str(self.root).rstrip(os.sep)] = "<artifact_root>"
+        for name, ident in sorted(record["inputs"].items()):
+            if ident and ident.get("path"):
+                subs.setdefault(ident["path"], f"<{name}>")
+                subs.setdefault(os.path.dirname(ident["path"]), f"<folder of {name}>")
+        if self.inputs_root:
+            subs.setdefault(self.inputs_root, "<inputs>")
+        paths = sorted((p for p in subs if p and p != os.sep), key=len, reverse=True)
+        if not paths:
+            return list(record["argv"])
+        pattern = re.compile(r"(?<![\w.\-/])(?:" + "|".join(map(re.escape, paths)) + r")(?![\w.\-])")
+        return [pattern.sub(lambda m: subs[m.group(0)], str(item)) for item in record["argv"]]
+
+    def notes(self) -> list[str]:
+        out = []
+        if self.unrecorded:
+            out.append(f"run {self.name}: {_cells(self.unrecorded)} without a record of what their last attempt ran from "
+                       "(never run, or run by an older gridsubmit): compared by their planned command and input "
+                       "file names")  # fmt: skip
+        if self.no_submission:
+            out.append(f"run {self.name}: {_cells(self.no_submission)} without a submission record: code version "
+                       "not compared; tool versions are the run's")  # fmt: skip
+        return out
+
+
+def _cells(keys: list[str]) -> str:
+    return f"{len(keys)} cell{'s' if len(keys) != 1 else ''}"
+
+
+def _entry(what: str, a: Any, b: Any, detail: str) -> dict:
+    return {"what": what, "a": a, "b": b, "detail": detail}
+
+
+def _provenance(ra: dict, rb: dict, notes: list[str]) -> list[dict]:
+    """What differs between the records two last attempts ran from (see docs/diff.md)."""
+    out = []
+    names = list(dict.fromkeys([*ra["inputs"], *rb["inputs"]]))
+    for name in names:
+        entry = _input_diff(name, ra["inputs"].get(name), rb["inputs"].get(name))
+        if entry:
+            out.append(entry)
+    oa, ob = ra["options"], rb["options"]
+    options = []
+    for name in dict.fromkeys([*oa, *ob]):
+        if name not in ob or name not in oa:
+            options.append(_entry(f"option {name}", oa.get(name), ob.get(name),
+                                  f"set only in run {'A' if name in oa else 'B'}: {oa.get(name, ob.get(name))!r}"))  # fmt: skip
+        elif not _same(oa[name], ob[name]):
+            options.append(_entry(f"option {name}", oa[name], ob[name], f"{oa[name]!r} -> {ob[name]!r}"))
+    out += options
+    # an option is passed on the command line: when one differs, so does the command, and
+    # that difference is the option's
+    if not options and ra["normalised"] != rb["normalised"]:
+        out.append(_entry("command", ra["command"], rb["command"], _token_changes(ra["normalised"], rb["normalised"])))
+    if ra["workdir"] and rb["workdir"] and ra["workdir"] != rb["workdir"]:
+        out.append(_entry("workdir", ra["workdir"], rb["workdir"], f"{ra['workdir']} -> {rb['workdir']}"))
+    sa, sb = ra["submission"], rb["submission"]
+    if sa is not None and sb is not None and "git" in sa and "git" in sb:
+        ga, gb = sa["git"], sb["git"]
+        same_commit = bool(ga and gb and ga.get("commit") == gb.get("commit"))
+        dirty = (ga or {}).get("dirty"), (gb or {}).get("dirty")
+        if (ga is None) != (gb is None) or ga and not same_commit or same_commit and None not in dirty and dirty[0] != dirty[1]:
+            out.append(_entry("code version", _git(ga), _git(gb), f"{_code(ga)} -> {_code(gb)}"))
+        elif same_commit and dirty == (True, True):
+            notes.append(f"both runs ran from commit {ga['commit'][:12]} with uncommitted changes: the code may differ "
+                         "between them although the commit is the same")  # fmt: skip
+    va = (sa or {}).get("versions") or ra["side"].manifest.get("versions") or {}
+    vb = (sb or {}).get("versions") or rb["side"].manifest.get("versions") or {}
+    for name in dict.fromkeys([*va, *vb]):
+        if name in va and name in vb and va[name] != vb[name]:
+            out.append(_entry(f"version {name}", va[name], vb[name], f"{va[name]} -> {vb[name]}"))
+    return out
+
+
+def _input_diff(name: str, x: dict | None, y: dict | None) -> dict | None:
+    """An input is the same when its file name, size and (when both have it) sha256 agree;
+    the folder it lies in does not count. Equal sizes without hashes and different mtimes are
+    reported as such: the content may or may not differ."""
+    what = f"input {name}"
+    if x is None and y is None:
+        return None
+    if x is None or y is None:
+        present = x or y
+        return _entry(what, x, y, f"absent in run {'A' if x is None else 'B'}; run {'B' if x is None else 'A'} "
+                                  f"read {os.path.basename(present.get('path') or '?')}")  # fmt: skip
+    reasons = []
+    fa, fb = os.path.basename(x.get("path") or ""), os.path.basename(y.get("path") or "")
+    if fa != fb:
+        reasons.append(f"file {fa} -> {fb}")
+    sa, sb = x.get("size", "?"), y.get("size", "?")  # "?": not recorded; None: the file was not there
+    if "?" not in (sa, sb) and sa != sb:
+        reasons.append("size " + " -> ".join("missing" if s is None else f"{s} bytes" for s in (sa, sb)))
+    ha, hb = x.get("sha256"), y.get("sha256")
+    if ha and hb and ha != hb:
+        reasons.append(f"sha256 {ha[:12]} -> {hb[:12]}")
+    if reasons:
+        return _entry(what, x, y, ", ".join(reasons))
+    if ha and hb:
+        return None  # same content, wherever and whenever it was written
+    ma, mb = x.get("mtime"), y.get("mtime")
+    if sa == sb and sa not in (None, "?") and ma is not None and mb is not None and ma != mb:
+        return _entry(what, x, y, f"same size, modified at different times ({HASH_HINT})")
+    return None
+
+
+def _token_changes(a: list[str], b: list[str]) -> str:
+    parts = []
+    for op, i1, i2, j1, j2 in difflib.SequenceMatcher(a=a, b=b, autojunk=False).get_opcodes():
+        if op != "equal":
+            parts.append(f"{shlex.join(a[i1:i2]) or '(nothing)'} -> {shlex.join(b[j1:j2]) or '(nothing)'}")
+    return "; ".join(parts) + " (paths of each run's own artifact root and inputs left out)"
+
+
+def _same(x: Any, y: Any) -> bool:
+    """Equal values; 1 and 1.0 are the same option value, True and 1 are not."""
+    return x == y and isinstance(x, bool) == isinstance(y, bool)
+
+
+def _git(git: dict | None) -> dict | None:
+    return None if git is None else {"commit": git.get("commit"), "dirty": git.get("dirty")}
+
+
+def _code(git: dict | None) -> str:
+    if not git:
+        return "not in a git repository"
+    return f"{(git.get('commit') or '?')[:12]}{' (uncommitted changes)' if git.get('dirty') else ''}"
+
+
+def _number(x: Any) -> float | None:
+    return float(x) if isinstance(x, (int, float)) and not isinstance(x, bool) else None
+
+
+def _metric_deltas(ca: dict, cb: dict, timings: frozenset) -> list[dict]:
+    """One entry per model x metric in either cell (run A's order, then B's new ones)."""
+    rows_a, rows_b = _by_metric(ca), _by_metric(cb)
+    out = []
+    for key in dict.fromkeys([*rows_a, *rows_b]):
+        ra, rb = rows_a.get(key, {}), rows_b.get(key, {})
+        entry: dict[str, Any] = {"model": key[0], "metric": key[1]}
+        differs = False
+        for amount in AMOUNTS:
+            x, y = _number(ra.get(amount)), _number(rb.get(amount))
+            d = None if x is None or y is None else float(f"{y - x:.12g}")  # no float noise: 0.3-0.1 is 0.2
+            entry.update({f"a_{amount}": x, f"b_{amount}": y, f"d_{amount}": d})
+            differs |= (x is None) != (y is None) or bool(d)
+        entry.update(differs=differs, timing=key[1] in timings)
+        out.append(entry)
+    return out
+
+
+def _by_metric(cell: dict) -> dict[tuple[str, str], dict]:
+    rows: dict[tuple[str, str], dict] = {}
+    for row in tidy_records(cell.get("metrics") or []):
+        rows.setdefault((row["model"], row["metric"]), row)
+    return rows
+
+
+# --- text and CSV -------------------------------------------------------------------------------
+
+
+def diff_text(d: dict, all_cells: bool = False) -> str:
+    """The diff as a report: the two runs, cells only in one, then each changed cell (every
+    cell with ``all_cells``) with its provenance differences and a table of the metrics that
+    moved (timings only with ``all_cells``), and a one-line summary."""
+    lines = [f"A: run {d['a'].get('run_id')}  {d['a'].get('artifact_root')}",
+             f"B: run {d['b'].get('run_id')}  {d['b'].get('artifact_root')}"]  # fmt: skip
+    lines += [f"note: {note}" for note in d.get("notes") or []]
+    for side in ("a", "b"):
+        keys = d[f"only_in_{side}"]
+        if keys:
+            lines.append(f"only in run {side.upper()} ({len(keys)}): {', '.join(keys)}")
+    timing_moved = pairs = False
+    for cell in d["cells"]:
+        timing_moved |= any(m["differs"] and m["timing"] for m in cell["metrics"])
+        if not (cell["changed"] or all_cells):
+            continue
+        state = cell["state_a"] if cell["state_a"] == cell["state_b"] else f"{cell['state_a']} -> {cell['state_b']}"
+        lines += ["", f"{cell['key']}: {'changed' if cell['changed'] else 'unchanged'} ({state})"]
+        lines += [f"  {p['what']}: {p['detail']}" for p in cell["provenance"]]
+        shown = [m for m in cell["metrics"] if m["differs"] and (all_cells or not m["timing"])]
+        if shown:
+            rows = [[m["model"], m["metric"] + (" (timing)" if m["timing"] else ""),
+                     _pair(m, "a_", _fmt), _pair(m, "b_", _fmt), _pair(m, "d_", _delta)] for m in shown]  # fmt: skip
+            pairs |= any("/" in row[2] or "/" in row[3] for row in rows)
+            table = _table(["model", "metric", "A", "B", "Δ (B - A)"], rows)
+            lines += ["  " + line for line in table.splitlines()]
+        elif cell["metrics"]:
+            lines.append("  metrics: identical")
+        else:
+            lines.append("  metrics: none in either run")
+    s = d["summary"]
+    lines += ["", "pairs are amplitude/phase"] if pairs else [""]
+    summary = f"{s['changed']} of {s['cells']} cells differ; {s['identical']} identical"
+    if s["only_in_a"] or s["only_in_b"]:
+        summary += f" ({s['only_in_a']} only in A, {s['only_in_b']} only in B)"
+    lines.append(summary)
+    if timing_moved and not all_cells:
+        lines.append(f"timings ({', '.join(sorted({m['metric'] for c in d['cells'] for m in c['metrics'] if m['timing']}))}) "
+                     "differ too; they are measured anew by every run and not counted (--all shows them)")  # fmt: skip
+    return "\n".join(lines)
+
+
+def _fmt(v: float | None) -> str:
+    return "-" if v is None else f"{v:.4g}"
+
+
+def _delta(v: float | None) -> str:
+    return "-" if v is None else "0" if v == 0 else f"{v:+.4g}"
+
+
+def _pair(m: dict, prefix: str, fmt) -> str:
+    if m["a_amplitude"] is None and m["a_phase"] is None and m["b_amplitude"] is None and m["b_phase"] is None:
+        return fmt(m[f"{prefix}value"])
+    return f"{fmt(m[f'{prefix}amplitude'])}/{fmt(m[f'{prefix}phase'])}"
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
+    line = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
+    return "\n".join([line(header), line(["-" * w for w in widths])] + [line(r) for r in rows])
+
+
+def write_diff_csv(d: dict, path: str | Path) -> int:
+    """One row per cell x model x metric of the cells in both runs (CSV_FIELDS; null as an
+    empty field); returns the number of rows written."""
+    rows = [{"dose": cell["dose"], "view": cell["view"], "split": cell["split"], **m}
+            for cell in d["cells"] for m in cell["metrics"]]  # fmt: skip
+    try:
+        with open(path, "w", newline="") as fh:
+            writer = csv.DictWriter(fh, CSV_FIELDS, extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows({k: "" if r.get(k) is None else r[k] for k in CSV_FIELDS} for r in rows)
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot write the diff CSV: {exc.strerror or exc}") from None
+    return len(rows)
