@@ -111,6 +111,13 @@ def build_parser() -> argparse.ArgumentParser:
     stream.add_argument("--stderr", dest="stream", action="store_const", const="stderr", help="standard error")
     p.add_argument("-f", "--follow", action="store_true", help="keep printing what is written until the attempt ends")
 
+    p = sub.add_parser("diff", help="compare two runs: metric deltas per cell and model, and what their cells ran from")
+    p.add_argument("run_a", type=Path, help="artifact root of run A")
+    p.add_argument("run_b", type=Path, help="artifact root of run B (deltas are B - A)")
+    p.add_argument("--json", action="store_true", help="the whole comparison as JSON")
+    p.add_argument("--csv", type=Path, help="write one row per cell x model x metric here")
+    p.add_argument("--all", action="store_true", help="show identical cells too")
+
     p = sub.add_parser("demo", help="the whole loop on a synthetic study")
     p.add_argument("--artifact-root", type=Path, help="default: gridsubmit-demo/<time>")
     p.add_argument("--cluster", type=Path, help="cluster profile YAML (default: local backend)")
@@ -320,6 +327,21 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_diff(args) -> int:
+    from . import diff
+
+    d = diff.diff_runs(Run.open(args.run_a).manifest, Run.open(args.run_b).manifest)
+    if args.json:
+        json.dump(d, sys.stdout, indent=1)
+        print()
+    else:
+        print(diff.diff_text(d, all_cells=args.all))
+    if args.csv:
+        n = diff.write_diff_csv(d, args.csv)
+        print(f"wrote {n} row(s) to {args.csv}", file=sys.stderr if args.json else sys.stdout)
+    return 0
+
+
 def cmd_demo(args) -> int:
     from .demo.generate import make_study
 
@@ -346,4 +368,4 @@ def cmd_demo(args) -> int:
 
 
 COMMANDS = {"plan": cmd_plan, "submit": cmd_submit, "status": cmd_status, "wait": cmd_wait, "logs": cmd_logs,
-            "cancel": cmd_cancel, "report": cmd_report, "demo": cmd_demo}  # fmt: skip
+            "cancel": cmd_cancel, "report": cmd_report, "diff": cmd_diff, "demo": cmd_demo}  # fmt: skip

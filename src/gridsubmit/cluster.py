@@ -45,7 +45,8 @@ class Resources:
 
 RESOURCE_KEYS = {"time", "gpus_per_job", "partition", "gpu_type", "cpus_per_task", "mem", "account", "qos", "constraint"}
 SLURM_ONLY = {"partition", "gpu_type", "cpus_per_task", "mem", "account", "qos", "constraint", "gpu_request",
-              "array_parallelism", "max_array_size", "setup", "use_srun", "sbatch_extra", "warn_signal"}  # fmt: skip
+              "array_parallelism", "max_array_size", "setup", "use_srun", "sbatch_extra", "warn_signal",
+              "cells_per_job", "max_queued"}  # fmt: skip
 LOCAL_ONLY = {"max_parallel", "gpus"}
 TOP_KEYS = RESOURCE_KEYS | SLURM_ONLY | LOCAL_ONLY | {"backend", "name", "env", "capture_env", "python", "poll_interval", "retry",
                                                       "overrides"}  # fmt: skip
@@ -81,6 +82,9 @@ class Retry:
     memory_factor: float = 2.0  # OUT_OF_MEMORY retried with this much more memory
 
 
+DEFAULT_MAX_QUEUED = 500  # well below the usual MaxSubmitJobs (1000 or more)
+
+
 @dataclass(frozen=True)
 class ClusterProfile:
     source: str
@@ -105,6 +109,8 @@ class ClusterProfile:
     use_srun: bool = False
     sbatch_extra: Mapping[str, str | bool] = field(default_factory=dict)  # true: a flag without value
     warn_signal: str | None = None  # SLURM --signal before the limit, forwarded to the command
+    cells_per_job: int = 1  # cells run one after another in one job (array task)
+    max_queued: int = DEFAULT_MAX_QUEUED  # jobs (array tasks) of the run in the queue at once
     raw: Mapping[str, Any] = field(default_factory=dict)  # as written, for the manifest
 
     def resources_for(self, key: JobKey, attempt_fates: tuple[JobState, ...] = ()) -> Resources:
@@ -273,7 +279,7 @@ def parse_profile(d: dict, src: str) -> ClusterProfile:
 
     poll = expect(d.get("poll_interval") or {}, dict, src, "poll_interval")
     unknown_keys(poll, {"min", "max"}, src, "poll_interval.")
-    poll_min = float(expect(poll.get("min", 0.02 if backend == "local" else 1.0), (int, float), src, "poll_interval.min"))
+    poll_min = float(expect(poll.get("min", 0.02 if backend == "local" else 5.0), (int, float), src, "poll_interval.min"))
     poll_max = float(expect(poll.get("max", 0.05 if backend == "local" else 30.0), (int, float), src, "poll_interval.max"))
     if not 0 < poll_min <= poll_max:
         raise ConfigError(src, "poll_interval", f"expected 0 < min <= max, got min={poll_min}, max={poll_max}")
@@ -319,6 +325,8 @@ def parse_profile(d: dict, src: str) -> ClusterProfile:
         use_srun=bool(expect(d.get("use_srun", False), bool, src, "use_srun")),
         sbatch_extra={str(k): v if isinstance(v, bool) else str(v) for k, v in extra.items() if v is not False},
         warn_signal=_opt_str(d.get("warn_signal"), src, "warn_signal"),
+        cells_per_job=_positive_int(d.get("cells_per_job", 1), src, "cells_per_job"),
+        max_queued=_positive_int(d.get("max_queued", DEFAULT_MAX_QUEUED), src, "max_queued"),
         raw=d,
     )
     if profile.resources.gpus_per_job < 0:  # local default: one GPU per job when GPUs are visible, else none

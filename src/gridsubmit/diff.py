@@ -106,15 +106,16 @@ class _Side:
         last = attempts[-1] if attempts else {}
         argv = last.get("argv") if last.get("argv") is not None else cell.get("argv") or []
         inputs = last.get("inputs")
-        if inputs is None:  # older attempts (or none yet): the planned input paths, without sizes
-            inputs = {n: None if p is None else {"path": p} for n, p in (cell.get("inputs") or {}).items()}
+        if not isinstance(inputs, dict):  # older attempts (or none yet): the planned input paths, without sizes
+            inputs = cell.get("inputs") or {}
+        inputs = {n: {"path": i} if isinstance(i, str) else i if isinstance(i, dict) else None for n, i in inputs.items()}
         sub, index = None, last.get("submission")
         if isinstance(index, int) and 1 <= index <= len(self.submissions):
             sub = self.submissions[index - 1]
         return {"argv": list(argv), "command": last.get("command") or shlex.join(argv),
                 "workdir": last.get("workdir") or (self.manifest.get("context") or {}).get("workdir"),
                 "options": dict(last.get("options") if last.get("options") is not None else cell.get("options") or {}),
-                "inputs": dict(inputs), "submission": sub, "recorded": "inputs" in last and "argv" in last}  # fmt: skip
+                "inputs": inputs, "submission": sub, "recorded": "inputs" in last and "argv" in last}  # fmt: skip
 
     def ran_from(self, cell: dict) -> dict:
         record = self._record(cell)
@@ -175,8 +176,9 @@ def _provenance(ra: dict, rb: dict, notes: list[str]) -> list[dict]:
     options = []
     for name in dict.fromkeys([*oa, *ob]):
         if name not in ob or name not in oa:
-            options.append(_entry(f"option {name}", oa.get(name), ob.get(name),
-                                  f"set only in run {'A' if name in oa else 'B'}: {oa.get(name, ob.get(name))!r}"))  # fmt: skip
+            value = oa[name] if name in oa else ob[name]
+            where = "A" if name in oa else "B"
+            options.append(_entry(f"option {name}", oa.get(name), ob.get(name), f"set only in run {where}: {value!r}"))
         elif not _same(oa[name], ob[name]):
             options.append(_entry(f"option {name}", oa[name], ob[name], f"{oa[name]!r} -> {ob[name]!r}"))
     out += options
@@ -189,11 +191,9 @@ def _provenance(ra: dict, rb: dict, notes: list[str]) -> list[dict]:
     sa, sb = ra["submission"], rb["submission"]
     if sa is not None and sb is not None and "git" in sa and "git" in sb:
         ga, gb = sa["git"], sb["git"]
-        same_commit = bool(ga and gb and ga.get("commit") == gb.get("commit"))
-        dirty = (ga or {}).get("dirty"), (gb or {}).get("dirty")
-        if (ga is None) != (gb is None) or ga and not same_commit or same_commit and None not in dirty and dirty[0] != dirty[1]:
+        if _code_differs(ga, gb):
             out.append(_entry("code version", _git(ga), _git(gb), f"{_code(ga)} -> {_code(gb)}"))
-        elif same_commit and dirty == (True, True):
+        elif ga and gb and ga.get("dirty") and gb.get("dirty"):
             notes.append(f"both runs ran from commit {ga['commit'][:12]} with uncommitted changes: the code may differ "
                          "between them although the commit is the same")  # fmt: skip
     va = (sa or {}).get("versions") or ra["side"].manifest.get("versions") or {}
@@ -248,6 +248,15 @@ def _same(x: Any, y: Any) -> bool:
     return x == y and isinstance(x, bool) == isinstance(y, bool)
 
 
+def _code_differs(ga: dict | None, gb: dict | None) -> bool:
+    """Another commit, or the same one with and without uncommitted changes (when both know)."""
+    if ga is None or gb is None:
+        return (ga is None) != (gb is None)
+    if ga.get("commit") != gb.get("commit"):
+        return True
+    return ga.get("dirty") is not None and gb.get("dirty") is not None and ga["dirty"] != gb["dirty"]
+
+
 def _git(git: dict | None) -> dict | None:
     return None if git is None else {"commit": git.get("commit"), "dirty": git.get("dirty")}
 
@@ -291,9 +300,10 @@ def _by_metric(cell: dict) -> dict[tuple[str, str], dict]:
 
 
 def diff_text(d: dict, all_cells: bool = False) -> str:
-    """The diff as a report: the two runs, cells only in one, then each changed cell (every
-    cell with ``all_cells``) with its provenance differences and a table of the metrics that
-    moved (timings only with ``all_cells``), and a one-line summary."""
+    """The diff as a report: the two runs, cells only in one, the differences every cell
+    shares (said once), then each changed cell (every cell with ``all_cells``) with its own
+    provenance differences and a table of the metrics that moved (timings only with
+    ``all_cells``), and a one-line summary."""
     lines = [f"A: run {d['a'].get('run_id')}  {d['a'].get('artifact_root')}",
              f"B: run {d['b'].get('run_id')}  {d['b'].get('artifact_root')}"]  # fmt: skip
     lines += [f"note: {note}" for note in d.get("notes") or []]
@@ -301,25 +311,31 @@ def diff_text(d: dict, all_cells: bool = False) -> str:
         keys = d[f"only_in_{side}"]
         if keys:
             lines.append(f"only in run {side.upper()} ({len(keys)}): {', '.join(keys)}")
-    timing_moved = pairs = False
+    said = lambda p: (p["what"], p["detail"])  # noqa: E731
+    shared = set.intersection(*({said(p) for p in c["provenance"]} for c in d["cells"])) if len(d["cells"]) > 1 else set()
+    if shared:
+        lines += ["", f"in every cell of both runs ({len(d['cells'])}):"]
+        lines += [f"  {p['what']}: {p['detail']}" for p in d["cells"][0]["provenance"] if said(p) in shared]
+    timing_moved = pairs = short = False  # short: the last cell shown took one line (the next one joins it)
     for cell in d["cells"]:
         timing_moved |= any(m["differs"] and m["timing"] for m in cell["metrics"])
         if not (cell["changed"] or all_cells):
             continue
         state = cell["state_a"] if cell["state_a"] == cell["state_b"] else f"{cell['state_a']} -> {cell['state_b']}"
-        lines += ["", f"{cell['key']}: {'changed' if cell['changed'] else 'unchanged'} ({state})"]
-        lines += [f"  {p['what']}: {p['detail']}" for p in cell["provenance"]]
+        head = f"{cell['key']}: {'changed' if cell['changed'] else 'unchanged'} ({state})"
+        own = [f"  {p['what']}: {p['detail']}" for p in cell["provenance"] if said(p) not in shared]
         shown = [m for m in cell["metrics"] if m["differs"] and (all_cells or not m["timing"])]
-        if shown:
-            rows = [[m["model"], m["metric"] + (" (timing)" if m["timing"] else ""),
-                     _pair(m, "a_", _fmt), _pair(m, "b_", _fmt), _pair(m, "d_", _delta)] for m in shown]  # fmt: skip
-            pairs |= any("/" in row[2] or "/" in row[3] for row in rows)
-            table = _table(["model", "metric", "A", "B", "Δ (B - A)"], rows)
-            lines += ["  " + line for line in table.splitlines()]
-        elif cell["metrics"]:
-            lines.append("  metrics: identical")
-        else:
-            lines.append("  metrics: none in either run")
+        if not shown:
+            head += "; metrics identical" if cell["metrics"] else "; no metrics in either run"
+            lines += [""] * (not short) + [head, *own]
+            short = not own
+            continue
+        short = False
+        rows = [[m["model"], m["metric"] + (" (timing)" if m["timing"] else ""),
+                 _pair(m, "a_", _fmt), _pair(m, "b_", _fmt), _pair(m, "d_", _delta)] for m in shown]  # fmt: skip
+        pairs |= any("/" in row[2] or "/" in row[3] for row in rows)
+        table = _table(["model", "metric", "A", "B", "Δ (B - A)"], rows)
+        lines += ["", head, *own, *("  " + line for line in table.splitlines())]
     s = d["summary"]
     lines += ["", "pairs are amplitude/phase"] if pairs else [""]
     summary = f"{s['changed']} of {s['cells']} cells differ; {s['identical']} identical"
@@ -327,8 +343,9 @@ def diff_text(d: dict, all_cells: bool = False) -> str:
         summary += f" ({s['only_in_a']} only in A, {s['only_in_b']} only in B)"
     lines.append(summary)
     if timing_moved and not all_cells:
-        lines.append(f"timings ({', '.join(sorted({m['metric'] for c in d['cells'] for m in c['metrics'] if m['timing']}))}) "
-                     "differ too; they are measured anew by every run and not counted (--all shows them)")  # fmt: skip
+        names = sorted({m["metric"] for c in d["cells"] for m in c["metrics"] if m["timing"] and m["differs"]})
+        lines.append(f"timings ({', '.join(names)}) differ too: measured anew by every run, they are not counted "
+                     "(--all shows them)")  # fmt: skip
     return "\n".join(lines)
 
 

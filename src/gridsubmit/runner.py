@@ -16,7 +16,7 @@ from . import context as ctx
 from . import manifest as mf
 from . import provenance as prov
 from .crashpoints import point
-from .backends.base import Backend, Handle, SchedulerError, Submission, SubmitError
+from .backends.base import DONE_DIR, Backend, Handle, SchedulerError, Submission, SubmitError
 from .cluster import ClusterProfile, parse_profile
 from .errors import UsageError
 from .jobs import JobKey
@@ -260,6 +260,7 @@ class Runner:
                 "stderr": str(rel / STDERR), "resources": sub.resources.as_dict(), **sub.record})  # fmt: skip
         self.save()  # the intent is on disk before anything reaches the scheduler
         point("intent-saved")
+        (self.root / mf.STATE_DIR / DONE_DIR).mkdir(exist_ok=True)
         try:
             handles = self.backend.submit(submissions)
             point("backend-returned")

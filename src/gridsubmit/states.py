@@ -119,6 +119,8 @@ def fate(result: dict | None, scheduled: JobState | None, undecided_for_s: float
     Returns None while the attempt is still undecided and should be polled again.
     """
     if result is not None:
+        if result.get("cancelled"):  # skipped in its pack: cancelled before it started
+            return JobState.CANCELLED
         if not result.get("started", True):  # gave up waiting for a slot: the command never ran
             return scheduled if scheduled in IMPOSED else JobState.LOST
         if result.get("oom_killed"):

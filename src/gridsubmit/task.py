@@ -28,6 +28,7 @@ RESULT = "result.json"
 SLOT = "slot.json"  # local backend: written by the scheduler when the job may start
 WAITING = "waiting.json"  # local backend: the process waiting at the gate (it can be woken)
 CLAIM = "claim.json"  # whoever creates it first runs the attempt (or gives it up)
+CANCEL = "cancel.json"  # a cell of a pack cancelled before its turn: skipped
 STDOUT = "stdout.log"
 STDERR = "stderr.log"
 HEARTBEAT_STALE_S = 30.0  # a gate whose runner has not beaten for this long is abandoned
@@ -183,18 +184,46 @@ def run_task(spec: dict) -> dict:
                 result.update(started=False, interrupted_by=signals.received, error=f"never started: {why}",
                               ended_at=time.time())  # fmt: skip
                 write_json_atomic(folder / RESULT, result)
+                _mark_done(spec)
                 return result
             env["CUDA_VISIBLE_DEVICES"] = grant.get("gpus", "")
         if not _claim(folder, {"job": job_id(), "pid": os.getpid(), "host": result["hostname"], "at": time.time()}):
             return result  # another process ran (or runs) this attempt: never run it twice
-        result.update(_run(spec, env, folder, signals))
+        if (folder / CANCEL).exists():  # checked after claiming: the submitter checks the claim after asking
+            result.update(started=False, cancelled=True, error="cancelled before its turn in the pack", ended_at=time.time())
+        else:
+            result.update(_run(spec, env, folder, signals))
     finally:
         signals.restore()
     result["warned_by_usr2"] = signals.warned
     result["scheduler"] = {k: os.environ[k] for k in _SCHEDULER_ENV if k in os.environ}
     result["cuda_visible_devices"] = env.get("CUDA_VISIBLE_DEVICES")
     write_json_atomic(folder / RESULT, result)
+    _mark_done(spec)
     return result
+
+
+def run_pack(specs: list[dict]) -> list[dict]:
+    """Run several attempts one after another in one job (``cells_per_job``), each with its
+    own claim, logs and result. A signal that ends the job ends the pack: later cells never
+    start, and the submitter sees they never claimed their attempt."""
+    results = []
+    for spec in specs:
+        result = run_task(spec)
+        results.append(result)
+        if result.get("interrupted_by") in ("SIGTERM", "SIGINT"):
+            break
+    return results
+
+
+def _mark_done(spec: dict) -> None:
+    """One empty file per ended attempt in one folder: the runner lists that folder once per
+    cycle instead of opening every attempt's result file."""
+    if spec.get("done"):
+        try:
+            os.close(os.open(spec["done"], os.O_WRONLY | os.O_CREAT, 0o644))
+        except OSError:
+            pass  # the result file is there; the scheduler's word leads the runner to it
 
 
 def _run(spec: dict, env: dict, folder: Path, signals: _Signals) -> dict:

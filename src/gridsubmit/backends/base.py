@@ -9,6 +9,7 @@ codes and metrics happens here, once, for all backends.
 from __future__ import annotations
 
 import math
+import os
 import re
 import time
 from abc import ABC, abstractmethod
@@ -22,8 +23,9 @@ from .. import context as ctx
 from ..manifest import STATE_DIR, Observation
 from ..metrics import read_metrics
 from ..states import JobState, fate
-from ..task import RESULT, STDERR, STDOUT, read_json
+from ..task import CLAIM, RESULT, STDERR, STDOUT, read_json
 
+DONE_DIR = "done"  # one empty file per ended attempt, named by done_name()
 TAIL_LINES = 50
 TAIL_BYTES = 8 * 1024
 METRICS_FILE = "comparison_metrics.csv"
@@ -92,7 +94,8 @@ class Backend(ABC):
         plain = {k: v for k, v in self.captured.items() if not ctx.SECRET.search(k)}
         return {"argv": list(sub.argv), "cwd": str(self.workdir), "output_dir": str(sub.output_dir),
                 "attempt_dir": str(sub.attempt_dir), "env": {**plain, **self.profile.env},
-                "env_file": str(self.root / STATE_DIR / ctx.ENV_FILE)}  # fmt: skip
+                "env_file": str(self.root / STATE_DIR / ctx.ENV_FILE),
+                "done": str(self.root / STATE_DIR / DONE_DIR / done_name(sub.key, sub.attempt))}  # fmt: skip
 
     # --- what each backend implements ----------------------------------------------------------
 
@@ -140,14 +143,32 @@ class Backend(ABC):
     def poll(self, handles: Sequence[Handle]) -> list[Observation]:
         if not handles:
             return []
-        results = {h.key: read_json(h.attempt_dir / RESULT) for h in handles}
+        # Result files are opened only for attempts that may have ended: those the done
+        # folder lists (one listdir), those not looked at yet, and (below) those the
+        # scheduler no longer lists as queued or running.
+        done = self._done_names()
+        results = {}
+        for h in handles:
+            if done_name(h.key, h.attempt) in done or not h.extra.get("looked"):
+                results[h.key] = read_json(h.attempt_dir / RESULT)
+                h.extra["looked"] = True
+            else:
+                results[h.key] = None
         # A result that settles the attempt on its own needs no scheduler query.
         native = self.query([h for h in handles if fate(results[h.key], None, 0.0, math.inf) is None])
         now = time.monotonic()
         observations = []
         for h in handles:
             scheduled, info = native.get(h.key, (None, {}))
+            if results[h.key] is None and not (scheduled is not None and scheduled.active):
+                results[h.key] = read_json(h.attempt_dir / RESULT)  # ended without its mark, or not seen yet
             result = results[h.key]
+            if result is None and scheduled is not None and scheduled.terminal and h.extra.get("pack") \
+                    and not (h.attempt_dir / CLAIM).exists():  # fmt: skip
+                # a packed cell whose job ended before its turn: it never ran
+                scheduled = JobState.CANCELLED if h.extra.get("cancel_sent") else JobState.LOST
+                info = {**info, "error": f"its job ended ({info.get('scheduler_state', '?')}) before this cell's "
+                        "turn in its pack" + ("" if h.extra.get("cancel_sent") else "; it runs again")}
             conclusive = result is None and scheduled is not None and scheduled.active
             if conclusive:
                 h.undecided_since = None
@@ -198,7 +219,13 @@ class Backend(ABC):
     def handle_from_record(self, cell: dict, attempt: dict) -> Handle:
         return Handle(key=cell["key"], attempt=attempt["attempt"], attempt_dir=self.root / attempt["dir"],
                       output_dir=Path(cell["output_dir"]), job_id=attempt.get("job_id"), state=JobState(attempt["state"]),
-                      expected_outputs=tuple(cell.get("expected_outputs", ())))  # fmt: skip
+                      expected_outputs=tuple(cell.get("expected_outputs", ())), extra={"pack": attempt.get("pack")})  # fmt: skip
+
+    def _done_names(self) -> set[str]:
+        try:
+            return set(os.listdir(self.root / STATE_DIR / DONE_DIR))
+        except FileNotFoundError:
+            return set()
 
 
 _EXCEPTION = re.compile(r"^[A-Za-z_][\w.]*(?:Error|Exception|Exit|Interrupt|Warning)\b")
@@ -227,6 +254,10 @@ def check_root(root: Path, backend: str) -> None:
     if odd:
         raise UsageError(f"{str(root)!r}: an artifact root cannot contain {' or '.join(map(repr, odd))} (submitit and "
                          "SLURM read them in file names); choose another --artifact-root")  # fmt: skip
+
+
+def done_name(key: str, attempt: int) -> str:
+    return f"{key.replace('/', '~')}~{attempt}"  # '~' is in no dose, view or split name
 
 
 def missing_outputs(h: Handle) -> list[str]:
