@@ -231,6 +231,10 @@ def cmd_submit(args) -> int:
                           command=args.command_line)  # fmt: skip
     if not args.wait:
         print(f"submitted; `gridsubmit status {root}` shows progress, `gridsubmit wait {root}` waits")
+        later = run.manifest["counts"].get("PLANNED", 0)
+        if later:
+            print(f"{later} cell(s) wait for room in the queue (max_queued: {executor.profile.max_queued}); "
+                  f"`gridsubmit wait {root}` submits them as jobs end")  # fmt: skip
         return 0
     _print_outcome(run.manifest)
     return run.exit_status

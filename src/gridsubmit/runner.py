@@ -117,6 +117,7 @@ class Runner:
         self._attached = False
         self._warned: set[str] = set()  # job ids already reported as stuck
         self._hasher = prov.Hasher()
+        self.held_back = 0  # due cells left for a later wave (the queue cap)
 
     # --- the loop ------------------------------------------------------------------------------
 
@@ -136,8 +137,8 @@ class Runner:
                     break
                 if until_ended is not None and not until_ended & self.handles.keys():
                     break
-                if not wait and not more_due and self.backend.runs_unattended:
-                    break
+                if not wait and self.backend.runs_unattended and (not more_due or self.held_back):
+                    break  # submitted what the queue cap allows; `wait` submits the rest
                 if deadline is not None and time.monotonic() >= deadline:
                     break
                 if stop_when_stuck and self.stuck():
@@ -245,6 +246,13 @@ class Runner:
 
     def _submit_due(self) -> bool:
         due = mf.due_cells(self.manifest, self.profile.retry)
+        self.held_back = 0
+        if due and self.backend.queue_cap is not None:  # waves: at most queue_cap jobs queued at once
+            room = self.backend.queue_cap - self.backend.queued_jobs(list(self.handles.values()))
+            n = min(len(due), max(0, room) * self.profile.cells_per_job)
+            while n and self.backend.jobs_of([self._next_submission(c) for c in due[:n]]) > room:
+                n -= 1
+            self.held_back, due = len(due) - n, due[:n]
         if not due:
             return False
         submissions = [self._next_submission(cell) for cell in due]

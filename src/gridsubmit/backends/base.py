@@ -120,6 +120,16 @@ class Backend(ABC):
     def reattach(self, records: Sequence[tuple[dict, dict]]) -> list[Handle]:
         """Handles for (cell, attempt) records of a manifest, from a fresh process."""
 
+    queue_cap: int | None = None  # at most this many jobs of the run queued at once (None: no cap)
+
+    def jobs_of(self, submissions: Sequence[Submission]) -> int:
+        """How many jobs these attempts take in the queue."""
+        return len(submissions)
+
+    def queued_jobs(self, handles: Sequence[Handle]) -> int:
+        """How many jobs these active attempts hold in the queue."""
+        return len(handles)
+
     def describe(self, submissions: Sequence[Submission]) -> str:
         """What would be submitted, for --dry-run."""
         return "\n".join(f"{s.key}: {' '.join(s.argv)}" for s in submissions)
@@ -166,9 +176,10 @@ class Backend(ABC):
             if result is None and scheduled is not None and scheduled.terminal and h.extra.get("pack") \
                     and not (h.attempt_dir / CLAIM).exists():  # fmt: skip
                 # a packed cell whose job ended before its turn: it never ran
-                scheduled = JobState.CANCELLED if h.extra.get("cancel_sent") else JobState.LOST
+                scheduled = JobState.CANCELLED if h.extra.get("cancel_asked") else JobState.LOST
+                h.extra["pack_ended"] = True
                 info = {**info, "error": f"its job ended ({info.get('scheduler_state', '?')}) before this cell's "
-                        "turn in its pack" + ("" if h.extra.get("cancel_sent") else "; it runs again")}
+                        "turn in its pack" + ("" if h.extra.get("cancel_asked") else "; it runs again")}
             conclusive = result is None and scheduled is not None and scheduled.active
             if conclusive:
                 h.undecided_since = None

@@ -21,6 +21,7 @@ import subprocess
 import time
 import uuid
 from collections import defaultdict
+from dataclasses import replace
 from pathlib import Path
 from typing import Sequence
 
@@ -32,11 +33,13 @@ from ..cluster import ClusterProfile, Resources
 from ..crashpoints import point
 from ..manifest import STATE_DIR
 from ..states import JobState, from_slurm
-from ..task import run_task
+from ..task import CANCEL, CLAIM, RESULT, run_pack, run_task, write_json_atomic
 from .base import Backend, Handle, SchedulerError, Submission, SubmitError, check_root
 
 DEFAULT_MAX_ARRAY_SIZE = 1001  # SLURM's own default
 log = logging.getLogger(__name__)
+PACK_KILL_GRACE_S = 10  # a packed cell past its own limit: SIGTERM, then SIGKILL this long after
+PENDING_REASONS_EVERY_S = 60.0  # squeue for why queued jobs wait (held, bad account, ...)
 ACCOUNTING_WAIT_S = 15.0  # at the end of a run, how long to wait for sacct's final word on its jobs
 SACCT_FIELDS = "JobID,JobName,State,ExitCode,NodeList,MaxRSS,Elapsed"
 
@@ -65,6 +68,8 @@ class SlurmBackend(Backend):
         self._by_id: dict[str, tuple[JobState | None, dict]] = {}  # the last answer, by job id
         self._last_query = -math.inf
         self._query_every = profile.poll_min_s
+        self.queue_cap = profile.max_queued
+        self._reasons_at = -math.inf
 
     # --- submission ----------------------------------------------------------------------------
 
@@ -79,45 +84,75 @@ class SlurmBackend(Backend):
                 self._max_array_size = DEFAULT_MAX_ARRAY_SIZE
         return self._max_array_size
 
-    def chunks(self, submissions: Sequence[Submission]) -> list[list[Submission]]:
-        """Equal resources share an array; arrays are cut at MaxArraySize tasks."""
+    def chunks(self, submissions: Sequence[Submission]) -> list[list[list[Submission]]]:
+        """Equal resources share an array whose tasks are packs of ``cells_per_job`` cells;
+        arrays are cut at MaxArraySize tasks."""
         groups: dict[Resources, list[Submission]] = defaultdict(list)
         for sub in submissions:
             groups[sub.resources].append(sub)
-        size = self.max_array_size
-        return [subs[i : i + size] for subs in groups.values() for i in range(0, len(subs), size)]
+        k, size = self.profile.cells_per_job, self.max_array_size
+        packs = [subs[i : i + k] for subs in groups.values() for i in range(0, len(subs), k)]
+        chunks: list[list[list[Submission]]] = []
+        for pack in packs:  # packs of one group are consecutive: start a new array where the group changes
+            if chunks and len(chunks[-1]) < size and chunks[-1][0][0].resources == pack[0].resources:
+                chunks[-1].append(pack)
+            else:
+                chunks.append([pack])
+        return chunks
+
+    def jobs_of(self, submissions: Sequence[Submission]) -> int:
+        """How many jobs (array tasks) these attempts take in the queue."""
+        return sum(len(chunk) for chunk in self.chunks(submissions))
+
+    def queued_jobs(self, handles: Sequence[Handle]) -> int:
+        return len({(h.extra.get("job_name"), h.extra.get("array_task_id")) if h.extra.get("job_name") else h.key
+                    for h in handles})  # fmt: skip
 
     def assign(self, submissions: Sequence[Submission]) -> None:
         for chunk in self.chunks(submissions):
             name = f"gs-{self.run_id}-{uuid.uuid4().hex[:6]}"
-            for index, sub in enumerate(chunk):
-                sub.record.update(job_name=name, array_task_id=index if len(chunk) > 1 else None)
+            for index, pack in enumerate(chunk):
+                for position, sub in enumerate(pack):
+                    sub.record.update(job_name=name, array_task_id=index if len(chunk) > 1 else None)
+                    if len(pack) > 1 or self.profile.cells_per_job > 1:
+                        sub.record["pack"] = {"size": len(pack), "position": position}
 
     def submit(self, submissions: Sequence[Submission]) -> list[Handle]:
-        by_name: dict[str, list[Submission]] = defaultdict(list)
+        by_name: dict[str, dict[int | None, list[Submission]]] = defaultdict(dict)
         for sub in submissions:
-            by_name[sub.record["job_name"]].append(sub)
+            by_name[sub.record["job_name"]].setdefault(sub.record["array_task_id"], []).append(sub)
         handles: list[Handle] = []
-        for name, chunk in by_name.items():
-            executor = self._executor(chunk[0].resources, name)
+        for name, packs in by_name.items():
+            subs = [sub for pack in packs.values() for sub in pack]
+            res = subs[0].resources
+            executor = self._executor(replace(res, time_s=res.time_s * max(len(p) for p in packs.values())), name)
             try:
                 with executor.batch():
-                    jobs = [executor.submit(run_task, self._spec(sub)) for sub in chunk]
+                    jobs = [self._submit_pack(executor, pack) for pack in packs.values()]
             except Exception as exc:  # sbatch's own message is the useful part
-                queued = self._queued_despite(name, chunk)
+                queued = self._queued_despite(name, subs)
                 if queued is None:
-                    raise SubmitError(f"sbatch refused {len(chunk)} job(s) for partition "
-                                      f"{chunk[0].resources.partition or '(default)'}: {_clean(exc)}", handles) from None  # fmt: skip
+                    raise SubmitError(f"sbatch refused {len(packs)} job(s) for partition "
+                                      f"{res.partition or '(default)'}: {_clean(exc)}", handles) from None  # fmt: skip
                 handles += queued
                 continue
-            for sub, job in zip(chunk, jobs):
+            for pack, job in zip(packs.values(), jobs):
                 array_id = job.job_id.split("_")[0]
                 script = JobPaths(self.folder, job_id=array_id).submission_file
-                h = sub.handle(job_id=job.job_id, state=JobState.PENDING,
-                               extra={"job_name": name, "record": {"array_job_id": array_id, "script": str(script)}})  # fmt: skip
-                handles.append(h)
+                for sub in pack:
+                    h = sub.handle(job_id=job.job_id, state=JobState.PENDING,
+                                   extra={"job_name": name, "pack": sub.record.get("pack"),
+                                          "record": {"array_job_id": array_id, "script": str(script)}})  # fmt: skip
+                    handles.append(h)
             point("sbatch-returned")
         return handles
+
+    def _submit_pack(self, executor: submitit.SlurmExecutor, pack: list[Submission]):
+        if len(pack) == 1 and not pack[0].record.get("pack"):
+            return executor.submit(run_task, self._spec(pack[0]))
+        # the job's limit covers the whole pack; each cell keeps its own, enforced by the task
+        return executor.submit(run_pack, [{**self._spec(sub), "time_limit_s": sub.resources.time_s,
+                                           "kill_grace_s": PACK_KILL_GRACE_S} for sub in pack])  # fmt: skip
 
     def _queued_despite(self, name: str, chunk: list[Submission]) -> list[Handle] | None:
         """sbatch failed: did it queue the array all the same (a timeout, a lost reply)? Then
@@ -195,11 +230,12 @@ class SlurmBackend(Backend):
         """The exact sbatch script of each array chunk (nothing is submitted)."""
         parts = []
         for chunk in self.chunks(submissions):
-            executor = self._executor(chunk[0].resources, f"gs-{self.run_id}-<chunk>")
+            res = chunk[0][0].resources
+            executor = self._executor(replace(res, time_s=res.time_s * max(len(p) for p in chunk)), f"gs-{self.run_id}-<chunk>")
             if len(chunk) > 1:
                 executor.parameters["map_count"] = len(chunk)
             script = executor._make_submission_file_text(executor._submitit_command_str, "dry-run")
-            cells = "\n".join(f"#   [{i}] {sub.key}: {' '.join(sub.argv)}" for i, sub in enumerate(chunk))
+            cells = "\n".join(f"#   [{i}] {sub.key}: {' '.join(sub.argv)}" for i, pack in enumerate(chunk) for sub in pack)
             parts.append(f"# --- array of {len(chunk)} job(s) ---\n# array index -> cell:\n{cells}\n{script}")
         return "\n".join(parts)
 
@@ -236,9 +272,13 @@ class SlurmBackend(Backend):
         except SchedulerError:
             by_id, missing = {}, set(ids)
         missing |= {h.job_id.split("_")[0] for h in cancelled}
-        # queued jobs: squeue says why they wait (sacct does not)
-        pending = {h.job_id for h in handles if (by_id.get(h.job_id) or (None,))[0] is JobState.PENDING}
-        missing |= {j.split("_")[0] for j in pending}
+        # queued jobs: squeue says why they wait (sacct does not); asked now and then, as
+        # every status call counts on a busy controller
+        pending = set()
+        if now - self._reasons_at >= PENDING_REASONS_EVERY_S:
+            pending = {h.job_id for h in handles if (by_id.get(h.job_id) or (None,))[0] is JobState.PENDING}
+            missing |= {j.split("_")[0] for j in pending}
+            self._reasons_at = now
         # sacct lags squeue: a job it does not list yet may well be queued or running
         queued = squeue(sorted(missing), names) if missing else {}
         by_id.update({j: row for j, row in queued.items() if j not in by_id or j in pending})
@@ -256,7 +296,7 @@ class SlurmBackend(Backend):
         # LOST means no word from the scheduler for the whole grace period (an outage, say):
         # before the retry policy submits the cell again, make sure the old job cannot run too
         gone = {o.key for o in observations if o.state is JobState.LOST}
-        lost = [h for h in handles if h.key in gone and h.job_id and not h.extra.get("discarded")]
+        lost = [h for h in handles if h.key in gone and h.job_id and not h.extra.get("discarded") and not h.extra.get("pack_ended")]
         if lost:
             try:
                 self.cancel(lost)
@@ -294,19 +334,33 @@ class SlurmBackend(Backend):
         return {h.job_id: final.get(h.job_id, late) for h in handles if h.job_id}
 
     def cancel(self, handles: Sequence[Handle]) -> None:
-        """scancel, asked up to three times; raises SchedulerError if it keeps failing."""
-        ids = [h.job_id for h in handles if h.job_id]
+        """scancel, asked up to three times; raises SchedulerError if it keeps failing. A
+        packed cell is marked so its task skips it; its job is cancelled only when the cell
+        has started (its pack-mates that had not ended then run again) or all of the job's
+        cells are asked to go."""
+        ids = [h.job_id for h in handles if h.job_id and not h.extra.get("pack")]
+        by_job: dict[str, list[Handle]] = defaultdict(list)
+        for h in handles:
+            if h.job_id and h.extra.get("pack"):
+                write_json_atomic(h.attempt_dir / CANCEL, {"at": time.time()})
+                by_job[h.job_id].append(h)
+        for job_id, mine in by_job.items():  # the mark first, then the claim: see task.run_task
+            started = any((h.attempt_dir / CLAIM).exists() and not (h.attempt_dir / RESULT).exists() for h in mine)
+            if started or len(mine) == mine[0].extra["pack"]["size"]:
+                ids.append(job_id)
         if ids:
             for attempt in range(3):
                 try:
-                    run_command(["scancel", *ids])
+                    run_command(["scancel", *sorted(set(ids))])
                     break
                 except SchedulerError:
                     if attempt == 2:
                         raise
                     time.sleep(1)
         for h in handles:
-            h.extra["cancel_sent"] = True
+            h.extra["cancel_asked"] = True
+            if h.job_id in ids:
+                h.extra["cancel_sent"] = True
         self._last_query = -math.inf  # ask again at once
 
     # --- re-attach -----------------------------------------------------------------------------
@@ -316,7 +370,7 @@ class SlurmBackend(Backend):
         for cell, attempt in records:
             h = self.handle_from_record(cell, attempt)
             h.extra.update(job_name=attempt.get("job_name"), submitted_at=attempt.get("submitted_at"),
-                           array_task_id=attempt.get("array_task_id"))  # fmt: skip
+                           array_task_id=attempt.get("array_task_id"), pack=attempt.get("pack"))  # fmt: skip
             handles.append(h)
         self._adopt_by_name([h for h in handles if h.job_id is None and h.extra.get("job_name")])
         return handles
