@@ -4,7 +4,7 @@
 
 SPEC.json maps cell keys (or "*") to a behaviour: "ok", "exit:N", "sleep:S", "sleep-ok:S",
 "sleep-once:S" (sleeps on its first run only), "nometrics" (exit 0, no metrics file), "nan" and
-"norows" (a metrics file with a NaN / without rows), "binary", "big:BYTES", "kill-wrapper-once" (the first run kills the task wrapper running it,
+"norows" (a metrics file with a NaN / without rows), "binary", "big:BYTES" (both then exit 1), "kill-wrapper-once" (the first run kills the task wrapper running it,
 as if its node process vanished). Every run appends one line to OUTPUT_DIR/runs.log.
 """
 
@@ -33,13 +33,15 @@ if kind == "exit":
     sys.exit(int(arg))
 if kind in ("sleep", "sleep-ok") or kind == "sleep-once" and len((out / "runs.log").read_text().splitlines()) == 1:
     time.sleep(float(arg))
-if kind == "binary":
+if kind == "binary":  # and fails, so its tails are kept
     sys.stdout.buffer.write(b"bad bytes \xff\xfe\xc3\x28 end\n")
     sys.stderr.buffer.write(b"\x80\x81 not utf-8\n")
+    sys.exit(1)
 if kind == "big":
     line = b"x" * 99 + b"\n"
     for _ in range(int(arg) // 100):
         sys.stdout.buffer.write(line)
+    sys.exit(1)  # failed, so its tails are kept
 if kind == "nometrics":  # exits 0 without what the study needs
     sys.exit(0)
 (out / "comparison_metrics.csv").write_text({"nan": "model,mae,psnr\npinn,nan,30.5\n", "norows": "model,mae,psnr\n"}.get(

@@ -160,7 +160,7 @@ def test_resubmit_skips_completed_cells_and_rerun_failed_runs_failed_ones_again(
 
 def test_invalid_utf8_and_huge_output_keep_the_manifest_valid_and_small(scripted):
     study, profile, root = scripted({"dose_1000/dense/train": "binary", "dose_1000/dense/test": "big:50000000"}, doses=(1000,))
-    assert run_cli("submit", "--study", study, "--cluster", profile, "--artifact-root", root, "--quiet") == 0
+    assert run_cli("submit", "--study", study, "--cluster", profile, "--artifact-root", root, "--quiet") == 1
     manifest = load_manifest(root)
     jsonschema.validate(manifest, SCHEMA)
     assert (root / "comparison_manifest.json").stat().st_size < 100_000
@@ -170,6 +170,8 @@ def test_invalid_utf8_and_huge_output_keep_the_manifest_valid_and_small(scripted
     big = c["dose_1000/dense/test"]["attempts"][0]
     assert (root / big["stdout"]).stat().st_size >= 50_000_000  # the whole log is kept on disk
     assert len(big["stdout_tail"].encode()) <= 8192 and len(big["stdout_tail"].splitlines()) <= 50
+    ok = c["dose_1000/sparse/train"]["attempts"][0]
+    assert ok["state"] == "COMPLETED" and "stdout_tail" not in ok  # a completed cell's logs stay on disk only
 
 
 def test_no_wait_returns_at_once_and_a_detached_runner_finishes_the_grid(scripted):

@@ -22,7 +22,7 @@ from . import __version__
 from .errors import UsageError
 from .jobs import JobKey
 from .states import JobState
-from .task import read_json, write_json_atomic
+from .task import read_json, write_json_atomic, write_text_atomic
 
 SCHEMA_VERSION = 3  # 2: context, pointers, expected_outputs, tidy metrics; 3: provenance, stale, submissions
 MANIFEST = "comparison_manifest.json"
@@ -364,10 +364,23 @@ def save(root: Path, manifest: dict) -> None:
     """Atomically replace the manifest and its summary (caller holds the RunLock)."""
     manifest["updated_at"] = time.time()
     full = with_results(manifest)
-    write_json_atomic(manifest_path(root), full)
+    write_text_atomic(manifest_path(root), manifest_text(full))
     tmp = Path(root) / f".{SUMMARY}.tmp"
     tmp.write_text(summary_text(full))
     os.replace(tmp, Path(root) / SUMMARY)
+
+
+def manifest_text(manifest: dict) -> str:
+    """JSON with one line per cell and per result: readable, greppable, and written by the C
+    encoder (an indented dump takes the pure-Python one, 5x slower at 10,000 cells)."""
+    parts = []
+    for key, value in manifest.items():
+        if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+            items = ",\n  ".join(json.dumps(v) for v in value)
+            parts.append(f" {json.dumps(key)}: [\n  {items}\n ]")
+        else:
+            parts.append(f" {json.dumps(key)}: {json.dumps(value)}")
+    return "{\n" + ",\n".join(parts) + "\n}\n"
 
 
 class RunLock:

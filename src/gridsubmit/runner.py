@@ -26,7 +26,9 @@ from .study import Filters
 from .task import STDERR, STDOUT, read_json
 
 CANCEL_DIR = "cancel-requests"
-SAVE_EVERY_S = 0.5  # while running, the manifest is rewritten at most this often (and at the end)
+# While running, the manifest is rewritten at most this often (unless a cell fails; and at
+# the end): a save costs time in proportion to the cells, so big grids save less often.
+SAVE_EVERY_S = (0.5, 5.0)  # bounds; in between, one second per 1,000 cells
 
 
 def make_backend(profile: ClusterProfile, root: Path, manifest: dict) -> Backend:
@@ -118,6 +120,7 @@ class Runner:
         self._warned: set[str] = set()  # job ids already reported as stuck
         self._hasher = prov.Hasher()
         self.held_back = 0  # due cells left for a later wave (the queue cap)
+        self._save_every = min(SAVE_EVERY_S[1], max(SAVE_EVERY_S[0], len(self.cells) / 1000))
 
     # --- the loop ------------------------------------------------------------------------------
 
@@ -144,7 +147,7 @@ class Runner:
                 if stop_when_stuck and self.stuck():
                     break
                 interval = self.backend.poll_interval(interval, changed)
-                time.sleep(interval)
+                self.backend.sleep(interval)
             point("finished")
             self._enrich()
             point("enriched")
@@ -179,7 +182,8 @@ class Runner:
                 self.ended.append(self.handles.pop(obs.key))
         self.dirty |= changed
         self._warn_stuck()
-        if self.dirty and time.monotonic() - self._saved_at >= SAVE_EVERY_S:
+        act = any(o.state.terminal and o.state is not JobState.COMPLETED for o in observations)  # someone may act on it
+        if self.dirty and (act or time.monotonic() - self._saved_at >= self._save_every):
             self.save()
             point("saved")
         self.progress.update(self.manifest)

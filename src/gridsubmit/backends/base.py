@@ -141,6 +141,10 @@ class Backend(ABC):
             return lo
         return min(hi, previous * 1.5)
 
+    def sleep(self, seconds: float) -> None:
+        """Wait between poll cycles."""
+        time.sleep(seconds)
+
     def close(self, finished: bool) -> None:
         """The runner stops (``finished``: nothing of the run is left to follow)."""
 
@@ -218,13 +222,13 @@ class Backend(ABC):
         if state is JobState.FAILED and result is not None and result.get("returncode") == 0:
             fields["error"] = f"exit 0 but {', '.join(missing_outputs(h))} missing"
         metrics, problem, warning = None, None, None
-        if state.terminal:
+        if state.terminal and state is not JobState.COMPLETED:  # what the operator reads; logs stay on disk
             fields["stdout_tail"] = tail(h.attempt_dir / STDOUT)
             fields["stderr_tail"] = tail(h.attempt_dir / STDERR)
-            if state is not JobState.COMPLETED and not fields.get("error"):
+            if not fields.get("error"):
                 fields["error"] = reason(state, fields)
-            if state is JobState.COMPLETED:
-                metrics, problem, warning = read_metrics(h.output_dir / METRICS_FILE)
+        if state is JobState.COMPLETED:
+            metrics, problem, warning = read_metrics(h.output_dir / METRICS_FILE)
         return Observation(h.key, h.attempt, state, fields, metrics, problem, warning)
 
     def handle_from_record(self, cell: dict, attempt: dict) -> Handle:

@@ -18,6 +18,7 @@ leave by themselves when the runner's heartbeat goes stale or the attempt is cla
 from __future__ import annotations
 
 import os
+import select
 import signal
 import socket
 import time
@@ -63,6 +64,7 @@ class LocalBackend(Backend):
         self.folder = self.root / STATE_DIR / "submitit"
         self.heartbeat = self.root / STATE_DIR / HEARTBEAT
         self._executor: submitit.LocalExecutor | None = None
+        self._wake = None  # (pipe read end, write end, SIGCHLD handler, wakeup fd) before sleep() set them
         self.queue: deque[Handle] = deque()  # accepted, no process yet
         self.waiting: deque[Handle] = deque()  # process started, waiting at the gate
         self.running: dict[str, tuple[Handle, list[str]]] = {}  # key -> granted attempt, its GPU ids
@@ -203,6 +205,36 @@ class LocalBackend(Backend):
     def close(self, finished: bool) -> None:
         if finished:  # a process still waiting at a gate (an orphan of a killed runner) leaves now
             self.heartbeat.unlink(missing_ok=True)
+        if self._wake:
+            signal.signal(signal.SIGCHLD, self._wake[2])
+            signal.set_wakeup_fd(self._wake[3])
+            os.close(self._wake[0])
+            os.close(self._wake[1])
+        self._wake = None
+
+    def sleep(self, seconds: float) -> None:
+        """Sleep, but wake as soon as a child process ends: the jobs this runner started are
+        its children, so a slot frees without polling for it."""
+        if self._wake is None:
+            try:
+                r, w = os.pipe()
+                os.set_blocking(r, False)
+                os.set_blocking(w, False)
+                previous_fd = signal.set_wakeup_fd(w, warn_on_full_buffer=False)
+                self._wake = (r, w, signal.signal(signal.SIGCHLD, lambda *_: None), previous_fd)
+            except ValueError:  # not the main thread: plain sleeps
+                os.close(r)
+                os.close(w)
+                self._wake = False
+        if not self._wake:
+            time.sleep(seconds)
+            return
+        select.select([self._wake[0]], [], [], seconds)
+        try:
+            while os.read(self._wake[0], 4096):
+                pass
+        except BlockingIOError:
+            pass
 
     def _beat(self) -> None:
         try:

@@ -39,6 +39,7 @@ from .base import Backend, Handle, SchedulerError, Submission, SubmitError, chec
 DEFAULT_MAX_ARRAY_SIZE = 1001  # SLURM's own default
 log = logging.getLogger(__name__)
 PACK_KILL_GRACE_S = 10  # a packed cell past its own limit: SIGTERM, then SIGKILL this long after
+LINGER_MAX_S = 120.0  # an ended job the scheduler keeps listing stops counting against max_queued then
 PENDING_REASONS_EVERY_S = 60.0  # squeue for why queued jobs wait (held, bad account, ...)
 ACCOUNTING_WAIT_S = 15.0  # at the end of a run, how long to wait for sacct's final word on its jobs
 SACCT_FIELDS = "JobID,JobName,State,ExitCode,NodeList,MaxRSS,Elapsed"
@@ -70,6 +71,7 @@ class SlurmBackend(Backend):
         self._query_every = profile.poll_min_s
         self.queue_cap = profile.max_queued
         self._reasons_at = -math.inf
+        self._lingering: dict[str, tuple[Handle, float]] = {}  # job id -> (an ended attempt of it, since)
 
     # --- submission ----------------------------------------------------------------------------
 
@@ -105,8 +107,10 @@ class SlurmBackend(Backend):
         return sum(len(chunk) for chunk in self.chunks(submissions))
 
     def queued_jobs(self, handles: Sequence[Handle]) -> int:
-        return len({(h.extra.get("job_name"), h.extra.get("array_task_id")) if h.extra.get("job_name") else h.key
-                    for h in handles})  # fmt: skip
+        """Jobs of these attempts, plus jobs whose cells have ended but that the scheduler
+        still lists (the task is still writing its files): they hold a place in the queue."""
+        return len({h.job_id or (h.extra.get("job_name"), h.extra.get("array_task_id"), h.key) for h in handles}
+                   | set(self._lingering))  # fmt: skip
 
     def assign(self, submissions: Sequence[Submission]) -> None:
         for chunk in self.chunks(submissions):
@@ -248,10 +252,11 @@ class SlurmBackend(Backend):
         between. Attempts known by name only are looked up by name on the same cadence."""
         now = time.monotonic()
         elapsed = now - self._last_query
-        unseen = any(not h.job_id or h.job_id not in self._by_id for h in handles)
+        unseen = any(not h.job_id or h.job_id not in self._by_id for h in handles) or self._lingering
         if elapsed >= self._query_every or unseen and elapsed >= self.profile.poll_min_s:
             self._adopt_by_name([h for h in handles if not h.job_id and h.extra.get("job_name")])
             with_ids = [h for h in handles if h.job_id and not h.extra.get("discarded")]
+            with_ids += [h for h, _ in self._lingering.values()]
             if with_ids:
                 self._ask(with_ids, now)
         rows: dict = {}
@@ -290,9 +295,17 @@ class SlurmBackend(Backend):
         self._query_every = self.profile.poll_min_s if fresh else min(self.profile.poll_max_s, self._query_every * 1.5)
         self._by_id = {**self._by_id, **by_id}  # a row missing once (lag) keeps its last answer
         self._last_query = now
+        for job_id, (_, since) in list(self._lingering.items()):  # gone from the queue: room for the next wave
+            state = by_id.get(job_id, (JobState.LOST, {}))[0]
+            if state is not None and state.terminal or now - since > LINGER_MAX_S:
+                del self._lingering[job_id]
 
     def poll(self, handles: Sequence[Handle]) -> list:
         observations = super().poll(handles)
+        ended = {o.key for o in observations if o.state.terminal}
+        for h in handles:
+            if h.key in ended and h.job_id and not (self._by_id.get(h.job_id, (None,))[0] or JobState.PENDING).terminal:
+                self._lingering.setdefault(h.job_id, (h, time.monotonic()))
         # LOST means no word from the scheduler for the whole grace period (an outage, say):
         # before the retry policy submits the cell again, make sure the old job cannot run too
         gone = {o.key for o in observations if o.state is JobState.LOST}
@@ -342,6 +355,7 @@ class SlurmBackend(Backend):
         by_job: dict[str, list[Handle]] = defaultdict(list)
         for h in handles:
             if h.job_id and h.extra.get("pack"):
+                h.attempt_dir.mkdir(parents=True, exist_ok=True)
                 write_json_atomic(h.attempt_dir / CANCEL, {"at": time.time()})
                 by_job[h.job_id].append(h)
         for job_id, mine in by_job.items():  # the mark first, then the claim: see task.run_task
