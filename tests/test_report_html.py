@@ -202,7 +202,7 @@ def test_optional_attempt_fields_submissions_input_identities_and_stale_are_show
                         {"at": 1.7e9 + 60, "user": "bob", "host": "login1", "versions": {"gridsubmit": "9.9"},
                          "git": {"commit": "c0ffee1234", "dirty": True}, "future_key": {"x": [1, 2]}}]  # fmt: skip
     cells(m)["dose_1000/dense/test"]["attempts"][-1]["submission"] = 7  # no such record
-    text = Page(report_html.render_html(m)).text
+    text = Page(report_html.render_html(m, {cell["key"]: cell["stale"]})).text
     for shown in ("NVIDIA H100 80GB HBM3", "550.54.15", "00:01:07", "1234K", "f1ng3rpr1nt", "ab" * 32, "15.0 KiB",
                   "stale: phase_c_npz changed since it ran; the command changed", "bob", "login1", "gridsubmit: 9.9",
                   "c0ffee1234 (dirty)", "future_key", "x: 1, 2", "submission 7 (not recorded in this manifest)"):  # fmt: skip

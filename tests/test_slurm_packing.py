@@ -3,6 +3,7 @@ the real SLURM test cluster: each cell keeps its own attempt, fate and logs, and
 
 import signal
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -46,7 +47,7 @@ def test_packed_cells_keep_their_own_attempt_logs_and_fate(slurm_scripted):
     assert {k for k, cell in c.items() if cell["state"] == "COMPLETED"} == set(c) - {"dose_1000/dense/test"}
     assert set(runs(root).values()) == {1}
     script = Path(c["dose_1000/dense/train"]["attempts"][0]["script"]).read_text()
-    assert "--time=40" in script  # the job's limit covers its 4 cells of 10 minutes
+    assert "--time=41" in script  # the job's limit covers its 4 cells of 10 minutes and their kill grace
 
 
 def test_cancelling_a_cell_before_its_turn_skips_it_and_the_pack_goes_on(slurm_scripted):
@@ -96,10 +97,14 @@ def test_max_queued_caps_the_queue_across_a_restart_and_every_cell_runs_once(slu
     sampler = threading.Thread(target=sample)
     sampler.start()
     try:
-        proc = gridsubmit_process("submit", "--study", study, "--cluster", profile, "--artifact-root", root)
-        wait_for(lambda: (root / "comparison_manifest.json").exists()
-                 and sum(c["state"] == "COMPLETED" for c in cells(root).values()) >= 5, timeout=120, what="a first wave")
-        proc.send_signal(signal.SIGKILL)  # the submitter dies between waves
+        first = subprocess.run([sys.executable, "-m", "gridsubmit", "submit", "--study", str(study), "--cluster",
+                                str(profile), "--artifact-root", str(root), "--no-wait"], capture_output=True, text=True)  # fmt: skip
+        assert first.returncode == 0 and "15 cell(s) wait for room in the queue (max_queued: 5)" in first.stdout
+        time.sleep(4)  # the first wave ends with nobody attached: its jobs leave the queue unseen
+        proc = gridsubmit_process("wait", root)
+        wait_for(lambda: sum(c["state"] == "COMPLETED" for c in cells(root).values()) >= 10, timeout=120,
+                 what="a second wave")  # fmt: skip
+        proc.send_signal(signal.SIGKILL)  # the runner dies between waves
         proc.wait()
         assert run_cli("wait", root, "--quiet") == 0
     finally:

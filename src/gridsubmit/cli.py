@@ -232,16 +232,17 @@ def cmd_submit(args) -> int:
     if not args.wait:
         print(f"submitted; `gridsubmit status {root}` shows progress, `gridsubmit wait {root}` waits")
         later = run.manifest["counts"].get("PLANNED", 0)
-        if later:
+        if later and executor.profile.backend == "slurm":
             print(f"{later} cell(s) wait for room in the queue (max_queued: {executor.profile.max_queued}); "
                   f"`gridsubmit wait {root}` submits them as jobs end")  # fmt: skip
         return 0
-    _print_outcome(run.manifest)
+    _print_outcome(run)
     return run.exit_status
 
 
-def _print_outcome(m: dict) -> None:
-    print("\n" + report.status_table(m))
+def _print_outcome(run: Run) -> None:
+    m = run.manifest
+    print("\n" + report.status_table(m, run.stale()))
     cancelled = m["counts"].get("CANCELLED", 0)  # asked for: not counted as failed here
     print(f"\n{m['n_jobs']} cells: {m['n_success']} completed, {m['n_failed'] - cancelled} failed, "
           f"{cancelled} cancelled, {m['n_blocked']} blocked")
@@ -276,9 +277,9 @@ def cmd_status(args) -> int:
 
 def cmd_wait(args) -> int:
     run = Run.open(args.artifact_root)
-    manifest = run.wait(timeout=args.timeout, progress=Progress(quiet=args.quiet), fail_on_stuck=args.fail_on_held,
-                        cancel_on_interrupt=args.cancel_on_interrupt)  # fmt: skip
-    _print_outcome(manifest)
+    run.wait(timeout=args.timeout, progress=Progress(quiet=args.quiet), fail_on_stuck=args.fail_on_held,
+             cancel_on_interrupt=args.cancel_on_interrupt)  # fmt: skip
+    _print_outcome(run)
     return run.exit_status
 
 

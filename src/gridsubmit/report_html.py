@@ -81,6 +81,8 @@ def write_html(manifest: dict, path: str | Path, stale: dict[str, list[str]] | N
 
 
 def _page(manifest: dict, stale: dict[str, list[str]]) -> dict:
+    # one view of staleness on the whole page: what the last submit found and what changed since
+    manifest = {**manifest, "jobs": [{**c, "stale": stale.get(c["key"], [])} for c in manifest["jobs"]]}
     contributing, incomplete, flagged = report.completeness(manifest, stale)
     shown = report.only(manifest, contributing)
     root = Path(str(manifest.get("artifact_root") or "."))

@@ -129,7 +129,7 @@ class SlurmBackend(Backend):
         for name, packs in by_name.items():
             subs = [sub for pack in packs.values() for sub in pack]
             res = subs[0].resources
-            executor = self._executor(replace(res, time_s=res.time_s * max(len(p) for p in packs.values())), name)
+            executor = self._executor(self._job_resources(res, max(len(p) for p in packs.values())), name)
             try:
                 with executor.batch():
                     jobs = [self._submit_pack(executor, pack) for pack in packs.values()]
@@ -150,6 +150,12 @@ class SlurmBackend(Backend):
                     handles.append(h)
             point("sbatch-returned")
         return handles
+
+    def _job_resources(self, res: Resources, cells: int) -> Resources:
+        """A pack's job may take each cell's limit plus the grace period of its kill."""
+        if self.profile.cells_per_job == 1:
+            return res
+        return replace(res, time_s=cells * (res.time_s + PACK_KILL_GRACE_S))
 
     def _submit_pack(self, executor: submitit.SlurmExecutor, pack: list[Submission]):
         if len(pack) == 1 and not pack[0].record.get("pack"):
@@ -235,7 +241,7 @@ class SlurmBackend(Backend):
         parts = []
         for chunk in self.chunks(submissions):
             res = chunk[0][0].resources
-            executor = self._executor(replace(res, time_s=res.time_s * max(len(p) for p in chunk)), f"gs-{self.run_id}-<chunk>")
+            executor = self._executor(self._job_resources(res, max(len(p) for p in chunk)), f"gs-{self.run_id}-<chunk>")
             if len(chunk) > 1:
                 executor.parameters["map_count"] = len(chunk)
             script = executor._make_submission_file_text(executor._submitit_command_str, "dry-run")
@@ -301,6 +307,8 @@ class SlurmBackend(Backend):
                 del self._lingering[job_id]
 
     def poll(self, handles: Sequence[Handle]) -> list:
+        if not handles and self._lingering:  # nothing runs, but ended jobs still hold the queue
+            self.query([])
         observations = super().poll(handles)
         ended = {o.key for o in observations if o.state.terminal}
         for h in handles:
