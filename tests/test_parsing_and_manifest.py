@@ -108,3 +108,19 @@ def test_rerun_failed_restarts_failed_cells_and_keeps_their_history():
     rerun = mf.adopt_plan(old, fresh, mf.Rerun(failed=True))
     assert [c["state"] for c in rerun["jobs"]] == ["COMPLETED", "PLANNED"]
     assert rerun["jobs"][1]["retry_base"] == 1 and len(rerun["jobs"][1]["attempts"]) == 1
+
+
+def test_a_cell_cancelled_before_its_first_submission_can_be_rerun_and_a_rerun_forgets_old_metrics():
+    old = _manifest([[], ["COMPLETED"]])
+    old["jobs"][0].update(state="CANCELLED", cancel_requested=True)  # cancelled while it waited for a wave
+    old["jobs"][1]["metrics"] = [{"model": "m", "metric": "psnr", "amplitude": 1.0, "phase": 2.0, "value": None}]
+    fresh = _manifest([[], []])
+    for cell in fresh["jobs"]:
+        cell.update(inputs={}, output_dir="/o", options={}, argv=["x"], resources={"time_s": 60, "gpus_per_job": 0})
+    for key in ("study", "cluster", "filters", "versions"):
+        fresh[key] = old.setdefault(key, {})
+    again = mf.adopt_plan(old, fresh, mf.Rerun(failed=True))
+    assert again["jobs"][0]["state"] == "PLANNED" and not again["jobs"][0]["cancel_requested"]
+    assert [c["key"] for c in mf.due_cells(again, Retry())] == ["dose_1/dense/train"]
+    rerun = mf.adopt_plan(old, fresh, mf.Rerun(cells=("dose_2/dense/train",)))
+    assert rerun["jobs"][1]["state"] == "PLANNED" and rerun["jobs"][1]["metrics"] is None

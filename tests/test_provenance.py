@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import yaml
 
-from conftest import cells, load_manifest, run_cli, write_profile
+from conftest import cells, load_manifest, run_cli
 from gridsubmit.demo.generate import make_study
 
 SCHEMA = json.loads((Path(__file__).parents[1] / "docs" / "manifest.schema.json").read_text())

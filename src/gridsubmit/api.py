@@ -127,7 +127,7 @@ class GridExecutor:
             manifest = prepare(self.root, grid, self.profile, selection, run_id, context)
             if old is None or not old.get("context"):  # a new run, or one from before contexts were kept
                 ctx.save(self.root / mf.STATE_DIR, context)
-                manifest.update(context=context.as_manifest(), schema_version=mf.SCHEMA_VERSION)
+                manifest["context"] = context.as_manifest()
             manifest["schema_version"] = mf.SCHEMA_VERSION
             due = [cell["key"] for cell in mf.due_cells(manifest, self.profile.retry)]
             who = {"user": ctx.user(), "host": socket.gethostname(), "cwd": os.getcwd(),

@@ -27,6 +27,7 @@ import shlex
 from pathlib import Path
 from typing import Any, Iterable
 
+from . import report
 from .errors import UsageError
 from .metrics import tidy_records
 
@@ -334,7 +335,7 @@ def diff_text(d: dict, all_cells: bool = False) -> str:
         rows = [[m["model"], m["metric"] + (" (timing)" if m["timing"] else ""),
                  _pair(m, "a_", _fmt), _pair(m, "b_", _fmt), _pair(m, "d_", _delta)] for m in shown]  # fmt: skip
         pairs |= any("/" in row[2] or "/" in row[3] for row in rows)
-        table = _table(["model", "metric", "A", "B", "Δ (B - A)"], rows)
+        table = report.table(["model", "metric", "A", "B", "Δ (B - A)"], rows)
         lines += ["", head, *own, *("  " + line for line in table.splitlines())]
     s = d["summary"]
     lines += ["", "pairs are amplitude/phase"] if pairs else [""]
@@ -361,12 +362,6 @@ def _pair(m: dict, prefix: str, fmt) -> str:
     if m["a_amplitude"] is None and m["a_phase"] is None and m["b_amplitude"] is None and m["b_phase"] is None:
         return fmt(m[f"{prefix}value"])
     return f"{fmt(m[f'{prefix}amplitude'])}/{fmt(m[f'{prefix}phase'])}"
-
-
-def _table(header: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
-    line = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
-    return "\n".join([line(header), line(["-" * w for w in widths])] + [line(r) for r in rows])
 
 
 def write_diff_csv(d: dict, path: str | Path) -> int:

@@ -152,9 +152,10 @@ def adopt_plan(old: dict, fresh: dict, rerun: Rerun, stale: dict[str, list[str]]
         state = JobState(cell["state"])
         if state in (JobState.PLANNED, JobState.BLOCKED) and not cell["attempts"]:
             cell.update({k: new[k] for k in PLANNED_FIELDS + ("state",)})
-        elif cell["attempts"] and (state.terminal or state is JobState.PLANNED) and rerun.picks(cell, bool(stale.get(cell["key"]))):
+        elif (state.terminal or state is JobState.PLANNED) and rerun.picks(cell, bool(stale.get(cell["key"]))):
             cell.update({k: new[k] for k in PLANNED_FIELDS})
-            cell.update(state=new["state"], retry_base=len(cell["attempts"]), cancel_requested=False, stale=[])
+            cell.update(state=new["state"], retry_base=len(cell["attempts"]), cancel_requested=False, stale=[],
+                        metrics=None, metrics_error=None, metrics_warning=None)
             cell.pop("cancel_error", None)
             continue
         if state is JobState.COMPLETED:

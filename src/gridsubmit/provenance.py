@@ -47,9 +47,12 @@ class Hasher:
         key = (path, st.st_size, st.st_mtime_ns)
         if key not in self._seen:
             h = hashlib.sha256()
-            with open(path, "rb") as fh:
-                while chunk := fh.read(HASH_CHUNK):
-                    h.update(chunk)
+            try:
+                with open(path, "rb") as fh:
+                    while chunk := fh.read(HASH_CHUNK):
+                        h.update(chunk)
+            except OSError:  # unreadable now: no digest, judged by size and mtime
+                return None
             self._seen[key] = h.hexdigest()
         return self._seen[key]
 

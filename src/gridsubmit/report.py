@@ -24,7 +24,7 @@ SCALARS = ("registration_offset_dy", "registration_offset_dx", "computation_time
 PLOTTED = (("psnr", "PSNR (dB)"), ("ssim", "SSIM"), ("ms_ssim", "MS-SSIM"))
 
 
-def _table(header: list[str], rows: list[list[str]]) -> str:
+def table(header: list[str], rows: list[list[str]]) -> str:
     widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
     line = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
     return "\n".join([line(header), line(["-" * w for w in widths])] + [line(r) for r in rows])
@@ -44,7 +44,7 @@ def status_table(manifest: dict, stale: dict[str, list[str]] | None = None) -> s
                      "" if last.get("returncode") is None else last["returncode"],
                      "" if elapsed is None else f"{elapsed:.1f}", last.get("node") or "",
                      last.get("gpus") or "", note])  # fmt: skip
-    return _table(["cell", "state", "tries", "job", "rc", "elapsed_s", "node", "gpus", "note"], rows)
+    return table(["cell", "state", "tries", "job", "rc", "elapsed_s", "node", "gpus", "note"], rows)
 
 
 def cell_text(cell: dict, root: Path, stale: list[str] = (), submissions: list[dict] = ()) -> str:
@@ -147,9 +147,9 @@ def metrics_table(manifest: dict) -> str:
         head = "(no metrics could be read)" if errors else "(no metrics: no completed cell wrote comparison_metrics.csv)"
         return "\n".join([head, *errors])
     metrics, lines = metric_grid(rows)
-    table = _table(["dose", "view", "split", "model", *metrics],
-                   [[*key, *(shown(by[m]) if m in by else "" for m in metrics)] for key, by in lines.items()])  # fmt: skip
-    return "\n".join(["pairs are amplitude/phase", table] + ([""] + errors if errors else []))
+    text = table(["dose", "view", "split", "model", *metrics],
+                 [[*key, *(shown(by[m]) if m in by else "" for m in metrics)] for key, by in lines.items()])  # fmt: skip
+    return "\n".join(["pairs are amplitude/phase", text] + ([""] + errors if errors else []))
 
 
 def metric_grid(rows: list[dict]) -> tuple[list[str], dict[tuple, dict[str, dict]]]:

@@ -14,11 +14,11 @@ import os
 import re
 import shlex
 import time
-from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import jinja2
 
+from . import manifest as mf
 from . import report
 from .errors import UsageError
 
@@ -93,7 +93,7 @@ def _page(manifest: dict, stale: dict[str, list[str]]) -> dict:
         anchors.setdefault(cell.get("key"), anchor)
     cluster = manifest.get("cluster") or {}
     context = manifest.get("context") or {}
-    counts = manifest.get("counts") or _counts(jobs)
+    counts = mf.counts(manifest)
     counts = dict(sorted(counts.items(), key=lambda kv: STATE_ORDER.get(kv[0], len(STATE_ORDER))))
     versions = manifest.get("versions") or {}
     header = [("run id", manifest.get("run_id")),
@@ -125,13 +125,15 @@ def _page(manifest: dict, stale: dict[str, list[str]]) -> dict:
 def _anchors(jobs: list[dict]) -> list[str]:
     """For each cell, an id unique in the page and usable in a URL fragment (``cell-dose_1000-dense-train``)."""
     out: list[str] = []
+    taken: set[str] = set()
     for cell in jobs:
         base = "cell-" + re.sub(r"[^A-Za-z0-9_.]+", "-", str(cell.get("key"))).strip("-")
         anchor, n = base, 1
-        while anchor in out:
+        while anchor in taken:
             n += 1
             anchor = f"{base}-{n}"
         out.append(anchor)
+        taken.add(anchor)
     return out
 
 
@@ -289,13 +291,6 @@ def _git(value) -> str:
 def _last(cell: dict) -> dict:
     attempts = cell.get("attempts") or []
     return attempts[-1] if attempts and isinstance(attempts[-1], dict) else {}
-
-
-def _counts(jobs: list[dict]) -> dict:
-    out: dict = {}
-    for cell in jobs:
-        out[cell.get("state")] = out.get(cell.get("state"), 0) + 1
-    return out
 
 
 def _cls(state) -> str:

@@ -183,7 +183,8 @@ class Runner:
         self.dirty |= changed
         self._warn_stuck()
         act = any(o.state.terminal and o.state is not JobState.COMPLETED for o in observations)  # someone may act on it
-        if self.dirty and (act or time.monotonic() - self._saved_at >= self._save_every):
+        since = time.monotonic() - self._saved_at
+        if self.dirty and (act and since >= self._save_every / 5 or since >= self._save_every):
             self.save()
             point("saved")
         self.progress.update(self.manifest)
@@ -241,6 +242,10 @@ class Runner:
         resources = self.profile.resources_for(JobKey.parse(cell["key"]), fates)
         n = len(cell["attempts"]) + 1
         attempt_dir = self.root / "logs" / cell["key"] / f"attempt-{n}"
+        for again in range(2, 10_000):  # a folder of a cell that was dropped (--rerun-all) and planned again
+            if not attempt_dir.exists():
+                break
+            attempt_dir = self.root / "logs" / cell["key"] / f"attempt-{n}.{again}"
         return Submission(cell["key"], n, cell["argv"], Path(cell["output_dir"]), attempt_dir, resources,
                           tuple(cell.get("expected_outputs", ())))  # fmt: skip
 

@@ -167,8 +167,9 @@ def _wait_at_gate(folder: Path, heartbeat: Path | None, stale_s: float, signals:
 def run_task(spec: dict) -> dict:
     """Run one attempt. ``spec``: argv, cwd, output_dir, attempt_dir, env (additions), and optionally
     env_file (more additions, readable by the run's owner only), time_limit_s (enforced here:
-    the local backend's limit), gate (wait for slot.json), heartbeat (the runner's heartbeat
-    file), kill_grace_s, forward_usr2."""
+    the local backend's limit, and each cell's in a pack), gate (wait for slot.json),
+    heartbeat (the runner's heartbeat file), heartbeat_stale_s, kill_grace_s, forward_usr2,
+    done (the file that marks the attempt's end for the runner)."""
     folder = Path(spec["attempt_dir"])
     folder.mkdir(parents=True, exist_ok=True)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)  # a closed terminal ends the runner, not the cells
@@ -209,14 +210,23 @@ def run_task(spec: dict) -> dict:
 
 def run_pack(specs: list[dict]) -> list[dict]:
     """Run several attempts one after another in one job (``cells_per_job``), each with its
-    own claim, logs and result. A signal that ends the job ends the pack: later cells never
-    start, and the submitter sees they never claimed their attempt."""
+    own claim, logs and result. A SIGTERM or SIGINT (scancel, the job's limit) ends the
+    pack: the cells after it never claim their attempt, and the submitter marks them so
+    that they never run (backends.base.never_runs) before it submits them again."""
+    stop: list[str] = []  # a SIGTERM/SIGINT between two cells (run_task handles those during one)
+    previous = {sig: signal.signal(sig, lambda signum, _: stop.append(signal.Signals(signum).name)) for sig in _ENDING}
     results = []
-    for spec in specs:
-        result = run_task(spec)
-        results.append(result)
-        if result.get("interrupted_by") in ("SIGTERM", "SIGINT"):
-            break
+    try:
+        for spec in specs:
+            if stop:
+                break
+            result = run_task(spec)
+            results.append(result)
+            if result.get("interrupted_by") in ("SIGTERM", "SIGINT"):
+                break
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     return results
 
 
@@ -237,6 +247,9 @@ def _run(spec: dict, env: dict, folder: Path, signals: _Signals) -> dict:
     limit = spec.get("time_limit_s")
     started = time.time()
     out: dict = {"started": True, "started_at": started, "timed_out": False, "error": None}
+    if signals.ending:  # told to stop before the command started: it never does
+        return {"started": False, "interrupted_by": signals.received, "ended_at": started,
+                "error": f"never started: {signals.received} arrived first"}  # fmt: skip
     with open(folder / STDOUT, "ab", buffering=0) as stdout, open(folder / STDERR, "ab", buffering=0) as stderr:
         try:
             child = subprocess.Popen(spec["argv"], cwd=cwd, env=env, stdout=stdout, stderr=stderr,

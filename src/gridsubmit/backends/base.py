@@ -23,7 +23,7 @@ from .. import context as ctx
 from ..manifest import STATE_DIR, Observation
 from ..metrics import read_metrics
 from ..states import JobState, fate
-from ..task import CLAIM, RESULT, STDERR, STDOUT, read_json
+from ..task import CANCEL, CLAIM, RESULT, STDERR, STDOUT, read_json, write_json_atomic
 
 DONE_DIR = "done"  # one empty file per ended attempt, named by done_name()
 TAIL_LINES = 50
@@ -57,7 +57,9 @@ class Submission:
     record: dict[str, Any] = field(default_factory=dict)  # backend fields saved before submitting
 
     def handle(self, **kw) -> "Handle":
-        return Handle(self.key, self.attempt, self.attempt_dir, self.output_dir, expected_outputs=self.expected_outputs, **kw)
+        h = Handle(self.key, self.attempt, self.attempt_dir, self.output_dir, expected_outputs=self.expected_outputs, **kw)
+        h.extra["looked"] = True  # submitted just now: its end shows in the done folder, or by the scheduler
+        return h
 
 
 @dataclass
@@ -177,13 +179,16 @@ class Backend(ABC):
             if results[h.key] is None and not (scheduled is not None and scheduled.active):
                 results[h.key] = read_json(h.attempt_dir / RESULT)  # ended without its mark, or not seen yet
             result = results[h.key]
-            if result is None and scheduled is not None and scheduled.terminal and h.extra.get("pack") \
-                    and not (h.attempt_dir / CLAIM).exists():  # fmt: skip
-                # a packed cell whose job ended before its turn: it never ran
-                scheduled = JobState.CANCELLED if h.extra.get("cancel_asked") else JobState.LOST
+            if result is None and h.extra.get("pack") and (scheduled is not None and scheduled.terminal
+                                                           or h.extra.get("cancel_asked")) and never_runs(h):  # fmt: skip
+                # a packed cell whose job ended before its turn, or that was cancelled before it
+                if h.extra.get("cancel_asked"):
+                    scheduled, why = JobState.CANCELLED, "cancelled before its turn in its pack"
+                else:
+                    scheduled, why = JobState.LOST, (f"its job ended ({info.get('scheduler_state', '?')}) before this "
+                                                     "cell's turn in its pack; it runs again")  # fmt: skip
                 h.extra["pack_ended"] = True
-                info = {**info, "error": f"its job ended ({info.get('scheduler_state', '?')}) before this cell's "
-                        "turn in its pack" + ("" if h.extra.get("cancel_asked") else "; it runs again")}
+                info = {**info, "error": why}
             conclusive = result is None and scheduled is not None and scheduled.active
             if conclusive:
                 h.undecided_since = None
@@ -234,7 +239,8 @@ class Backend(ABC):
     def handle_from_record(self, cell: dict, attempt: dict) -> Handle:
         return Handle(key=cell["key"], attempt=attempt["attempt"], attempt_dir=self.root / attempt["dir"],
                       output_dir=Path(cell["output_dir"]), job_id=attempt.get("job_id"), state=JobState(attempt["state"]),
-                      expected_outputs=tuple(cell.get("expected_outputs", ())), extra={"pack": attempt.get("pack")})  # fmt: skip
+                      expected_outputs=tuple(cell.get("expected_outputs", ())),
+                      extra={"pack": attempt.get("pack"), "cancel_asked": bool(cell.get("cancel_requested"))})  # fmt: skip
 
     def _done_names(self) -> set[str]:
         try:
@@ -269,6 +275,18 @@ def check_root(root: Path, backend: str) -> None:
     if odd:
         raise UsageError(f"{str(root)!r}: an artifact root cannot contain {' or '.join(map(repr, odd))} (submitit and "
                          "SLURM read them in file names); choose another --artifact-root")  # fmt: skip
+
+
+def never_runs(h: Handle) -> bool:
+    """Make sure an attempt nobody has claimed is never run: mark it, then look for a claim.
+    The task claims first and looks for the mark after (task.run_task), so when no claim
+    shows here, the task will find the mark and skip the cell."""
+    if (h.attempt_dir / CLAIM).exists():
+        return False
+    if not (h.attempt_dir / CANCEL).exists():
+        h.attempt_dir.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(h.attempt_dir / CANCEL, {"at": time.time()})
+    return not (h.attempt_dir / CLAIM).exists()
 
 
 def done_name(key: str, attempt: int) -> str:

@@ -33,8 +33,8 @@ from ..cluster import ClusterProfile, Resources
 from ..crashpoints import point
 from ..manifest import STATE_DIR
 from ..states import JobState, from_slurm
-from ..task import CANCEL, CLAIM, RESULT, run_pack, run_task, write_json_atomic
-from .base import Backend, Handle, SchedulerError, Submission, SubmitError, check_root
+from ..task import RESULT, run_pack, run_task
+from .base import Backend, Handle, SchedulerError, Submission, SubmitError, check_root, never_runs
 
 DEFAULT_MAX_ARRAY_SIZE = 1001  # SLURM's own default
 log = logging.getLogger(__name__)
@@ -348,7 +348,7 @@ class SlurmBackend(Backend):
                 by_id = {}
             final = {h.job_id: by_id[h.job_id][1] for h in handles
                      if h.job_id in by_id and by_id[h.job_id][0] is not None and by_id[h.job_id][0].terminal}  # fmt: skip
-            if len(final) == len([h for h in handles if h.job_id]) or time.monotonic() >= deadline:
+            if len(final) == len({h.job_id for h in handles if h.job_id}) or time.monotonic() >= deadline:  # pack-mates share one
                 break
             time.sleep(1.0)
         late = {"accounting": f"sacct had no final record {ACCOUNTING_WAIT_S:.0f} s after the run ended"}
@@ -363,11 +363,10 @@ class SlurmBackend(Backend):
         by_job: dict[str, list[Handle]] = defaultdict(list)
         for h in handles:
             if h.job_id and h.extra.get("pack"):
-                h.attempt_dir.mkdir(parents=True, exist_ok=True)
-                write_json_atomic(h.attempt_dir / CANCEL, {"at": time.time()})
+                h.extra["cancel_asked"] = True
                 by_job[h.job_id].append(h)
-        for job_id, mine in by_job.items():  # the mark first, then the claim: see task.run_task
-            started = any((h.attempt_dir / CLAIM).exists() and not (h.attempt_dir / RESULT).exists() for h in mine)
+        for job_id, mine in by_job.items():  # marked, then looked for a claim: see never_runs
+            started = [h for h in mine if not never_runs(h) and not (h.attempt_dir / RESULT).exists()]
             if started or len(mine) == mine[0].extra["pack"]["size"]:
                 ids.append(job_id)
         if ids:
