@@ -115,12 +115,12 @@ def _input_change(name: str, old: Mapping | None, new: Mapping | None, hasher: H
         if now == old["sha256"]:
             return None  # touched, not changed
     detail = [f"size {old.get('size')} -> {new['size']}" if old.get("size") != new["size"] else "",
-              f"modified {_when(new['mtime'])}" if old.get("mtime") != new["mtime"] else ""]  # fmt: skip
+              f"modified {local_time(new['mtime'])}" if old.get("mtime") != new["mtime"] else ""]  # fmt: skip
     return f"input {name} changed ({', '.join(d for d in detail if d)})"
 
 
-def _when(epoch: float) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(epoch))
+def local_time(epoch: float | None) -> str:
+    return "?" if epoch is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(epoch))
 
 
 def git_state(workdir: str | Path) -> dict | None:
@@ -140,6 +140,14 @@ def git_state(workdir: str | Path) -> dict | None:
     return {"commit": commit, "dirty": None if status is None else bool(status), "repository": git("rev-parse", "--show-toplevel")}
 
 
+def judged(cell: dict) -> dict | None:
+    """The attempt a COMPLETED cell's results come from, when it recorded what it ran from
+    (attempts recorded before fingerprints are not judged); None otherwise."""
+    if cell["state"] != "COMPLETED" or not cell["attempts"] or "fingerprint" not in cell["attempts"][-1]:
+        return None
+    return cell["attempts"][-1]
+
+
 def stale_now(manifest: dict) -> dict[str, list[str]]:
     """COMPLETED cells that are stale now: key -> reasons. What the last ``submit`` found
     (a changed option, command, ...) plus inputs that changed on disk since each cell's last
@@ -147,11 +155,9 @@ def stale_now(manifest: dict) -> dict[str, list[str]]:
     hasher = Hasher()
     out = {}
     for cell in manifest["jobs"]:
-        if cell["state"] != "COMPLETED" or not cell["attempts"]:
-            continue
-        last = cell["attempts"][-1]
-        reasons = list(cell.get("stale") or [])
-        if "fingerprint" in last:  # attempts recorded before fingerprints are not judged
+        reasons = list(cell.get("stale") or []) if cell["state"] == "COMPLETED" else []
+        last = judged(cell)
+        if last is not None:
             now = {**last, "inputs": {n: identity(i["path"]) if i else None for n, i in last["inputs"].items()}}
             reasons += [r for r in changes(last, now, hasher) if r not in reasons]
         if reasons:

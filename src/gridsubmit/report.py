@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import csv
 import shlex
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .errors import UsageError
+from .provenance import local_time
 from .metrics import tidy_records
 
 if TYPE_CHECKING:
@@ -68,20 +68,16 @@ def cell_text(cell: dict, root: Path, stale: list[str] = (), submissions: list[d
             lines.append(f"    in: {a['workdir']}  fingerprint {a.get('fingerprint')}")
         for name, ident in (a.get("inputs") or {}).items():
             if ident:
-                lines.append(f"    input {name}: {ident.get('size')} bytes, modified {_time(ident.get('mtime'))}"
+                lines.append(f"    input {name}: {ident.get('size')} bytes, modified {local_time(ident.get('mtime'))}"
                              + (f", sha256 {ident['sha256']}" if ident.get("sha256") else ""))  # fmt: skip
         sub = submissions[a["submission"] - 1] if a.get("submission") and a["submission"] <= len(submissions) else None
         if sub:
             git = sub.get("git") or {}
             code = f"git {git['commit'][:12]}{' (dirty)' if git.get('dirty') else ''}" if git else "not in a git repository"
-            lines.append(f"    submitted by {sub.get('user')}@{sub.get('host')} at {_time(sub.get('at'))}: {code}; "
+            lines.append(f"    submitted by {sub.get('user')}@{sub.get('host')} at {local_time(sub.get('at'))}: {code}; "
                          + ", ".join(f"{k} {v}" for k, v in (sub.get("versions") or {}).items()))  # fmt: skip
         lines.append(f"    logs: {root / a['stdout']}  {root / a['stderr']}")
     return "\n".join(lines)
-
-
-def _time(epoch: float | None) -> str:
-    return "?" if epoch is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(epoch))
 
 
 def completeness(manifest: dict, stale: dict[str, list[str]]) -> tuple[list[str], list[tuple[str, str]], list[tuple[str, str]]]:

@@ -89,15 +89,13 @@ def prepare(root: Path, grid, profile: ClusterProfile, rerun: mf.Rerun, run_id: 
 
 def stale_cells(old: dict, fresh: dict, workdir: str) -> dict[str, list[str]]:
     """COMPLETED cells of ``old`` whose last attempt ran from something other than what the
-    fresh plan would run now: key -> reasons. Attempts recorded before fingerprints are not judged."""
+    fresh plan would run now: key -> reasons."""
     by_key = {cell["key"]: cell for cell in old["jobs"]}
     hasher = prov.Hasher()
     out = {}
     for new in fresh["jobs"]:
-        cell = by_key.get(new["key"])
-        if cell is None or cell["state"] != JobState.COMPLETED.value or "fingerprint" not in cell["attempts"][-1]:
-            continue
-        reasons = prov.changes(cell["attempts"][-1], prov.ran_from(new, workdir), hasher)
+        last = prov.judged(by_key[new["key"]]) if new["key"] in by_key else None
+        reasons = [] if last is None else prov.changes(last, prov.ran_from(new, workdir), hasher)
         if reasons:
             out[new["key"]] = reasons
     return out
@@ -194,9 +192,8 @@ class Runner:
         """Queued attempts that will not start by themselves (held, invalid account, ...)."""
         if not self.backend.runs_unattended:  # only a scheduler's queue holds jobs back
             return []
-        cells = self.cells
-        return [(key, cells[key]["attempts"][h.attempt - 1]) for key, h in self.handles.items()
-                if cells[key]["state"] == JobState.PENDING.value and cells[key]["attempts"][h.attempt - 1].get("stuck")]
+        return [(key, self.cells[key]["attempts"][h.attempt - 1]) for key, h in self.handles.items()
+                if self.cells[key]["state"] == JobState.PENDING.value and self.cells[key]["attempts"][h.attempt - 1].get("stuck")]
 
     def _warn_stuck(self) -> None:
         for key, attempt in self.stuck():

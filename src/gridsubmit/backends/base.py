@@ -176,8 +176,9 @@ class Backend(ABC):
         observations = []
         for h in handles:
             scheduled, info = native.get(h.key, (None, {}))
-            if results[h.key] is None and not (scheduled is not None and scheduled.active):
-                results[h.key] = read_json(h.attempt_dir / RESULT)  # ended without its mark, or not seen yet
+            unlisted_for = 0.0 if h.undecided_since is None else now - h.undecided_since
+            if results[h.key] is None and (scheduled.terminal if scheduled is not None else unlisted_for >= self.grace_s):
+                results[h.key] = read_json(h.attempt_dir / RESULT)  # it ended without its mark
             result = results[h.key]
             if result is None and h.extra.get("pack") and (scheduled is not None and scheduled.terminal
                                                            or h.extra.get("cancel_asked")) and never_runs(h):  # fmt: skip

@@ -158,7 +158,7 @@ class SlurmBackend(Backend):
         return replace(res, time_s=cells * (res.time_s + PACK_KILL_GRACE_S))
 
     def _submit_pack(self, executor: submitit.SlurmExecutor, pack: list[Submission]):
-        if len(pack) == 1 and not pack[0].record.get("pack"):
+        if not pack[0].record.get("pack"):
             return executor.submit(run_task, self._spec(pack[0]))
         # the job's limit covers the whole pack; each cell keeps its own, enforced by the task
         return executor.submit(run_pack, [{**self._spec(sub), "time_limit_s": sub.resources.time_s,
@@ -362,8 +362,8 @@ class SlurmBackend(Backend):
         ids = [h.job_id for h in handles if h.job_id and not h.extra.get("pack")]
         by_job: dict[str, list[Handle]] = defaultdict(list)
         for h in handles:
+            h.extra["cancel_asked"] = True
             if h.job_id and h.extra.get("pack"):
-                h.extra["cancel_asked"] = True
                 by_job[h.job_id].append(h)
         for job_id, mine in by_job.items():  # marked, then looked for a claim: see never_runs
             started = [h for h in mine if not never_runs(h) and not (h.attempt_dir / RESULT).exists()]
@@ -379,7 +379,6 @@ class SlurmBackend(Backend):
                         raise
                     time.sleep(1)
         for h in handles:
-            h.extra["cancel_asked"] = True
             if h.job_id in ids:
                 h.extra["cancel_sent"] = True
         self._last_query = -math.inf  # ask again at once
@@ -391,7 +390,7 @@ class SlurmBackend(Backend):
         for cell, attempt in records:
             h = self.handle_from_record(cell, attempt)
             h.extra.update(job_name=attempt.get("job_name"), submitted_at=attempt.get("submitted_at"),
-                           array_task_id=attempt.get("array_task_id"), pack=attempt.get("pack"))  # fmt: skip
+                           array_task_id=attempt.get("array_task_id"))  # fmt: skip
             handles.append(h)
         self._adopt_by_name([h for h in handles if h.job_id is None and h.extra.get("job_name")])
         return handles
