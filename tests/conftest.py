@@ -124,12 +124,18 @@ def sacct_jobs(name_prefix: str) -> list[tuple[str, str, str, str]]:
     return [tuple(line.split("|")) for line in out.splitlines() if line.split("|")[1].startswith(name_prefix)]
 
 
-def sacct_settled(name_prefix: str, job_ids, timeout: float = 30) -> list[tuple[str, str, str, str]]:
-    """sacct_jobs once it lists every one of ``job_ids`` (accounting trails the jobs by seconds)."""
+def sacct_settled(name_prefix: str, job_ids, timeout: float = 30, final: bool = False) -> list[tuple[str, str, str, str]]:
+    """sacct_jobs once it lists every one of ``job_ids`` (accounting trails the jobs by
+    seconds); with ``final``, once it has recorded each one's end."""
 
     def rows():
         jobs = sacct_jobs(name_prefix)
-        return jobs if set(job_ids) <= {j[0] for j in jobs} else None
+        listed = {j[0]: j[2] for j in jobs}
+        if not set(job_ids) <= listed.keys():
+            return None
+        if final and any(listed[j] in ("PENDING", "RUNNING", "COMPLETING", "REQUEUED", "SUSPENDED") for j in job_ids):
+            return None
+        return jobs
 
     return wait_for(rows, timeout=timeout, what=f"jobs {sorted(job_ids)} in sacct")
 

@@ -58,6 +58,7 @@ def test_every_attempt_records_what_it_ran_from(finished, tmp_path):
     for cell in manifest["jobs"]:
         [attempt] = cell["attempts"]
         assert attempt["submission"] == 1 and len(attempt["fingerprint"]) == 16
+        assert attempt["max_rss_bytes"] > 2**20 and attempt["cpu_s"] > 0  # the node's figures, locally too
         assert attempt["workdir"] == str(tmp_path / "work") and attempt["argv"] == cell["argv"]
         assert attempt["options"] == cell["options"] and attempt["options"]["ms_ssim_sigma"] == 1.0
         for name, path in cell["inputs"].items():

@@ -41,6 +41,22 @@ def test_the_commands_own_exit_code_and_streams_are_recorded(tmp_path):
     assert (tmp_path / "out").is_dir()  # the cell's output folder is made before the command starts
 
 
+def test_the_commands_peak_memory_and_cpu_time_are_measured_on_the_node(tmp_path):
+    # a grandchild holds 120 MiB, the command itself burns CPU: the figures are the command's tree
+    hold = "b = b'x' * (120 * 2**20); import time; time.sleep(0.2)"
+    argv = [sys.executable, "-c", f"import subprocess, sys, time\nsubprocess.run([sys.executable, '-c', {hold!r}])\n"
+            "t = time.process_time()\nwhile time.process_time() - t < 0.3: pass"]
+    assert start_task(tmp_path, argv).wait(timeout=30) == 0
+    r = result(tmp_path)
+    assert r["returncode"] == 0
+    assert 120 * 2**20 <= r["max_rss_bytes"] < 400 * 2**20, r["max_rss_bytes"]
+    assert 0.3 <= r["cpu_s"] < 5, r["cpu_s"]
+    small = tmp_path / "small"
+    small.mkdir()
+    assert start_task(small, [sys.executable, "-c", "pass"]).wait(timeout=30) == 0
+    assert result(small)["max_rss_bytes"] < 100 * 2**20  # the task's own memory is not counted in
+
+
 def test_the_command_runs_in_the_working_directory_with_the_given_environment(tmp_path):
     argv = [sys.executable, "-c", "import os; print(os.getcwd(), os.environ['STUDY_VAR'])"]
     (tmp_path / "repo").mkdir()

@@ -28,6 +28,7 @@ SCHEMA_VERSION = 3  # 2: context, pointers, expected_outputs, tidy metrics; 3: p
 MANIFEST = "comparison_manifest.json"
 SUMMARY = "comparison_summary.txt"
 STATE_DIR = ".gridsubmit"  # lock, cancel requests, submitit's files
+ACCOUNTING_PENDING = "pending"  # an attempt's `accounting` while sacct has no final record of its job
 FAILED_STATES = {JobState.FAILED, JobState.TIMEOUT, JobState.CANCELLED, JobState.OUT_OF_MEMORY,
                  JobState.NODE_FAIL, JobState.PREEMPTED, JobState.LOST}  # fmt: skip
 
@@ -203,10 +204,12 @@ def add_attempt(cell: dict, record: dict) -> None:
     cell["state"] = record["state"]
 
 
-def merge(manifest: dict, observations: Iterable[Observation]) -> bool:
-    """Fold observations into the manifest (in place); True if anything changed."""
+def merge(manifest: dict, observations: Iterable[Observation], cells: dict[str, dict] | None = None) -> bool:
+    """Fold observations into the manifest (in place); True if anything changed. ``cells``:
+    the manifest's cells by key, where the caller keeps that map."""
     changed = False
-    cells = {cell["key"]: cell for cell in manifest["jobs"]}  # once per poll, not once per observation
+    if cells is None:
+        cells = {cell["key"]: cell for cell in manifest["jobs"]}
     for obs in observations:
         cell = cells[obs.key]
         attempt = cell["attempts"][obs.attempt - 1]

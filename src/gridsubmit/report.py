@@ -57,8 +57,8 @@ def cell_text(cell: dict, root: Path, stale: list[str] = (), submissions: list[d
     lines += [f"  blocked: {why}" for why in cell["missing"]]
     lines += [f"  stale: {why}" for why in stale]
     for a in cell["attempts"]:
-        facts = ", ".join(f"{k}={a[k]}" for k in ("job_id", "returncode", "elapsed_s", "elapsed", "max_rss", "node", "gpus",
-                                                   "gpu_name", "gpu_driver") if a.get(k) is not None)  # fmt: skip
+        facts = ", ".join(f"{k}={a[k]}" for k in ("job_id", "returncode", "elapsed_s", "cpu_s", "max_rss_bytes", "elapsed",
+                                                   "max_rss", "accounting", "node", "gpus", "gpu_name", "gpu_driver") if a.get(k) is not None)  # fmt: skip
         lines.append(f"  attempt {a['attempt']}: {a['state']}  {facts}")
         if a.get("error"):
             lines.append(f"    why: {a['error']}")

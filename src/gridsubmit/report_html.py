@@ -41,8 +41,8 @@ STATE_ORDER = {state: i for i, state in enumerate(STATE_CLASS)}
 ATTEMPT_FIELDS = (("job_id", "job"), ("backend", "backend"), ("node", "node"), ("gpus", "gpus"),
                   ("returncode", "exit code"), ("elapsed_s", "elapsed (s)"), ("submitted_at", "submitted"),
                   ("started_at", "started"), ("ended_at", "ended"))  # fmt: skip
-OPTIONAL_FIELDS = ("gpu_name", "gpu_driver", "elapsed", "max_rss", "scheduler_state", "scheduler_exit_code",
-                   "pending_reason", "interrupted_by", "fingerprint")  # fmt: skip
+OPTIONAL_FIELDS = ("max_rss_bytes", "cpu_s", "gpu_name", "gpu_driver", "elapsed", "max_rss", "scheduler_state",
+                   "scheduler_exit_code", "accounting", "pending_reason", "interrupted_by", "fingerprint")  # fmt: skip
 # what an attempt says of its submission (the full record is listed once, in the page's submissions)
 SUBMISSION_SUMMARY = ("at", "user", "host", "git", "versions")
 LONG = 240  # characters: a longer value is folded (<details>) where a submission is listed
@@ -325,7 +325,9 @@ def _size(value) -> str:
 def _fact(key: str, value) -> str:
     if key.endswith("_at") or key in ("at", "mtime"):
         return _when(value) or "—"
-    if key == "elapsed_s" and isinstance(value, (int, float)) and not isinstance(value, bool):
+    if key == "max_rss_bytes" and _is_int(value):
+        return _size(value)
+    if key in ("elapsed_s", "cpu_s") and isinstance(value, (int, float)) and not isinstance(value, bool):
         return f"{value:.3g}" if value < 10 else f"{value:.1f}"
     return _text(value)
 

@@ -161,9 +161,15 @@ class Runner:
         return self.manifest
 
     def attach(self) -> None:
-        """Take over the manifest's active attempts (once)."""
+        """Take over the manifest's active attempts (once), and the ended ones whose
+        accounting the scheduler had not finished when their runner stopped."""
         if not self._attached:
             self._record_handles(self.backend.reattach(mf.active_attempts(self.manifest)))
+            pending = [(cell, a) for cell in self.manifest["jobs"] for a in cell["attempts"]
+                       if a.get("accounting") == mf.ACCOUNTING_PENDING]  # fmt: skip
+            for h in self.backend.reattach(pending) if pending else []:
+                h.extra["reported"] = True
+                self.ended.append(h)
             self._attached = True
 
     def _cycle(self, submit_new: bool) -> bool:
@@ -173,7 +179,7 @@ class Runner:
             changed |= self._submit_due()
         observations = self.backend.poll(list(self.handles.values()))
         point("polled")
-        changed |= mf.merge(self.manifest, observations)
+        changed |= mf.merge(self.manifest, observations, self.cells)
         point("merged")
         for obs in observations:
             if obs.state.terminal:
@@ -225,7 +231,12 @@ class Runner:
         for h in self.ended:
             if h.job_id and facts.get(h.job_id):
                 attempt = self.cells[h.key]["attempts"][h.attempt - 1]
-                attempt.update(facts[h.job_id])
+                fields = dict(facts[h.job_id])
+                if "accounting" not in fields:
+                    attempt.pop("accounting", None)
+                if attempt.get("node"):  # the node's own name stands (sacct's NodeList may differ)
+                    fields.pop("node", None)
+                attempt.update(fields)
                 self.dirty = True
 
     def save(self) -> None:

@@ -266,7 +266,7 @@ def _run(spec: dict, env: dict, folder: Path, signals: _Signals) -> dict:
             signals.send(signal.SIGTERM, f"SIGTERM ({signals.received} arrived while starting)")
         elif limit:
             signal.setitimer(signal.ITIMER_REAL, float(limit))
-        child.wait()  # blocks; the signal handlers and timers act meanwhile
+        usage = _reap(child)  # blocks; the signal handlers and timers act meanwhile
         signal.setitimer(signal.ITIMER_REAL, 0)
         _signal_group(child, signal.SIGKILL)  # leave no grandchildren behind
     gpu_info = _gpu_info(smi, env.get("CUDA_VISIBLE_DEVICES"))
@@ -276,11 +276,19 @@ def _run(spec: dict, env: dict, folder: Path, signals: _Signals) -> dict:
     received = signals.received or ("SIGUSR2" if signals.warned and signals.forward_usr2 else None)
     record = {**out, "returncode": rc, "timed_out": signals.timed_out, "interrupted_by": received,
               "signals_sent": signals.sent, "ended_at": ended, "elapsed_s": round(ended - started, 3),
-              "gpu_info": gpu_info}  # fmt: skip
+              "gpu_info": gpu_info, **usage}  # fmt: skip
     if rc < 0 and not signals.sent:  # killed by somebody else: the scheduler, a node failure, the OOM killer
         record["killed_by_signal"] = signal.Signals(-rc).name if -rc in signal.Signals.__members__.values() else -rc
         record["oom_killed"] = rc == -signal.SIGKILL and _oom_killed(child.pid)
     return record
+
+
+def _reap(child: subprocess.Popen) -> dict:
+    """Wait for the command and return what the kernel measured of it: its peak resident
+    memory (the largest of it and the processes it waited for) and its CPU time."""
+    _, status, usage = os.wait4(child.pid, 0)
+    child.returncode = os.waitstatus_to_exitcode(status)
+    return {"max_rss_bytes": usage.ru_maxrss * 1024, "cpu_s": round(usage.ru_utime + usage.ru_stime, 3)}
 
 
 def _ask_gpus(env: dict) -> subprocess.Popen | None:

@@ -76,6 +76,9 @@ class Handle:
     expected_outputs: tuple[str, ...] = ()
     extra: dict[str, Any] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        self.done_name = done_name(self.key, self.attempt)
+
 
 class Backend(ABC):
     name: str
@@ -165,7 +168,7 @@ class Backend(ABC):
         done = self._done_names()
         results = {}
         for h in handles:
-            if done_name(h.key, h.attempt) in done or not h.extra.get("looked"):
+            if h.done_name in done or not h.extra.get("looked"):
                 results[h.key] = read_json(h.attempt_dir / RESULT)
                 h.extra["looked"] = True
             else:
@@ -201,8 +204,14 @@ class Backend(ABC):
                 state = JobState.FAILED  # exit 0 without what the study needs is no success
             if state is None:
                 state = scheduled if scheduled is not None and scheduled.active else h.state
+            if result is not None and state.terminal:
+                h.extra["reported"] = True  # the node's own figures stand for this attempt
+            # only what changed: nothing new about an attempt that runs on is the usual case
+            seen = h.extra.get("seen")
+            if result is not None or state is not h.state or info is not seen and info != seen:
+                h.extra["seen"] = info
+                observations.append(self._observe(h, state, result, info))
             h.state = state
-            observations.append(self._observe(h, state, result, info))
         return observations
 
     def _observe(self, h: Handle, state: JobState, result: dict | None, info: dict) -> Observation:
@@ -215,6 +224,8 @@ class Backend(ABC):
                 node=result.get("hostname"),
                 gpus=result.get("cuda_visible_devices"),
                 returncode=result.get("returncode"),
+                max_rss_bytes=result.get("max_rss_bytes"),
+                cpu_s=result.get("cpu_s"),
                 interrupted_by=result.get("interrupted_by"),
                 error=result.get("error"),
             )

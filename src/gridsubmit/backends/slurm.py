@@ -31,7 +31,7 @@ from submitit.core.utils import JobPaths
 from .. import context as ctx
 from ..cluster import ClusterProfile, Resources
 from ..crashpoints import point
-from ..manifest import STATE_DIR
+from ..manifest import ACCOUNTING_PENDING, STATE_DIR
 from ..states import JobState, from_slurm
 from ..task import RESULT, run_pack, run_task
 from .base import Backend, Handle, SchedulerError, Submission, SubmitError, check_root, never_runs
@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 PACK_KILL_GRACE_S = 10  # a packed cell past its own limit: SIGTERM, then SIGKILL this long after
 LINGER_MAX_S = 120.0  # an ended job the scheduler keeps listing stops counting against max_queued then
 PENDING_REASONS_EVERY_S = 60.0  # squeue for why queued jobs wait (held, bad account, ...)
-ACCOUNTING_WAIT_S = 15.0  # at the end of a run, how long to wait for sacct's final word on its jobs
+ACCOUNTING_WAIT_S = 15.0  # at the end of a run, how long to wait for sacct's word on jobs that left no result
 SACCT_FIELDS = "JobID,JobName,State,ExitCode,NodeList,MaxRSS,Elapsed"
 
 
@@ -72,6 +72,7 @@ class SlurmBackend(Backend):
         self.queue_cap = profile.max_queued
         self._reasons_at = -math.inf
         self._lingering: dict[str, tuple[Handle, float]] = {}  # job id -> (an ended attempt of it, since)
+        self._accounted: dict[str, dict] = {}  # job id -> sacct's final record of it
 
     # --- submission ----------------------------------------------------------------------------
 
@@ -277,8 +278,9 @@ class SlurmBackend(Backend):
         ids = sorted({h.job_id.split("_")[0] for h in handles})
         names = sorted({h.extra["job_name"] for h in handles if h.extra.get("job_name")})
         cancelled = [h for h in handles if h.extra.get("cancel_sent")]
+        calls = 1
         try:
-            by_id = sacct(ids, names, self._since(handles))
+            by_id = self._sacct(ids, names, handles)
             missing = {h.job_id.split("_")[0] for h in handles if h.job_id not in by_id}
         except SchedulerError:
             by_id, missing = {}, set(ids)
@@ -292,6 +294,7 @@ class SlurmBackend(Backend):
             self._reasons_at = now
         # sacct lags squeue: a job it does not list yet may well be queued or running
         queued = squeue(sorted(missing), names) if missing else {}
+        calls += bool(missing)
         by_id.update({j: row for j, row in queued.items() if j not in by_id or j in pending})
         for h in cancelled:  # squeue is the fresher word; a job scancel'ed while queued leaves no record at all
             by_id[h.job_id] = queued.get(h.job_id) or (JobState.CANCELLED, {"scheduler_state": "CANCELLED"})
@@ -300,7 +303,9 @@ class SlurmBackend(Backend):
         fresh = ended - {j for j, (state, _) in self._by_id.items() if state is not None and state.terminal}
         self._query_every = self.profile.poll_min_s if fresh else min(self.profile.poll_max_s, self._query_every * 1.5)
         self._by_id = {**self._by_id, **by_id}  # a row missing once (lag) keeps its last answer
-        self._last_query = now
+        # one status call per poll_min_s on average, whatever the mix: a second call now
+        # (squeue) pushes the next question back by one interval
+        self._last_query = now + (calls - 1) * self.profile.poll_min_s
         for job_id, (_, since) in list(self._lingering.items()):  # gone from the queue: room for the next wave
             state = by_id.get(job_id, (JobState.LOST, {}))[0]
             if state is not None and state.terminal or now - since > LINGER_MAX_S:
@@ -333,26 +338,41 @@ class SlurmBackend(Backend):
         first = min(((h.extra.get("submitted_at") or time.time()) for h in handles), default=time.time())
         return time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(first - 300))
 
+    def _sacct(self, ids: list[str], names: list[str], handles: Sequence[Handle]) -> dict:
+        """One sacct; final records are kept as the jobs' accounting."""
+        by_id = sacct(ids, names, self._since(handles))
+        self._accounted.update((j, info) for j, (state, info) in by_id.items() if state is not None and state.terminal)
+        return by_id
+
     def enrich(self, handles: Sequence[Handle]) -> dict[str, dict]:
-        """The scheduler's final word (state, exit code, node, MaxRSS, Elapsed) on ended
-        attempts, by job id: one sacct for all of them."""
-        ids = sorted({h.job_id.split("_")[0] for h in handles if h.job_id})
-        if not ids:
-            return {}
-        names = sorted({h.extra["job_name"] for h in handles if h.extra.get("job_name")})
+        """sacct's final record (state, exit code, node, MaxRSS, Elapsed) of each ended
+        attempt's job. Records seen while polling are used; the rest are asked for once,
+        when a status call is due. sacct trails the jobs by seconds: an attempt that wrote
+        its result (the node's own figures: elapsed_s, max_rss_bytes, cpu_s) is not waited
+        for; it gets ``accounting: pending``, filled in by the next runner on the root
+        (``wait``, ``submit``). Attempts that left no result are waited for, up to
+        ACCOUNTING_WAIT_S, as the scheduler's word is all there is about their end."""
+        jobs = {h.job_id for h in handles if h.job_id}
+        unreported = {h.job_id for h in handles if h.job_id and not h.extra.get("reported")}
         deadline = time.monotonic() + ACCOUNTING_WAIT_S
-        while True:  # accounting trails the result files: wait a little for its final word
-            try:
-                by_id = sacct(ids, names, self._since(handles))
-            except SchedulerError:
-                by_id = {}
-            final = {h.job_id: by_id[h.job_id][1] for h in handles
-                     if h.job_id in by_id and by_id[h.job_id][0] is not None and by_id[h.job_id][0].terminal}  # fmt: skip
-            if len(final) == len({h.job_id for h in handles if h.job_id}) or time.monotonic() >= deadline:  # pack-mates share one
+        asked = False
+        while jobs - self._accounted.keys():
+            missing = jobs - self._accounted.keys()
+            if asked and not missing & unreported:
                 break
-            time.sleep(1.0)
-        late = {"accounting": f"sacct had no final record {ACCOUNTING_WAIT_S:.0f} s after the run ended"}
-        return {h.job_id: final.get(h.job_id, late) for h in handles if h.job_id}
+            pause = self._last_query + self.profile.poll_min_s - time.monotonic()
+            if pause > 0:
+                if not missing & unreported or time.monotonic() + pause > deadline:
+                    break
+                time.sleep(pause)
+            ask = [h for h in handles if h.job_id in missing]
+            try:
+                self._sacct(sorted({j.split("_")[0] for j in missing}),
+                            sorted({h.extra["job_name"] for h in ask if h.extra.get("job_name")}), ask)  # fmt: skip
+            except SchedulerError as exc:
+                log.warning("sacct for the run's accounting failed: %s", exc)
+            self._last_query, asked = time.monotonic(), True
+        return {j: self._accounted.get(j, {"accounting": ACCOUNTING_PENDING}) for j in jobs}
 
     def cancel(self, handles: Sequence[Handle]) -> None:
         """scancel, asked up to three times; raises SchedulerError if it keeps failing. A
