@@ -182,15 +182,10 @@ def submission_record(manifest: dict, rerun: Rerun, hash_inputs: bool, due: list
 def due_cells(manifest: dict, retry) -> list[dict]:
     """Cells that need a new attempt: never submitted, or ended in a state the retry policy
     covers with attempts left."""
-    due = []
-    for cell in manifest["jobs"]:
-        state = JobState(cell["state"])
-        if cell["cancel_requested"]:
-            continue
-        tries = len(cell["attempts"]) - cell["retry_base"]
-        if state is JobState.PLANNED or (state in retry.on and tries < retry.max_attempts):
-            due.append(cell)
-    return due
+    retried = {state.value for state in retry.on}  # compared as text: this runs every poll cycle
+    return [cell for cell in manifest["jobs"] if not cell["cancel_requested"] and (
+        cell["state"] == JobState.PLANNED.value
+        or cell["state"] in retried and len(cell["attempts"]) - cell["retry_base"] < retry.max_attempts)]
 
 
 def active_attempts(manifest: dict) -> list[tuple[dict, dict]]:

@@ -185,7 +185,8 @@ class Runner:
             if obs.state.terminal:
                 self.ended.append(self.handles.pop(obs.key))
         self.dirty |= changed
-        self._warn_stuck()
+        if observations:  # only news can make a job stuck
+            self._warn_stuck()
         act = any(o.state.terminal and o.state is not JobState.COMPLETED for o in observations)  # someone may act on it
         since = time.monotonic() - self._saved_at
         if self.dirty and (act and since >= self._save_every / 5 or since >= self._save_every):
@@ -264,15 +265,17 @@ class Runner:
     def _submit_due(self) -> bool:
         due = mf.due_cells(self.manifest, self.profile.retry)
         self.held_back = 0
-        if due and self.backend.queue_cap is not None:  # waves: at most queue_cap jobs queued at once
-            room = self.backend.queue_cap - self.backend.queued_jobs(list(self.handles.values()))
-            n = min(len(due), max(0, room) * self.profile.cells_per_job)
-            while n and self.backend.jobs_of([self._next_submission(c) for c in due[:n]]) > room:
-                n -= 1
-            self.held_back, due = len(due) - n, due[:n]
         if not due:
             return False
         submissions = [self._next_submission(cell) for cell in due]
+        if self.backend.queue_cap is not None:  # waves: at most queue_cap jobs queued at once
+            room = self.backend.queue_cap - self.backend.queued_jobs(list(self.handles.values()))
+            n = min(len(due), max(0, room) * self.profile.cells_per_job)
+            while n and self.backend.jobs_of(submissions[:n]) > room:
+                n -= 1
+            self.held_back, due, submissions = len(due) - n, due[:n], submissions[:n]
+        if not due:
+            return False
         self.backend.assign(submissions)
         history = self.manifest.get("submissions") or [{}]
         hasher = self._hasher if history[-1].get("hash_inputs") else None
