@@ -21,6 +21,7 @@ scripts first on PATH) and sacct calls per minute. Figures only, no pass/fail.
 from __future__ import annotations
 
 import argparse
+import bisect
 import math
 import os
 import shlex
@@ -69,6 +70,7 @@ class Outcome:
     task_cpu_ms: float | None = None  # median over the run's array tasks
     tasks: int = 0  # array tasks the run had
     submitter_cpu: float | None = None  # gridsubmit only: the submit process and what it ran (wait4)
+    busiest: int = 0  # most sacct + squeue calls in any 60 s window of the run
     busy: int = 0  # other jobs in the queue when it started
     error: str | None = None
 
@@ -213,6 +215,8 @@ def measured(tool: str, work: Path, row: Row, cells: int, chunk: int, k: int = 1
         return Outcome(error=f"{type(exc).__name__}: {exc}", busy=busy)
     out.busy = busy
     out.calls = counter.counts()
+    asked = sorted(when for name, when in counter.calls() if name in ("sacct", "squeue"))
+    out.busiest = max((bisect.bisect_left(asked, t + 60.0) - i for i, t in enumerate(asked)), default=0)
     out.tasks = tasks
     if ids and out.error != UNSUPPORTED:
         per_task = settled_tasks(ids, tasks)
@@ -236,6 +240,7 @@ def summary(runs: list[Outcome]) -> Outcome:
     calls = {name: int(round(median([r.calls.get(name, 0) for r in ok]))) for name in ("sbatch", "sacct", "squeue")}
     return Outcome(wall=median([r.wall for r in ok]), calls=calls, task_cpu_ms=median([r.task_cpu_ms for r in ok]),
                    tasks=ok[0].tasks, submitter_cpu=median([r.submitter_cpu for r in ok]), busy=max(r.busy for r in runs),
+                   busiest=max(r.busiest for r in ok),
                    error=None if len(ok) == len(runs) else f"{len(runs) - len(ok)} of {len(runs)} runs failed")  # fmt: skip
 
 
@@ -335,8 +340,9 @@ def report(rows: list[Row], sizes: dict, tools: list[tuple[str, int]], res: dict
                 per_task.append(f"{labels[(tool, k)]} {sizes[row.name] / o.tasks:g}")
         print(line + "   " + ", ".join(per_task))
 
-    print("\nscheduler calls per run (median), sacct calls per minute of wall, and the submitter's CPU")
-    print(f"{'row':<{name_w}}{'tool':<18}{'sbatch':>7}{'sacct':>7}{'squeue':>7}{'sacct/min':>10}{'status/min':>11}"
+    print("\nscheduler calls per run (median), sacct calls per minute of wall, the most sacct + squeue calls in "
+          "any 60 s of a run (the budget: 12), and the submitter's CPU")
+    print(f"{'row':<{name_w}}{'tool':<18}{'sbatch':>7}{'sacct':>7}{'squeue':>7}{'sacct/min':>10}{'status/min':>11}{'max in 60 s':>12}"
           f"{'submitter CPU s':>16}{'other jobs':>11}")  # fmt: skip
     for row in rows:
         for tool, k in tools:
@@ -346,7 +352,7 @@ def report(rows: list[Row], sizes: dict, tools: list[tuple[str, int]], res: dict
                 continue
             status = (o.calls.get("sacct", 0) + o.calls.get("squeue", 0)) * 60 / o.wall
             print(f"{row_name(row):<{name_w}}{labels[(tool, k)]:<18}{o.calls.get('sbatch', 0):>7}{o.calls.get('sacct', 0):>7}"
-                  f"{o.calls.get('squeue', 0):>7}{fmt(o.sacct_per_min, '.1f', 10)}{status:>11.1f}"
+                  f"{o.calls.get('squeue', 0):>7}{fmt(o.sacct_per_min, '.1f', 10)}{status:>11.1f}{o.busiest:>12}"
                   f"{fmt(o.submitter_cpu, '.2f', 16)}{o.busy:>11}")  # fmt: skip
     for row in rows:  # a profile loader that takes the key before the backend honours it
         for tool, k in tools:
