@@ -29,6 +29,7 @@ CANCEL_DIR = "cancel-requests"
 # While running, the manifest is rewritten at most this often (unless a cell fails; and at
 # the end): a save costs time in proportion to the cells, so big grids save less often.
 SAVE_EVERY_S = (0.5, 5.0)  # bounds; in between, one second per 1,000 cells
+SAVE_SHARE = 0.02  # and far enough apart that saving takes at most this share of the runner's time
 
 
 def make_backend(profile: ClusterProfile, root: Path, manifest: dict) -> Backend:
@@ -118,7 +119,7 @@ class Runner:
         self._warned: set[str] = set()  # job ids already reported as stuck
         self._hasher = prov.Hasher()
         self.held_back = 0  # due cells left for a later wave (the queue cap)
-        self._save_every = min(SAVE_EVERY_S[1], max(SAVE_EVERY_S[0], len(self.cells) / 1000))
+        self._save_every = SAVE_EVERY_S[0]  # set by each save from what it cost
 
     # --- the loop ------------------------------------------------------------------------------
 
@@ -241,9 +242,12 @@ class Runner:
                 self.dirty = True
 
     def save(self) -> None:
+        started = time.monotonic()
         mf.save(self.root, self.manifest)
         self.dirty = False
         self._saved_at = time.monotonic()
+        every = min(SAVE_EVERY_S[1], max(SAVE_EVERY_S[0], len(self.cells) / 1000))
+        self._save_every = max(every, (self._saved_at - started) / SAVE_SHARE)
 
     def _next_submission(self, cell: dict) -> Submission:
         """The cell's next attempt, with resources grown after TIMEOUT / OUT_OF_MEMORY."""

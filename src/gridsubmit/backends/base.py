@@ -206,6 +206,8 @@ class Backend(ABC):
                 state = scheduled if scheduled is not None and scheduled.active else h.state
             if result is not None and state.terminal:
                 h.extra["reported"] = True  # the node's own figures stand for this attempt
+                if h.done_name in done:  # read: the folder listed every cycle stays as small as what runs
+                    self._forget_done(h.done_name)
             # only what changed: nothing new about an attempt that runs on is the usual case
             seen = h.extra.get("seen")
             if result is not None or state is not h.state or info is not seen and info != seen:
@@ -253,6 +255,12 @@ class Backend(ABC):
                       output_dir=Path(cell["output_dir"]), job_id=attempt.get("job_id"), state=JobState(attempt["state"]),
                       expected_outputs=tuple(cell.get("expected_outputs", ())),
                       extra={"pack": attempt.get("pack"), "cancel_asked": bool(cell.get("cancel_requested"))})  # fmt: skip
+
+    def _forget_done(self, name: str) -> None:
+        try:
+            os.unlink(self.root / STATE_DIR / DONE_DIR / name)
+        except OSError:
+            pass  # listed again next cycle: its result is read again, harmlessly
 
     def _done_names(self) -> set[str]:
         try:
