@@ -304,8 +304,9 @@ class SlurmBackend(Backend):
         self._query_every = self.profile.poll_min_s if fresh else min(self.profile.poll_max_s, self._query_every * 1.5)
         self._by_id = {**self._by_id, **by_id}  # a row missing once (lag) keeps its last answer
         # one status call per poll_min_s on average, whatever the mix: a second call now
-        # (squeue) pushes the next question back by one interval
-        self._last_query = now + (calls - 1) * self.profile.poll_min_s
+        # (squeue) pushes the next question back by one interval; counted from when the
+        # calls returned, so no 60 s ever holds more than 60 / poll_min_s of them
+        self._last_query = time.monotonic() + (calls - 1) * self.profile.poll_min_s
         for job_id, (_, since) in list(self._lingering.items()):  # gone from the queue: room for the next wave
             state = by_id.get(job_id, (JobState.LOST, {}))[0]
             if state is not None and state.terminal or now - since > LINGER_MAX_S:
