@@ -1,4 +1,4 @@
-"""Helpers shared by benchmarks/slurm_compare.py and benchmarks/scale_10k.py (not a benchmark).
+"""Helpers shared by the SLURM benchmarks (not a benchmark).
 
 Scheduler calls are counted by wrapper scripts put first on PATH: each logs its name and the
 time, then runs the real command. Studies are bare grids (no roots, no inputs, no expected
@@ -7,11 +7,13 @@ outputs) of 4 cells per dose, as in benchmarks/slurm_grid.py.
 
 from __future__ import annotations
 
+import bisect
 import os
 import re
 import shutil
 import statistics
 import subprocess
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -20,6 +22,7 @@ import yaml
 
 COMMANDS = ("sbatch", "sacct", "squeue", "scancel", "scontrol")
 RAISE_HINT = "sudo scripts/slurm-test-cluster up --max-array-size 1001"
+UNSUPPORTED = "cells_per_job not supported by this gridsubmit"
 TERMINAL = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "PREEMPTED", "BOOT_FAIL",
             "DEADLINE")  # fmt: skip
 
@@ -54,6 +57,11 @@ class Counter:
             except ValueError:
                 out.append((name, 0.0))
         return out
+
+    def busiest(self, names=("sacct", "squeue"), window_s: float = 60.0) -> int:
+        """The most calls of these commands in any ``window_s`` seconds (a status-call budget's own measure)."""
+        times = sorted(when for name, when in self.calls() if name in names)
+        return max((bisect.bisect_left(times, t + window_s) - i for i, t in enumerate(times)), default=0)
 
     def counts(self) -> dict[str, int]:
         names = [name for name, _ in self.calls()]
@@ -182,3 +190,28 @@ def manifest_jobs(root: Path) -> tuple[list[str], list[str]]:
 def median(values) -> float | None:
     values = [v for v in values if v is not None]
     return statistics.median(values) if values else None
+
+
+def wait4(pid: int, deadline: float):
+    """(status, rusage) of the child once it exits (its own CPU and that of what it ran and
+    reaped); None if it is still running at ``deadline`` (time.monotonic)."""
+    while True:
+        done, status, usage = os.wait4(pid, os.WNOHANG)
+        if done:
+            return status, usage
+        if time.monotonic() > deadline:
+            return None
+        time.sleep(0.05)
+
+
+def cells_per_job_supported() -> bool:
+    """Whether this gridsubmit takes the profile key ``cells_per_job``."""
+    from gridsubmit.cluster import parse_profile
+    from gridsubmit.errors import ConfigError
+
+    try:
+        parse_profile({"backend": "slurm", "partition": "cpu", "gpus_per_job": 0, "time": "0:10:00", "cells_per_job": 10},
+                      "probe")  # fmt: skip
+    except ConfigError as exc:
+        return exc.key != "cells_per_job" and "cells_per_job" not in str(exc)
+    return True

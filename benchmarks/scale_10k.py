@@ -45,12 +45,11 @@ from pathlib import Path
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchlib import (RAISE_HINT, Counter, cluster_up, foreign_jobs, manifest_jobs, max_array_size, median,  # noqa: E402
-                      write_study)  # fmt: skip
+from benchlib import (RAISE_HINT, UNSUPPORTED, Counter, cells_per_job_supported, cluster_up, foreign_jobs,  # noqa: E402
+                      manifest_jobs, max_array_size, median, wait4, write_study)  # fmt: skip
 
 MIB = 1024 * 1024
 PLAN_S, PLAN_MB, CYCLE_MS, CPU_PCT, STATUS_PER_MIN = 2.0, 200.0, 100.0, 5.0, 12.0
-UNSUPPORTED = "cells_per_job not supported by this gridsubmit"
 
 
 # --- Phase A: one measurement per interpreter ----------------------------------------------------
@@ -266,18 +265,6 @@ sys.exit(code)
 '''
 
 
-def cells_per_job_supported() -> bool:
-    from gridsubmit.cluster import parse_profile
-    from gridsubmit.errors import ConfigError
-
-    try:
-        parse_profile({"backend": "slurm", "partition": "cpu", "gpus_per_job": 0, "time": "0:10:00", "cells_per_job": 100},
-                      "probe")  # fmt: skip
-    except ConfigError as exc:
-        return "cells_per_job" not in str(exc)
-    return True
-
-
 def phase_b(work: Path, cells: int, k: int, timeout: float, command: list[str]) -> list[tuple] | str:
     if not cluster_up():
         return "no SLURM controller answers: start the test cluster (sudo scripts/slurm-test-cluster up)"
@@ -304,10 +291,10 @@ def phase_b(work: Path, cells: int, k: int, timeout: float, command: list[str]) 
         proc = subprocess.Popen([sys.executable, str(folder / "driver.py"), str(stats), "submit", "--study", str(study),
                                  "--cluster", str(folder / "slurm.yaml"), "--artifact-root", str(folder / "run"), "--quiet"],
                                 cwd=folder, env={**os.environ, "PATH": counter.path}, stdout=fh, stderr=subprocess.STDOUT)  # fmt: skip
-        try:
-            _, status, usage = wait4(proc.pid, t + timeout)
-        except TimeoutError:
+        ended = wait4(proc.pid, t + timeout)
+        if ended is None:
             return f"not finished after {timeout:.0f} s; the run goes on in {folder / 'run'} (gridsubmit cancel it)"
+        status, usage = ended
         wall = time.monotonic() - t
     code = os.waitstatus_to_exitcode(status)
     if not stats.exists():
@@ -320,8 +307,7 @@ def phase_b(work: Path, cells: int, k: int, timeout: float, command: list[str]) 
     tasks = len(manifest_jobs(folder / "run")[1])
     status_calls = calls["sacct"] + calls["squeue"]
     per_min = status_calls * 60 / wall
-    asked_at = sorted(when for name, when in counter.calls() if name in ("sacct", "squeue"))
-    window = max((bisect.bisect_left(asked_at, t + 60.0) - i for i, t in enumerate(asked_at)), default=0)
+    window = counter.busiest()
     own_cpu = d["self_cpu_s"]
     cycles = d["cycles"]
     durations = sorted(c["s"] * 1000 for c in cycles)
@@ -365,16 +351,6 @@ def phase_b(work: Path, cells: int, k: int, timeout: float, command: list[str]) 
         ("other jobs in the queue at the start", f"{busy}", "", ""),
     ]  # fmt: skip
     return rows
-
-
-def wait4(pid: int, deadline: float):
-    while True:
-        done, status, usage = os.wait4(pid, os.WNOHANG)
-        if done:
-            return done, status, usage
-        if time.monotonic() > deadline:
-            raise TimeoutError
-        time.sleep(0.05)
 
 
 def table(title: str, rows: list[tuple]) -> None:

@@ -21,7 +21,6 @@ scripts first on PATH) and sacct calls per minute. Figures only, no pass/fail.
 from __future__ import annotations
 
 import argparse
-import bisect
 import math
 import os
 import shlex
@@ -36,11 +35,10 @@ import submitit
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchlib import (RAISE_HINT, TERMINAL, Counter, cluster_up, foreign_jobs, manifest_jobs, max_array_size,  # noqa: E402
-                      median, settled_tasks, write_study)  # fmt: skip
+from benchlib import (RAISE_HINT, TERMINAL, UNSUPPORTED, Counter, cells_per_job_supported, cluster_up,  # noqa: E402
+                      foreign_jobs, manifest_jobs, max_array_size, median, settled_tasks, wait4, write_study)  # fmt: skip
 
 RUN_TIMEOUT_S = 1800.0
-UNSUPPORTED = "cells_per_job not supported by this gridsubmit"
 
 
 @dataclass(frozen=True)
@@ -142,18 +140,6 @@ def run_submitit(work: Path, row: Row, cells: int, chunk: int, counter: Counter)
     return out, ids, len(jobs)
 
 
-def cells_per_job_supported() -> bool:
-    from gridsubmit.cluster import parse_profile
-    from gridsubmit.errors import ConfigError
-
-    try:
-        parse_profile({"backend": "slurm", "partition": "cpu", "gpus_per_job": 0, "time": "0:10:00", "cells_per_job": 10},
-                      "probe")  # fmt: skip
-    except ConfigError as exc:
-        return exc.key != "cells_per_job" and "cells_per_job" not in str(exc)
-    return True
-
-
 def run_gridsubmit(work: Path, row: Row, cells: int, k: int, counter: Counter) -> tuple[Outcome, list[str], int]:
     study = write_study(work, cells, list(row.command))
     profile = {"backend": "slurm", "partition": row.partition, "gpus_per_job": row.gpus, "time": "0:10:00"}
@@ -168,11 +154,17 @@ def run_gridsubmit(work: Path, row: Row, cells: int, k: int, counter: Counter) -
         proc = subprocess.Popen([sys.executable, "-m", "gridsubmit", "submit", "--study", str(study), "--cluster",
                                  str(work / "slurm.yaml"), "--artifact-root", str(root), "--quiet"],
                                 cwd=work, env={**os.environ, "PATH": counter.path}, stdout=fh, stderr=subprocess.STDOUT)  # fmt: skip
-        status, usage = wait4(proc, t + RUN_TIMEOUT_S)
+        ended = wait4(proc.pid, t + RUN_TIMEOUT_S)
         out.wall = time.monotonic() - t
-    if usage is not None:
-        out.submitter_cpu = usage.ru_utime + usage.ru_stime
-    code = os.waitstatus_to_exitcode(status) if status is not None else None
+    if ended is None:
+        proc.kill()
+        _, _, usage = os.wait4(proc.pid, 0)
+        code = None
+    else:
+        status, usage = ended
+        code = os.waitstatus_to_exitcode(status)
+    proc.returncode = code
+    out.submitter_cpu = usage.ru_utime + usage.ru_stime
     text = log.read_text(errors="replace")
     if code is None:
         out.error, out.wall = f"killed after {RUN_TIMEOUT_S:.0f} s", None
@@ -183,21 +175,6 @@ def run_gridsubmit(work: Path, row: Row, cells: int, k: int, counter: Counter) -
         out.error = f"exit {code}: {last[0][:120]}"
     ids, tasks = manifest_jobs(root)
     return out, ids, len(tasks)
-
-
-def wait4(proc: subprocess.Popen, deadline: float):
-    """The child's exit status and rusage (its own CPU and that of what it ran and reaped)."""
-    while True:
-        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-        if pid:
-            proc.returncode = os.waitstatus_to_exitcode(status)
-            return status, usage
-        if time.monotonic() > deadline:
-            proc.kill()
-            _, status, usage = os.wait4(proc.pid, 0)
-            proc.returncode = -9
-            return None, usage
-        time.sleep(0.05)
 
 
 def measured(tool: str, work: Path, row: Row, cells: int, chunk: int, k: int = 1) -> Outcome:
@@ -215,8 +192,7 @@ def measured(tool: str, work: Path, row: Row, cells: int, chunk: int, k: int = 1
         return Outcome(error=f"{type(exc).__name__}: {exc}", busy=busy)
     out.busy = busy
     out.calls = counter.counts()
-    asked = sorted(when for name, when in counter.calls() if name in ("sacct", "squeue"))
-    out.busiest = max((bisect.bisect_left(asked, t + 60.0) - i for i, t in enumerate(asked)), default=0)
+    out.busiest = counter.busiest()
     out.tasks = tasks
     if ids and out.error != UNSUPPORTED:
         per_task = settled_tasks(ids, tasks)

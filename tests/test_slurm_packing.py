@@ -69,7 +69,9 @@ def test_a_pack_stopped_mid_way_marks_exactly_the_cells_that_did_not_finish(slur
     study, profile, root = slurm_scripted({"dose_1000/dense/test": "sleep-once:600"}, doses=(1000,), cells_per_job=4,
                                           gpus_per_job=0, partition="cpu")  # fmt: skip
     proc = gridsubmit_process("submit", "--study", study, "--cluster", profile, "--artifact-root", root)
-    wait_for(lambda: (root / "logs/dose_1000/dense/test/attempt-1/claim.json").exists(), what="the second cell to start")
+    # its command itself has started (a claim alone may still be cancelled before the command runs)
+    wait_for(lambda: (root / "comparison_manifest.json").exists() and runs(root)["dose_1000/dense/test"] == 1,
+             what="the second cell's command to start")
     job = load_manifest(root)["jobs"][1]["attempts"][0]["job_id"]
     subprocess.run(["scancel", job], check=True)  # from outside: as an operator or a preemption would
     out, _ = proc.communicate(timeout=180)

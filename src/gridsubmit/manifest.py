@@ -21,6 +21,7 @@ from typing import Any, Iterable
 from . import __version__
 from .errors import UsageError
 from .jobs import JobKey
+from .provenance import local_time
 from .states import JobState
 from .task import read_json, write_json_atomic, write_text_atomic
 
@@ -441,5 +442,5 @@ def holder(root: Path) -> dict | None:
 
 def describe_holder(root: Path) -> str:
     h = holder(root) or {}
-    since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(h["since"])) if "since" in h else "?"
-    return f"'gridsubmit {h.get('command', '?')}' (pid {h.get('pid', '?')} on {h.get('host', '?')}, since {since})"
+    return (f"'gridsubmit {h.get('command', '?')}' (pid {h.get('pid', '?')} on {h.get('host', '?')}, "
+            f"since {local_time(h.get('since'))})")

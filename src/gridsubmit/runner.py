@@ -16,7 +16,7 @@ from . import context as ctx
 from . import manifest as mf
 from . import provenance as prov
 from .crashpoints import point
-from .backends.base import DONE_DIR, Backend, Handle, SchedulerError, Submission, SubmitError
+from .backends.base import Backend, Handle, SchedulerError, Submission, SubmitError
 from .cluster import ClusterProfile, parse_profile
 from .errors import UsageError
 from .jobs import JobKey
@@ -119,7 +119,8 @@ class Runner:
         self._warned: set[str] = set()  # job ids already reported as stuck
         self._hasher = prov.Hasher()
         self.held_back = 0  # due cells left for a later wave (the queue cap)
-        self._save_every = SAVE_EVERY_S[0]  # set by each save from what it cost
+        self._save_floor = min(SAVE_EVERY_S[1], max(SAVE_EVERY_S[0], len(self.cells) / 1000))
+        self._save_every = self._save_floor  # each save spaces the next by what it cost
 
     # --- the loop ------------------------------------------------------------------------------
 
@@ -228,17 +229,16 @@ class Runner:
 
     def _enrich(self) -> None:
         """The scheduler's last word on each ended attempt, by its own job id (newer facts
-        replace older ones; an attempt without a job id gets none)."""
+        replace older ones, a None removes the field; an attempt without a job id gets none)."""
         facts = self.backend.enrich(self.ended)
         for h in self.ended:
             if h.job_id and facts.get(h.job_id):
                 attempt = self.cells[h.key]["attempts"][h.attempt - 1]
-                fields = dict(facts[h.job_id])
-                if "accounting" not in fields:
-                    attempt.pop("accounting", None)
-                if attempt.get("node"):  # the node's own name stands (sacct's NodeList may differ)
-                    fields.pop("node", None)
-                attempt.update(fields)
+                for key, value in facts[h.job_id].items():
+                    if value is None:
+                        attempt.pop(key, None)
+                    elif key != "node" or not attempt.get("node"):  # the node's own name stands
+                        attempt[key] = value
                 self.dirty = True
 
     def save(self) -> None:
@@ -246,8 +246,7 @@ class Runner:
         mf.save(self.root, self.manifest)
         self.dirty = False
         self._saved_at = time.monotonic()
-        every = min(SAVE_EVERY_S[1], max(SAVE_EVERY_S[0], len(self.cells) / 1000))
-        self._save_every = max(every, (self._saved_at - started) / SAVE_SHARE)
+        self._save_every = max(self._save_floor, (self._saved_at - started) / SAVE_SHARE)
 
     def _next_submission(self, cell: dict) -> Submission:
         """The cell's next attempt, with resources grown after TIMEOUT / OUT_OF_MEMORY."""
@@ -269,15 +268,16 @@ class Runner:
     def _submit_due(self) -> bool:
         due = mf.due_cells(self.manifest, self.profile.retry)
         self.held_back = 0
-        if not due:
-            return False
+        room = None
+        if due and self.backend.queue_cap is not None:  # waves: at most queue_cap jobs queued at once
+            room = max(0, self.backend.queue_cap - self.backend.queued_jobs(list(self.handles.values())))
+            self.held_back = max(0, len(due) - room * self.profile.cells_per_job)
+            due = due[: len(due) - self.held_back]  # only what may fit is planned
         submissions = [self._next_submission(cell) for cell in due]
-        if self.backend.queue_cap is not None:  # waves: at most queue_cap jobs queued at once
-            room = self.backend.queue_cap - self.backend.queued_jobs(list(self.handles.values()))
-            n = min(len(due), max(0, room) * self.profile.cells_per_job)
-            while n and self.backend.jobs_of(submissions[:n]) > room:
-                n -= 1
-            self.held_back, due, submissions = len(due) - n, due[:n], submissions[:n]
+        while room is not None and submissions and self.backend.jobs_of(submissions) > room:
+            submissions.pop()  # cells of several resource groups fill packs partly
+            self.held_back += 1
+        due = due[: len(submissions)]
         if not due:
             return False
         self.backend.assign(submissions)
@@ -292,7 +292,7 @@ class Runner:
                 "stderr": str(rel / STDERR), "resources": sub.resources.as_dict(), **sub.record})  # fmt: skip
         self.save()  # the intent is on disk before anything reaches the scheduler
         point("intent-saved")
-        (self.root / mf.STATE_DIR / DONE_DIR).mkdir(exist_ok=True)
+        self.backend.done_dir.mkdir(exist_ok=True)
         try:
             handles = self.backend.submit(submissions)
             point("backend-returned")

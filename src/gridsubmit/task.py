@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -222,7 +223,7 @@ def run_pack(specs: list[dict]) -> list[dict]:
                 break
             result = run_task(spec)
             results.append(result)
-            if result.get("interrupted_by") in ("SIGTERM", "SIGINT"):
+            if result.get("interrupted_by") in {sig.name for sig in _ENDING}:
                 break
     finally:
         for sig, handler in previous.items():
@@ -293,16 +294,15 @@ def _reap(child: subprocess.Popen) -> dict:
 
 def _ask_gpus(env: dict) -> subprocess.Popen | None:
     """Start ``nvidia-smi`` (where the node has one) to name the GPUs and the driver."""
-    for folder in env.get("PATH", "").split(os.pathsep):
-        path = os.path.join(folder, "nvidia-smi")
-        if folder and os.access(path, os.X_OK):
-            try:
-                return subprocess.Popen([path, "--query-gpu=index,uuid,name,driver_version", "--format=csv,noheader"],
-                                        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
-                                        env=env, text=True)  # fmt: skip
-            except OSError:
-                return None
-    return None
+    path = shutil.which("nvidia-smi", path=env.get("PATH", ""))
+    if path is None:
+        return None
+    try:
+        return subprocess.Popen([path, "--query-gpu=index,uuid,name,driver_version", "--format=csv,noheader"],
+                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
+                                env=env, text=True)  # fmt: skip
+    except OSError:
+        return None
 
 
 def _gpu_info(smi: subprocess.Popen | None, visible: str | None) -> list[dict] | None:

@@ -91,6 +91,7 @@ class Backend(ABC):
         self.root = Path(root)
         self.workdir = Path(workdir)  # every cell's command runs here
         self.captured = dict(env)  # the run's captured variables (the profile's env goes over them)
+        self.done_dir = self.root / STATE_DIR / DONE_DIR
 
     def task_spec(self, sub: Submission) -> dict:
         """What the node-side task needs to run one attempt (see task.run_task). Secret-looking
@@ -100,7 +101,7 @@ class Backend(ABC):
         return {"argv": list(sub.argv), "cwd": str(self.workdir), "output_dir": str(sub.output_dir),
                 "attempt_dir": str(sub.attempt_dir), "env": {**plain, **self.profile.env},
                 "env_file": str(self.root / STATE_DIR / ctx.ENV_FILE),
-                "done": str(self.root / STATE_DIR / DONE_DIR / done_name(sub.key, sub.attempt))}  # fmt: skip
+                "done": str(self.done_dir / done_name(sub.key, sub.attempt))}  # fmt: skip
 
     # --- what each backend implements ----------------------------------------------------------
 
@@ -258,13 +259,13 @@ class Backend(ABC):
 
     def _forget_done(self, name: str) -> None:
         try:
-            os.unlink(self.root / STATE_DIR / DONE_DIR / name)
+            os.unlink(self.done_dir / name)
         except OSError:
             pass  # listed again next cycle: its result is read again, harmlessly
 
     def _done_names(self) -> set[str]:
         try:
-            return set(os.listdir(self.root / STATE_DIR / DONE_DIR))
+            return set(os.listdir(self.done_dir))
         except FileNotFoundError:
             return set()
 

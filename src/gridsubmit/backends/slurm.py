@@ -43,6 +43,8 @@ LINGER_MAX_S = 120.0  # an ended job the scheduler keeps listing stops counting 
 PENDING_REASONS_EVERY_S = 60.0  # squeue for why queued jobs wait (held, bad account, ...)
 ACCOUNTING_WAIT_S = 15.0  # at the end of a run, how long to wait for sacct's word on jobs that left no result
 SACCT_FIELDS = "JobID,JobName,State,ExitCode,NodeList,MaxRSS,Elapsed"
+# what an attempt holds of a sacct or squeue row (besides node)
+ROW_FIELDS = ("scheduler_state", "scheduler_exit_code", "elapsed", "max_rss", "pending_reason", "stuck")
 
 
 def run_command(argv: list[str], timeout: float = 60) -> str:
@@ -119,7 +121,7 @@ class SlurmBackend(Backend):
             for index, pack in enumerate(chunk):
                 for position, sub in enumerate(pack):
                     sub.record.update(job_name=name, array_task_id=index if len(chunk) > 1 else None)
-                    if len(pack) > 1 or self.profile.cells_per_job > 1:
+                    if self.profile.cells_per_job > 1:
                         sub.record["pack"] = {"size": len(pack), "position": position}
 
     def submit(self, submissions: Sequence[Submission]) -> list[Handle]:
@@ -130,7 +132,7 @@ class SlurmBackend(Backend):
         for name, packs in by_name.items():
             subs = [sub for pack in packs.values() for sub in pack]
             res = subs[0].resources
-            executor = self._executor(self._job_resources(res, max(len(p) for p in packs.values())), name)
+            executor = self._chunk_executor(list(packs.values()), name)
             try:
                 with executor.batch():
                     jobs = [self._submit_pack(executor, pack) for pack in packs.values()]
@@ -152,11 +154,13 @@ class SlurmBackend(Backend):
             point("sbatch-returned")
         return handles
 
-    def _job_resources(self, res: Resources, cells: int) -> Resources:
-        """A pack's job may take each cell's limit plus the grace period of its kill."""
-        if self.profile.cells_per_job == 1:
-            return res
-        return replace(res, time_s=cells * (res.time_s + PACK_KILL_GRACE_S))
+    def _chunk_executor(self, packs: list[list[Submission]], name: str) -> submitit.SlurmExecutor:
+        """The executor of one array; a pack's job may take each cell's limit plus the grace
+        period of its kill."""
+        res = packs[0][0].resources
+        if self.profile.cells_per_job > 1:
+            res = replace(res, time_s=max(len(p) for p in packs) * (res.time_s + PACK_KILL_GRACE_S))
+        return self._executor(res, name)
 
     def _submit_pack(self, executor: submitit.SlurmExecutor, pack: list[Submission]):
         if not pack[0].record.get("pack"):
@@ -241,8 +245,7 @@ class SlurmBackend(Backend):
         """The exact sbatch script of each array chunk (nothing is submitted)."""
         parts = []
         for chunk in self.chunks(submissions):
-            res = chunk[0][0].resources
-            executor = self._executor(self._job_resources(res, max(len(p) for p in chunk)), f"gs-{self.run_id}-<chunk>")
+            executor = self._chunk_executor(chunk, f"gs-{self.run_id}-<chunk>")
             if len(chunk) > 1:
                 executor.parameters["map_count"] = len(chunk)
             script = executor._make_submission_file_text(executor._submitit_command_str, "dry-run")
@@ -303,10 +306,7 @@ class SlurmBackend(Backend):
         fresh = ended - {j for j, (state, _) in self._by_id.items() if state is not None and state.terminal}
         self._query_every = self.profile.poll_min_s if fresh else min(self.profile.poll_max_s, self._query_every * 1.5)
         self._by_id = {**self._by_id, **by_id}  # a row missing once (lag) keeps its last answer
-        # one status call per poll_min_s on average, whatever the mix: a second call now
-        # (squeue) pushes the next question back by one interval; counted from when the
-        # calls returned, so no 60 s ever holds more than 60 / poll_min_s of them
-        self._last_query = time.monotonic() + (calls - 1) * self.profile.poll_min_s
+        self._spent(calls)
         for job_id, (_, since) in list(self._lingering.items()):  # gone from the queue: room for the next wave
             state = by_id.get(job_id, (JobState.LOST, {}))[0]
             if state is not None and state.terminal or now - since > LINGER_MAX_S:
@@ -339,6 +339,12 @@ class SlurmBackend(Backend):
         first = min(((h.extra.get("submitted_at") or time.time()) for h in handles), default=time.time())
         return time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(first - 300))
 
+    def _spent(self, calls: int) -> None:
+        """One status call per poll_min_s on average, whatever the mix: the next is due
+        poll_min_s after these returned (so no 60 s holds more than 60 / poll_min_s of them),
+        one interval later for each call beyond the first."""
+        self._last_query = time.monotonic() + (calls - 1) * self.profile.poll_min_s
+
     def _sacct(self, ids: list[str], names: list[str], handles: Sequence[Handle]) -> dict:
         """One sacct; final records are kept as the jobs' accounting."""
         by_id = sacct(ids, names, self._since(handles))
@@ -357,23 +363,25 @@ class SlurmBackend(Backend):
         unreported = {h.job_id for h in handles if h.job_id and not h.extra.get("reported")}
         deadline = time.monotonic() + ACCOUNTING_WAIT_S
         asked = False
-        while jobs - self._accounted.keys():
-            missing = jobs - self._accounted.keys()
-            if asked and not missing & unreported:
-                break
-            pause = self._last_query + self.profile.poll_min_s - time.monotonic()
-            if pause > 0:
-                if not missing & unreported or time.monotonic() + pause > deadline:
-                    break
-                time.sleep(pause)
+        while missing := jobs - self._accounted.keys():
+            pause = max(0.0, self._last_query + self.profile.poll_min_s - time.monotonic())
+            if (asked or pause) and not missing & unreported or time.monotonic() + pause > deadline:
+                break  # asked once when due; waited only for attempts that left no result
+            time.sleep(pause)
             ask = [h for h in handles if h.job_id in missing]
             try:
                 self._sacct(sorted({j.split("_")[0] for j in missing}),
                             sorted({h.extra["job_name"] for h in ask if h.extra.get("job_name")}), ask)  # fmt: skip
             except SchedulerError as exc:
                 log.warning("sacct for the run's accounting failed: %s", exc)
-            self._last_query, asked = time.monotonic(), True
-        return {j: self._accounted.get(j, {"accounting": ACCOUNTING_PENDING}) for j in jobs}
+            self._spent(1)
+            asked = True
+        # A reported attempt's last row was seen while its job ran: it says nothing about how
+        # the job ended, so none of it stays. Without a result, the last row is all there is.
+        pending = {"accounting": ACCOUNTING_PENDING}
+        ran = {**pending, **dict.fromkeys(ROW_FIELDS)}
+        return {j: {**self._accounted[j], "accounting": None} if j in self._accounted else
+                pending if j in unreported else ran for j in jobs}  # fmt: skip
 
     def cancel(self, handles: Sequence[Handle]) -> None:
         """scancel, asked up to three times; raises SchedulerError if it keeps failing. A
