@@ -2,6 +2,7 @@
 cluster: a submitit release that changes these fails here, not in a user's grid."""
 
 import os
+import shlex
 
 import submitit
 from submitit.core.utils import JobPaths
@@ -26,6 +27,8 @@ def test_the_sbatch_script_of_a_dry_run_is_rendered_without_a_cluster(tmp_path):
     script = backend.describe(subs)
     assert "#SBATCH --array=0-2" in script and "#SBATCH --partition=gpu" in script and "#SBATCH --gres=gpu:1" in script
     assert "#SBATCH --no-requeue" in script
+    # each job runs the node task on its cells' folder, not submitit's own unpickling entry point
+    assert script.rstrip().endswith(f"-m gridsubmit.task {shlex.quote(f'{tmp_path}/.gridsubmit/tasks/gs-run1-<chunk>')}")
     # captured variables are exported before the profile's setup; secrets never reach the script
     assert script.index("export PYTHONPATH='/x y'") < script.index("module load cuda") and "s3cret" not in script
 

@@ -144,3 +144,47 @@ def test_a_command_killed_by_someone_else_is_recorded_as_such(tmp_path):
     r = result(tmp_path)
     assert r["returncode"] == -9 and r["signals_sent"] == [] and r["killed_by_signal"] == "SIGKILL"
     assert r["oom_killed"] is False and r["interrupted_by"] is None
+
+
+def node_task(folder, index=None, **kw):
+    env = {k: v for k, v in os.environ.items() if k != "SLURM_ARRAY_TASK_ID"}
+    if index is not None:
+        env["SLURM_ARRAY_TASK_ID"] = str(index)
+    return subprocess.run([sys.executable, "-X", "importtime", "-m", "gridsubmit.task", str(folder)], env=env,
+                          capture_output=True, text=True, timeout=90, **kw)  # fmt: skip
+
+
+def test_a_slurm_job_runs_the_cells_of_its_array_index_importing_the_standard_library_only(tmp_path):
+    folder = tmp_path / "tasks" / "gs-run-abc"
+    folder.mkdir(parents=True)
+    for index in (0, 1):
+        cells = [{"argv": [sys.executable, "-c", f"print('cell {index}.{n}')"], "cwd": str(tmp_path),
+                  "output_dir": str(tmp_path / f"out{index}{n}"), "attempt_dir": str(tmp_path / f"a{index}{n}")}
+                 for n in (0, 1)]  # fmt: skip
+        (folder / f"{index}.json").write_text(json.dumps({"cells": cells}))
+    proc = node_task(folder, index=1)
+    assert proc.returncode == 0, proc.stderr
+    assert [(tmp_path / f"a1{n}" / "stdout.log").read_text() for n in (0, 1)] == ["cell 1.0\n", "cell 1.1\n"]
+    assert not (tmp_path / "a00").exists() and not (tmp_path / "a01").exists()
+    imported = {line.split("|")[-1].strip().split(".")[0] for line in proc.stderr.splitlines() if line.startswith("import time:")}
+    assert "gridsubmit" in imported and not imported & {"submitit", "numpy", "yaml", "asyncio", "cloudpickle"}
+    assert node_task(folder).returncode == 0 and (tmp_path / "a00" / "result.json").exists()  # not an array: index 0
+
+
+def test_a_slurm_job_whose_cells_are_missing_runs_nothing_and_says_why(tmp_path):
+    (tmp_path / "tasks").mkdir()
+    proc = node_task(tmp_path / "tasks", index=3)
+    assert proc.returncode == 1 and "3.json is missing or unreadable; nothing was run" in proc.stderr
+
+
+def test_a_slurm_job_started_before_sbatch_returned_waits_for_its_cells(tmp_path):
+    folder = tmp_path / "tasks" / "gs-run-abc"
+    staged = tmp_path / "tasks" / ".gs-run-abc"
+    staged.mkdir(parents=True)
+    cell = {"argv": ["true"], "cwd": str(tmp_path), "output_dir": str(tmp_path / "out"), "attempt_dir": str(tmp_path / "a")}
+    (staged / "0.json").write_text(json.dumps({"cells": [cell]}))
+    proc = subprocess.Popen([sys.executable, "-m", "gridsubmit.task", str(folder)])
+    time.sleep(1.5)
+    assert proc.poll() is None and not (tmp_path / "a").exists()
+    staged.rename(folder)
+    assert proc.wait(timeout=10) == 0 and json.loads((tmp_path / "a" / "result.json").read_text())["returncode"] == 0

@@ -7,7 +7,8 @@ on first use: the node-side task (``gridsubmit.task``) must start without import
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING, Any
+
+TYPE_CHECKING = False  # typing is not imported: a SLURM job starts with `python -m gridsubmit.task`
 
 __version__ = "0.2.0"
 
@@ -28,7 +29,7 @@ if TYPE_CHECKING:
     from .study import Filters, Grid, Study, load_study
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> object:
     if name in _WHERE:
         return getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)
     raise AttributeError(f"module 'gridsubmit' has no attribute {name!r}")

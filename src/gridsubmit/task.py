@@ -1,5 +1,8 @@
 """What runs for each job on the compute node (stdlib only: it starts once per job).
 
+A SLURM job runs ``python -m gridsubmit.task FOLDER``: the cells of array task N are in
+``FOLDER/N.json`` (see backends.slurm); the local backend calls :func:`run_task` itself.
+
 Runs the cell's argv without a shell, in the run's working directory (the cell's output
 folder is created first, and named in its argv); the child writes its stdout and stderr
 straight into two files, so a killed job still leaves its partial logs. Ends by writing
@@ -18,10 +21,9 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
-import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -30,6 +32,8 @@ SLOT = "slot.json"  # local backend: written by the scheduler when the job may s
 WAITING = "waiting.json"  # local backend: the process waiting at the gate (it can be woken)
 CLAIM = "claim.json"  # whoever creates it first runs the attempt (or gives it up)
 CANCEL = "cancel.json"  # a cell of a pack cancelled before its turn: skipped
+TASKS_DIR = "tasks"  # SLURM: one folder of cell specs per array chunk, one file per array task
+TASKS_WAIT_S = 60  # a job that starts before sbatch returned waits this long for its cells' folder
 STDOUT = "stdout.log"
 STDERR = "stderr.log"
 HEARTBEAT_STALE_S = 30.0  # a gate whose runner has not beaten for this long is abandoned
@@ -179,7 +183,7 @@ def run_task(spec: dict) -> dict:
     if spec.get("env_file"):
         env.update(read_json(Path(spec["env_file"])) or {})
     env.update(spec.get("env") or {})
-    result: dict = {"argv": list(spec["argv"]), "cwd": spec["cwd"], "hostname": socket.gethostname(), "pid": os.getpid()}
+    result: dict = {"argv": list(spec["argv"]), "cwd": spec["cwd"], "hostname": os.uname().nodename, "pid": os.getpid()}
     try:
         if spec.get("gate"):
             heartbeat = Path(spec["heartbeat"]) if spec.get("heartbeat") else None
@@ -294,7 +298,9 @@ def _reap(child: subprocess.Popen) -> dict:
 
 def _ask_gpus(env: dict) -> subprocess.Popen | None:
     """Start ``nvidia-smi`` (where the node has one) to name the GPUs and the driver."""
-    path = shutil.which("nvidia-smi", path=env.get("PATH", ""))
+    # the PATH searched by hand: shutil (with its compression modules) would double this module's import time
+    found = (os.path.join(d, "nvidia-smi") for d in env.get("PATH", "").split(os.pathsep) if d)
+    path = next((f for f in found if os.access(f, os.X_OK) and os.path.isfile(f)), None)
     if path is None:
         return None
     try:
@@ -351,3 +357,26 @@ def _signal_group(child: subprocess.Popen, sig: int) -> None:
         os.killpg(child.pid, sig)
     except (ProcessLookupError, PermissionError):
         pass
+
+
+def main(argv: list[str]) -> int:
+    """A SLURM job's command: run the cells of this array task, one after another."""
+    folder = Path(argv[0])
+    deadline = time.monotonic() + TASKS_WAIT_S
+    while not folder.is_dir():  # named once sbatch returned: a job may start before that
+        if time.monotonic() > deadline:
+            print(f"gridsubmit: {folder} did not appear in {TASKS_WAIT_S} s: its submission was cut short; "
+                  "nothing was run", file=sys.stderr)  # fmt: skip
+            return 1
+        time.sleep(1)
+    path = folder / f"{os.environ.get('SLURM_ARRAY_TASK_ID', '0')}.json"
+    spec = read_json(path)
+    if spec is None:
+        print(f"gridsubmit: {path} is missing or unreadable; nothing was run", file=sys.stderr)
+        return 1
+    run_pack(spec["cells"])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -6,6 +6,12 @@ name ``gs-<run>-<chunk>``, written to the manifest with each cell's array index 
 sbatch runs, so a runner that dies right after sbatch can be followed by one that adopts
 the jobs by name instead of submitting them again.
 
+On the node, a job runs ``python -m gridsubmit.task`` on the JSON spec of its cells,
+written beside the run (``.gridsubmit/tasks/<job name>/<array index>.json``), instead of
+submitit's ``_submit``, which unpickles through submitit and imports numpy and asyncio on
+the way: ~170 ms of CPU per job, more than a short cell itself. submitit still writes the
+script, runs sbatch, makes the array and keeps its pickle of the same call.
+
 Status comes from one ``sacct`` call for all job ids of the run (filtered by name and
 start time: job ids are reused when a cluster is reset), with ``squeue`` when sacct fails;
 and only for attempts whose own ``result.json`` does not already settle them.
@@ -13,10 +19,13 @@ and only for attempts whose own ``result.json`` does not already settle them.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
+import os
 import re
 import shlex
+import shutil
 import subprocess
 import time
 import uuid
@@ -33,7 +42,7 @@ from ..cluster import ClusterProfile, Resources
 from ..crashpoints import point
 from ..manifest import ACCOUNTING_PENDING, STATE_DIR
 from ..states import JobState, from_slurm
-from ..task import RESULT, run_pack, run_task
+from ..task import RESULT, TASKS_DIR, run_pack
 from .base import Backend, Handle, SchedulerError, Submission, SubmitError, check_root, never_runs
 
 DEFAULT_MAX_ARRAY_SIZE = 1001  # SLURM's own default
@@ -57,6 +66,19 @@ def run_command(argv: list[str], timeout: float = 60) -> str:
     return proc.stdout
 
 
+class NodeTaskExecutor(submitit.SlurmExecutor):
+    """submitit's SLURM executor whose jobs run gridsubmit's node task (stdlib only) on the
+    cells' JSON spec in ``tasks``, found by the job's array index."""
+
+    def __init__(self, folder: Path, python: str | None, tasks: Path):
+        super().__init__(folder=folder, python=python)
+        self.tasks = tasks
+
+    @property
+    def _submitit_command_str(self) -> str:
+        return f"{self.python} -m gridsubmit.task {shlex.quote(str(self.tasks))}"
+
+
 class SlurmBackend(Backend):
     name = "slurm"
     grace_s = 30.0  # sacct trails squeue by seconds; never judge a missing row sooner
@@ -66,6 +88,7 @@ class SlurmBackend(Backend):
         super().__init__(profile, root, workdir, env)
         self.run_id = run_id
         self.folder = self.root / STATE_DIR / "submitit"
+        self.tasks = self.root / STATE_DIR / TASKS_DIR  # one folder of cell specs per array chunk
         check_root(root, "slurm")
         self._max_array_size = profile.max_array_size
         self._by_id: dict[str, tuple[JobState | None, dict]] = {}  # the last answer, by job id
@@ -132,17 +155,21 @@ class SlurmBackend(Backend):
         for name, packs in by_name.items():
             subs = [sub for pack in packs.values() for sub in pack]
             res = subs[0].resources
+            cells = {index or 0: self._specs(pack) for index, pack in packs.items()}
+            staged = self._stage(name, cells)
             executor = self._chunk_executor(list(packs.values()), name)
             try:
                 with executor.batch():
-                    jobs = [self._submit_pack(executor, pack) for pack in packs.values()]
+                    jobs = [executor.submit(run_pack, specs) for specs in cells.values()]
             except Exception as exc:  # sbatch's own message is the useful part
+                shutil.rmtree(staged, ignore_errors=True)
                 queued = self._queued_despite(name, subs)
                 if queued is None:
                     raise SubmitError(f"sbatch refused {len(packs)} job(s) for partition "
                                       f"{res.partition or '(default)'}: {_clean(exc)}", handles) from None  # fmt: skip
                 handles += queued
                 continue
+            os.rename(staged, self.tasks / name)  # the jobs find their cells from now on
             for pack, job in zip(packs.values(), jobs):
                 array_id = job.job_id.split("_")[0]
                 script = JobPaths(self.folder, job_id=array_id).submission_file
@@ -154,6 +181,16 @@ class SlurmBackend(Backend):
             point("sbatch-returned")
         return handles
 
+    def _stage(self, name: str, cells: dict[int, list[dict]]) -> Path:
+        """Each job's cells, as the node task reads them, in a folder that takes the chunk's
+        name only once sbatch has queued it (a job that starts sooner waits for it): a job
+        sbatch queued while reporting a failure finds nothing to run."""
+        staged = self.tasks / f".{name}"
+        staged.mkdir(parents=True)
+        for index, specs in cells.items():
+            (staged / f"{index}.json").write_text(json.dumps({"cells": specs}))
+        return staged
+
     def _chunk_executor(self, packs: list[list[Submission]], name: str) -> submitit.SlurmExecutor:
         """The executor of one array; a pack's job may take each cell's limit plus the grace
         period of its kill."""
@@ -162,17 +199,16 @@ class SlurmBackend(Backend):
             res = replace(res, time_s=max(len(p) for p in packs) * (res.time_s + PACK_KILL_GRACE_S))
         return self._executor(res, name)
 
-    def _submit_pack(self, executor: submitit.SlurmExecutor, pack: list[Submission]):
+    def _specs(self, pack: list[Submission]) -> list[dict]:
         if not pack[0].record.get("pack"):
-            return executor.submit(run_task, self._spec(pack[0]))
+            return [self._spec(pack[0])]
         # the job's limit covers the whole pack; each cell keeps its own, enforced by the task
-        return executor.submit(run_pack, [{**self._spec(sub), "time_limit_s": sub.resources.time_s,
-                                           "kill_grace_s": PACK_KILL_GRACE_S} for sub in pack])  # fmt: skip
+        return [{**self._spec(sub), "time_limit_s": sub.resources.time_s, "kill_grace_s": PACK_KILL_GRACE_S} for sub in pack]
 
     def _queued_despite(self, name: str, chunk: list[Submission]) -> list[Handle] | None:
         """sbatch failed: did it queue the array all the same (a timeout, a lost reply)? Then
-        its tasks have no submitit task file and would fail: cancel them, and hand back their
-        attempts as LOST so they are submitted again. None when nothing was queued."""
+        its tasks have no cells to run (their folder was never named): cancel them, and hand
+        back their attempts as LOST so they are submitted again. None when nothing was queued."""
         for _ in range(3):
             found = find_by_name([name], self._since([]))
             if found:
@@ -210,7 +246,7 @@ class SlurmBackend(Backend):
     def _executor(self, res: Resources, name: str) -> submitit.SlurmExecutor:
         p = self.profile
         # the interpreter goes into the script as it is: quote it (a path may hold spaces)
-        executor = submitit.SlurmExecutor(folder=self.folder, python=shlex.quote(p.python) if p.python else None)
+        executor = NodeTaskExecutor(self.folder, shlex.quote(p.python) if p.python else None, self.tasks / name)
         params: dict = {"job_name": name, "time": max(1, math.ceil(res.time_s / 60)), "use_srun": p.use_srun,
                         "stderr_to_stdout": False, "signal_delay_s": 0}  # fmt: skip
         for key in ("partition", "cpus_per_task", "account", "qos", "constraint"):
@@ -426,9 +462,9 @@ class SlurmBackend(Backend):
 
     def _adopt_by_name(self, orphans: Sequence[Handle]) -> None:
         """Attempts recorded before sbatch answered: find their jobs by name. A job whose
-        submitit task file was never written (the submitter died between sbatch and
-        writing it) would fail after a minute without running its cell: it is cancelled
-        and its attempt ends LOST. Not found: asked again next time, until the grace period."""
+        cells' folder was never named (the submitter died between sbatch and naming it)
+        would give up after a minute without running its cell: it is cancelled and its
+        attempt ends LOST. Not found: asked again next time, until the grace period."""
         if not orphans:
             return
         found = find_by_name(sorted({h.extra["job_name"] for h in orphans}), self._since(orphans))
@@ -439,9 +475,9 @@ class SlurmBackend(Backend):
                 h.job_id = job_id
                 h.extra["record"] = {"array_job_id": job_id.split("_")[0], "adopted": True}
                 adopted.append(h)
-        cut_short = [h for h in adopted if not JobPaths(self.folder, job_id=h.job_id).submitted_pickle.exists()]
+        cut_short = [h for h in adopted if not (self.tasks / h.extra["job_name"]).is_dir()]
         if cut_short:
-            self._discard(cut_short, "its submission was cut short before submitit wrote its task file")
+            self._discard(cut_short, "its submission was cut short before its cells were written")
 
 # --- parsing scheduler output (pure) -------------------------------------------------------------
 
