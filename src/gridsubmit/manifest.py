@@ -181,12 +181,18 @@ def submission_record(manifest: dict, rerun: Rerun, hash_inputs: bool, due: list
 
 
 def due_cells(manifest: dict, retry) -> list[dict]:
-    """Cells that need a new attempt: never submitted, or ended in a state the retry policy
-    covers with attempts left."""
-    retried = {state.value for state in retry.on}  # compared as text: this runs every poll cycle
-    return [cell for cell in manifest["jobs"] if not cell["cancel_requested"] and (
-        cell["state"] == JobState.PLANNED.value
-        or cell["state"] in retried and len(cell["attempts"]) - cell["retry_base"] < retry.max_attempts)]
+    """Cells that need a new attempt, in grid order (see is_due)."""
+    return [cell for cell in manifest["jobs"] if is_due(cell, retry)]
+
+
+_PLANNED = JobState.PLANNED.value
+
+
+def is_due(cell: dict, retry) -> bool:
+    """Never submitted, or ended in a state the retry policy covers with attempts left.
+    States are compared as text (a JobState is a str): this runs for cells by the thousand."""
+    return not cell["cancel_requested"] and (cell["state"] == _PLANNED or cell["state"] in retry.on
+                                             and len(cell["attempts"]) - cell["retry_base"] < retry.max_attempts)  # fmt: skip
 
 
 def active_attempts(manifest: dict) -> list[tuple[dict, dict]]:

@@ -11,6 +11,7 @@ from .manifest import counts
 from .states import JobState
 
 ORDER = [s.value for s in JobState]
+COUNT_EVERY_S = 1.0
 
 
 def format_counts(c: dict[str, int]) -> str:
@@ -25,15 +26,19 @@ class Progress:
         self.start = time.monotonic()
         self._last_line = ""
         self._ended: dict[str, int] = {}
+        self._counted_at = -COUNT_EVERY_S
 
     def elapsed(self) -> str:
         s = int(time.monotonic() - self.start)
         return f"{s // 3600:d}:{s // 60 % 60:02d}:{s % 60:02d}"
 
-    def update(self, manifest: dict) -> None:
+    def update(self, manifest: dict, cells: list[dict] | None = None) -> None:
+        """Print the attempts that ended and redraw the counts line. ``cells``: those that
+        may have changed since the last call (None: every cell). The counts of a large
+        grid are taken once a second at most while cells are named."""
         if self.quiet:
             return
-        for cell in manifest["jobs"]:  # one line per attempt that ended since the last update
+        for cell in manifest["jobs"] if cells is None else cells:  # one line per newly ended attempt
             n = len(cell["attempts"])
             if n and JobState(cell["attempts"][-1]["state"]).terminal and self._ended.get(cell["key"]) != n:
                 self._ended[cell["key"]] = n
@@ -42,6 +47,10 @@ class Progress:
                 detail = "; ".join(part for part in (f"rc {rc}" if rc is not None else "", last.get("error") or "") if part)
                 elapsed = f", {last['elapsed_s']:.1f} s" if last.get("elapsed_s") is not None else ""
                 self._print(f"{cell['key']}: {last['state']} ({detail}{elapsed})")
+        now = time.monotonic()
+        if cells is not None and now - self._counted_at < COUNT_EVERY_S:
+            return
+        self._counted_at = now
         line = f"[{self.elapsed()}] {len(manifest['jobs'])} cells: {format_counts(counts(manifest))}"
         if self.tty and line != self._last_line:  # redraw on change (the clock ticks each second)
             width = shutil.get_terminal_size().columns - 1  # a wrapped line could not be redrawn in place

@@ -119,6 +119,7 @@ class Runner:
         self._warned: set[str] = set()  # job ids already reported as stuck
         self._hasher = prov.Hasher()
         self.held_back = 0  # due cells left for a later wave (the queue cap)
+        self._due: dict[str, dict] | None = None  # cells due for an attempt, kept up to date as cells change
         self._save_floor = min(SAVE_EVERY_S[1], max(SAVE_EVERY_S[0], len(self.cells) / 1000))
         self._save_every = self._save_floor  # each save spaces the next by what it cost
 
@@ -135,7 +136,7 @@ class Runner:
         try:
             while True:
                 changed = self._cycle(submit_new)
-                more_due = submit_new and mf.due_cells(self.manifest, self.profile.retry)
+                more_due = submit_new and bool(self._due_cells())
                 if not self.handles and not more_due:
                     break
                 if until_ended is not None and not until_ended & self.handles.keys():
@@ -159,6 +160,7 @@ class Runner:
             if self.dirty:
                 self.save()
             self.backend.close(finished=not self.handles)
+            self.progress.update(self.manifest)
             self.progress.done()
         return self.manifest
 
@@ -186,6 +188,8 @@ class Runner:
         for obs in observations:
             if obs.state.terminal:
                 self.ended.append(self.handles.pop(obs.key))
+                if self._due is not None and mf.is_due(self.cells[obs.key], self.profile.retry):
+                    self._due[obs.key] = self.cells[obs.key]  # to be retried
         self.dirty |= changed
         if observations:  # only news can make a job stuck
             self._warn_stuck()
@@ -194,7 +198,7 @@ class Runner:
         if self.dirty and (act and since >= self._save_every / 5 or since >= self._save_every):
             self.save()
             point("saved")
-        self.progress.update(self.manifest)
+        self.progress.update(self.manifest, [self.cells[o.key] for o in observations])
         return changed
 
     def stuck(self) -> list[tuple[str, dict]]:
@@ -265,8 +269,15 @@ class Runner:
         due = mf.due_cells(self.manifest, self.profile.retry)
         return self.backend.describe([self._next_submission(cell) for cell in due])
 
+    def _due_cells(self) -> list[dict]:
+        """The cells due for an attempt: found once, then kept up to date (submitted, ended,
+        cancelled), as a pass over every cell each cycle would cost more than the cycle."""
+        if self._due is None:
+            self._due = {cell["key"]: cell for cell in mf.due_cells(self.manifest, self.profile.retry)}
+        return list(self._due.values())
+
     def _submit_due(self) -> bool:
-        due = mf.due_cells(self.manifest, self.profile.retry)
+        due = self._due_cells()
         self.held_back = 0
         room = None
         if due and self.backend.queue_cap is not None:  # waves: at most queue_cap jobs queued at once
@@ -290,6 +301,8 @@ class Runner:
                 "backend": self.backend.name, "job_id": None, "state": JobState.SUBMITTED.value,
                 "submitted_at": time.time(), "dir": str(rel), "stdout": str(rel / STDOUT),
                 "stderr": str(rel / STDERR), "resources": sub.resources.as_dict(), **sub.record})  # fmt: skip
+        for cell in due:
+            del self._due[cell["key"]]
         self.save()  # the intent is on disk before anything reaches the scheduler
         point("intent-saved")
         self.backend.done_dir.mkdir(exist_ok=True)
@@ -304,6 +317,7 @@ class Runner:
                     cell = self.cells[sub.key]
                     cell["attempts"].pop()
                     cell["state"] = cell["attempts"][-1]["state"] if cell["attempts"] else JobState.PLANNED.value
+            self._due = None  # refused cells are due again
             self.save()
             if accepted:
                 exc.args = (f"{exc.args[0]}\n{len(accepted)} job(s) submitted before the refusal are recorded in the "
@@ -336,6 +350,8 @@ class Runner:
                 continue
             cell["cancel_requested"] = True
             keys.append(cell["key"])
+            if self._due is not None:
+                self._due.pop(cell["key"], None)
             if cell["key"] not in self.handles:  # nothing runs for it: cancelled here and now
                 cell["state"] = JobState.CANCELLED.value
         targets = [h for key, h in self.handles.items() if key in keys]

@@ -114,9 +114,17 @@ class Backend(ABC):
         """Hand attempts to the scheduler; every returned handle is recorded before moving on."""
 
     @abstractmethod
-    def query(self, handles: Sequence[Handle]) -> dict[str, tuple[JobState | None, dict]]:
-        """One bulk question to the scheduler: cell key -> (mapped state, extra fields); a
-        cell the scheduler has no record of is left out."""
+    def query(self, handles: Sequence[Handle], ask: bool) -> dict[str, tuple[JobState | None, dict]]:
+        """One bulk question to the scheduler (``ask``), or its last answer again: cell key ->
+        (mapped state, extra fields); a cell the scheduler has no record of is left out."""
+
+    def asks(self, handles: Sequence[Handle]) -> bool:
+        """Is the scheduler asked this cycle? Between its answers only attempts with news of
+        their own can change, and a cycle looks at those only."""
+        return True
+
+    def on_end(self, h: Handle, state: JobState) -> None:
+        """An attempt has ended (it is no longer followed after this cycle)."""
 
     @abstractmethod
     def cancel(self, handles: Sequence[Handle]) -> None:
@@ -167,6 +175,9 @@ class Backend(ABC):
         # folder lists (one listdir), those not looked at yet, and (below) those the
         # scheduler no longer lists as queued or running.
         done = self._done_names()
+        ask = self.asks(handles)
+        if not ask:  # the scheduler's last answer stands: the others are as they were
+            handles = [h for h in handles if h.done_name in done or h.undecided_since is not None or not h.extra.get("looked")]
         results = {}
         for h in handles:
             if h.done_name in done or not h.extra.get("looked"):
@@ -175,7 +186,7 @@ class Backend(ABC):
             else:
                 results[h.key] = None
         # A result that settles the attempt on its own needs no scheduler query.
-        native = self.query([h for h in handles if fate(results[h.key], None, 0.0, math.inf) is None])
+        native = self.query([h for h in handles if fate(results[h.key], None, 0.0, math.inf) is None], ask)
         now = time.monotonic()
         observations = []
         for h in handles:
@@ -209,6 +220,8 @@ class Backend(ABC):
                 h.extra["reported"] = True  # the node's own figures stand for this attempt
                 if h.done_name in done:  # read: the folder listed every cycle stays as small as what runs
                     self._forget_done(h.done_name)
+            if state.terminal:
+                self.on_end(h, state)
             # only what changed: nothing new about an attempt that runs on is the usual case
             seen = h.extra.get("seen")
             if result is not None or state is not h.state or info is not seen and info != seen:

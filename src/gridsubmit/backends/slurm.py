@@ -98,6 +98,8 @@ class SlurmBackend(Backend):
         self._reasons_at = -math.inf
         self._lingering: dict[str, tuple[Handle, float]] = {}  # job id -> (an ended attempt of it, since)
         self._accounted: dict[str, dict] = {}  # job id -> sacct's final record of it
+        self._unseen = False  # some followed attempt has no row from the scheduler yet
+        self._lost: list[Handle] = []  # attempts that ended LOST this cycle: their jobs are cancelled
 
     # --- submission ----------------------------------------------------------------------------
 
@@ -152,6 +154,7 @@ class SlurmBackend(Backend):
         for sub in submissions:
             by_name[sub.record["job_name"]].setdefault(sub.record["array_task_id"], []).append(sub)
         handles: list[Handle] = []
+        self._unseen = True  # new jobs: asked about soon
         for name, packs in by_name.items():
             subs = [sub for pack in packs.values() for sub in pack]
             res = subs[0].resources
@@ -291,20 +294,25 @@ class SlurmBackend(Backend):
 
     # --- status --------------------------------------------------------------------------------
 
-    def query(self, handles: Sequence[Handle]) -> dict:
+    def asks(self, handles: Sequence[Handle]) -> bool:
+        """After the adaptive interval, or sooner (poll_min_s) while some job has no row yet
+        or ended jobs linger in the queue."""
+        elapsed = time.monotonic() - self._last_query
+        return elapsed >= self._query_every or elapsed >= self.profile.poll_min_s and (self._unseen or bool(self._lingering))
+
+    def query(self, handles: Sequence[Handle], ask: bool) -> dict:
         """One sacct for every job id of the run (then one squeue for the ids sacct does not
-        list yet, or for all when sacct fails), when due: after the adaptive interval, or
-        sooner (poll_min_s) while some job has no row yet. The answer is kept by job id in
+        list yet, or for all when sacct fails), when asked; the answer is kept by job id in
         between. Attempts known by name only are looked up by name on the same cadence."""
-        now = time.monotonic()
-        elapsed = now - self._last_query
-        unseen = any(not h.job_id or h.job_id not in self._by_id for h in handles) or self._lingering
-        if elapsed >= self._query_every or unseen and elapsed >= self.profile.poll_min_s:
-            self._adopt_by_name([h for h in handles if not h.job_id and h.extra.get("job_name")])
+        if ask:
+            orphans = [h for h in handles if not h.job_id and h.extra.get("job_name")]
+            self._adopt_by_name(orphans)
             with_ids = [h for h in handles if h.job_id and not h.extra.get("discarded")]
             with_ids += [h for h, _ in self._lingering.values()]
-            if with_ids:
-                self._ask(with_ids, now)
+            calls = (self._ask(with_ids, time.monotonic()) if with_ids else 0) + (2 if orphans else 0)
+            if calls:
+                self._spent(calls)
+            self._unseen = any(not h.job_id or h.job_id not in self._by_id for h in handles)
         rows: dict = {}
         for h in handles:
             if h.extra.get("discarded"):
@@ -313,7 +321,8 @@ class SlurmBackend(Backend):
                 rows[h.key] = self._by_id[h.job_id]
         return rows
 
-    def _ask(self, handles: Sequence[Handle], now: float) -> None:
+    def _ask(self, handles: Sequence[Handle], now: float) -> int:
+        """sacct (and squeue where needed) about these jobs; returns how many calls it made."""
         ids = sorted({h.job_id.split("_")[0] for h in handles})
         names = sorted({h.extra["job_name"] for h in handles if h.extra.get("job_name")})
         cancelled = [h for h in handles if h.extra.get("cancel_sent")]
@@ -342,30 +351,31 @@ class SlurmBackend(Backend):
         fresh = ended - {j for j, (state, _) in self._by_id.items() if state is not None and state.terminal}
         self._query_every = self.profile.poll_min_s if fresh else min(self.profile.poll_max_s, self._query_every * 1.5)
         self._by_id = {**self._by_id, **by_id}  # a row missing once (lag) keeps its last answer
-        self._spent(calls)
         for job_id, (_, since) in list(self._lingering.items()):  # gone from the queue: room for the next wave
             state = by_id.get(job_id, (JobState.LOST, {}))[0]
             if state is not None and state.terminal or now - since > LINGER_MAX_S:
                 del self._lingering[job_id]
+        return calls
 
     def poll(self, handles: Sequence[Handle]) -> list:
         if not handles and self._lingering:  # nothing runs, but ended jobs still hold the queue
-            self.query([])
+            self.query([], self.asks([]))
         observations = super().poll(handles)
-        ended = {o.key for o in observations if o.state.terminal}
-        for h in handles:
-            if h.key in ended and h.job_id and not (self._by_id.get(h.job_id, (None,))[0] or JobState.PENDING).terminal:
-                self._lingering.setdefault(h.job_id, (h, time.monotonic()))
         # LOST means no word from the scheduler for the whole grace period (an outage, say):
         # before the retry policy submits the cell again, make sure the old job cannot run too
-        gone = {o.key for o in observations if o.state is JobState.LOST}
-        lost = [h for h in handles if h.key in gone and h.job_id and not h.extra.get("discarded") and not h.extra.get("pack_ended")]
+        lost, self._lost = self._lost, []
         if lost:
             try:
                 self.cancel(lost)
             except SchedulerError as exc:
                 log.warning("could not cancel LOST jobs %s: %s", [h.job_id for h in lost], exc)
         return observations
+
+    def on_end(self, h: Handle, state: JobState) -> None:
+        if h.job_id and not (self._by_id.get(h.job_id, (None,))[0] or JobState.PENDING).terminal:
+            self._lingering.setdefault(h.job_id, (h, time.monotonic()))
+        if state is JobState.LOST and h.job_id and not h.extra.get("discarded") and not h.extra.get("pack_ended"):
+            self._lost.append(h)
 
     def poll_interval(self, previous: float | None, changed: bool) -> float:
         return min(0.25, self.profile.poll_min_s)  # result files every tick; the scheduler when due
@@ -452,6 +462,7 @@ class SlurmBackend(Backend):
 
     def reattach(self, records: Sequence[tuple[dict, dict]]) -> list[Handle]:
         handles = []
+        self._unseen = bool(records)
         for cell, attempt in records:
             h = self.handle_from_record(cell, attempt)
             h.extra.update(job_name=attempt.get("job_name"), submitted_at=attempt.get("submitted_at"),
