@@ -1,10 +1,12 @@
 """The pure core: planning, resources, states and their judgement, without a scheduler."""
 
 import json
+import time
 
 import pytest
 
 from conftest import run_cli
+from gridsubmit.backends.base import Backend, Handle
 from gridsubmit.cluster import parse_profile, parse_time
 from gridsubmit.errors import ConfigError
 from gridsubmit.jobs import JobKey
@@ -153,3 +155,43 @@ def test_a_command_killed_by_a_signal_nobody_forwarded_is_judged_by_the_schedule
     # a signal the wrapper sent itself (grace period over after a time limit) is no outside kill
     assert fate({"returncode": -9, "signals_sent": ["SIGKILL (grace period over)"]}, None, 0, 5) is S.FAILED
     assert fate({"returncode": 3, "signals_sent": []}, S.NODE_FAIL, 0, 5) is S.FAILED
+
+
+class Asked(Backend):
+    """A backend whose scheduler answers RUNNING for every job it is asked about, and
+    records what each query was given."""
+
+    name, grace_s, runs_unattended = "asked", 30.0, True
+    answering = True
+
+    def __init__(self, root):
+        super().__init__(parse_profile({"backend": "slurm", "time": 5}, "test"), root, root, {})
+        self.queried: list[tuple[list[str], bool]] = []
+
+    def asks(self, handles):
+        return self.answering
+
+    def query(self, handles, ask):
+        self.queried.append(([h.key for h in handles], ask))
+        return {h.key: (S.RUNNING, {}) for h in handles if ask or h.key != "c"}
+
+    submit = cancel = reattach = None
+
+
+def test_between_scheduler_answers_a_cycle_looks_only_at_attempts_with_news_of_their_own(tmp_path):
+    backend = Asked(tmp_path)
+    handles = [Handle(key, 1, tmp_path / key, tmp_path / "out", job_id=key) for key in "abc"]
+    assert {(o.key, o.state) for o in backend.poll(handles)} == {(k, S.RUNNING) for k in "abc"}
+    backend.answering = False
+    assert backend.poll(handles) == [] and backend.queried[-1] == ([], False)
+    # "a" wrote its result and its done mark; "c" waits out a grace period (no row in the last answer)
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "result.json").write_text(json.dumps({"returncode": 0, "started": True}))
+    backend.done_dir.mkdir(parents=True)
+    (backend.done_dir / handles[0].done_name).touch()
+    handles[2].undecided_since = time.monotonic()
+    assert [(o.key, o.state) for o in backend.poll(handles)] == [("a", S.COMPLETED)]
+    assert backend.queried[-1] == (["c"], False)  # "b", running on, was not looked at
+    backend.answering = True
+    backend.poll(handles[1:])
+    assert backend.queried[-1] == (["b", "c"], True)
