@@ -22,7 +22,7 @@ from . import __version__
 from .errors import UsageError
 from .jobs import JobKey
 from .provenance import local_time
-from .states import JobState
+from .states import TERMINAL, JobState
 from .task import read_json, write_json_atomic, write_text_atomic
 
 SCHEMA_VERSION = 3  # 2: context, pointers, expected_outputs, tidy metrics; 3: provenance, stale, submissions
@@ -190,7 +190,7 @@ _PLANNED = JobState.PLANNED.value
 
 def is_due(cell: dict, retry) -> bool:
     """Never submitted, or ended in a state the retry policy covers with attempts left.
-    States are compared as text (a JobState is a str): this runs for cells by the thousand."""
+    States are compared as text (see states.TERMINAL): this runs for cells by the thousand."""
     return not cell["cancel_requested"] and (cell["state"] == _PLANNED or cell["state"] in retry.on
                                              and len(cell["attempts"]) - cell["retry_base"] < retry.max_attempts)  # fmt: skip
 
@@ -247,8 +247,7 @@ def finished(manifest: dict) -> bool:
 def with_results(manifest: dict) -> dict:
     """The manifest with the study's historical fields derived from the cells."""
     out = dict(manifest)
-    results = [execution_result(manifest, cell) for cell in manifest["jobs"]
-               if cell["attempts"] and JobState(cell["state"]).terminal]  # fmt: skip
+    results = [execution_result(manifest, cell) for cell in manifest["jobs"] if cell["attempts"] and cell["state"] in TERMINAL]
     success = sum(1 for r in results if r["state"] == JobState.COMPLETED.value)
     out.update(
         n_jobs=len(manifest["jobs"]),
@@ -266,11 +265,11 @@ def execution_result(manifest: dict, cell: dict) -> dict:
     """The study's record of one job: dose, view, split, returncode, log_path (absolute),
     and the job's inputs under the study's names."""
     last = cell["attempts"][-1] if cell["attempts"] else {}
-    root = Path(manifest["artifact_root"])
+    root = manifest["artifact_root"]  # joined as text: this runs for every cell at each save
     entry = {"dose": cell["dose"], "view": cell["view"], "split": cell["split"], "state": cell["state"],
              "returncode": last.get("returncode"),
-             "log_path": str(root / last["stdout"]) if last.get("stdout") else None,
-             "stderr_path": str(root / last["stderr"]) if last.get("stderr") else None,
+             "log_path": os.path.join(root, last["stdout"]) if last.get("stdout") else None,
+             "stderr_path": os.path.join(root, last["stderr"]) if last.get("stderr") else None,
              "output_dir": cell["output_dir"], **cell["inputs"]}  # fmt: skip
     if cell["state"] == JobState.BLOCKED.value:
         entry["error"] = "blocked: " + "; ".join(cell["missing"])

@@ -29,7 +29,7 @@ CANCEL_DIR = "cancel-requests"
 # While running, the manifest is rewritten at most this often (unless a cell fails; and at
 # the end): a save costs time in proportion to the cells, so big grids save less often.
 SAVE_EVERY_S = (0.5, 5.0)  # bounds; in between, one second per 1,000 cells
-SAVE_SHARE = 0.02  # and far enough apart that saving takes at most this share of the runner's time
+SAVE_SHARE = 0.01  # and far enough apart that saving takes at most this share of the runner's time
 
 
 def make_backend(profile: ClusterProfile, root: Path, manifest: dict) -> Backend:

@@ -36,6 +36,7 @@ class JobState(str, Enum):
         return self.value
 
 
+# A JobState is a str, so a state's text is found in these sets too (the manifest holds text).
 TERMINAL = frozenset(
     {
         JobState.BLOCKED,

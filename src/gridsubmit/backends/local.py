@@ -91,7 +91,7 @@ class LocalBackend(Backend):
             raise
         return handles
 
-    def query(self, handles: Sequence[Handle], ask: bool = True) -> dict:
+    def query(self, handles: Sequence[Handle], ask: bool) -> dict:
         self._beat()
         self._release_finished()
         if self.granting:
