@@ -1,6 +1,7 @@
 """Bad input: exit 2, one message naming the file and the key, nothing run or overwritten."""
 
 import json
+import os
 
 import pytest
 import yaml
@@ -188,3 +189,20 @@ def test_a_profile_interpreter_with_a_space_is_quoted_in_the_sbatch_script(tmp_p
     backend = SlurmBackend(parse_profile({"backend": "slurm", "time": 5, "python": "/opt/my env/bin/python",
                                           "max_array_size": 10}, "p.yaml"), tmp_path, tmp_path, {}, "r")  # fmt: skip
     assert "'/opt/my env/bin/python' -m gridsubmit.task" in backend._executor(backend.profile.resources, "n")._submitit_command_str
+
+
+def test_cells_that_cannot_be_written_for_the_node_are_a_clear_error_before_sbatch(tmp_path, study, capsys, monkeypatch):
+    spy = tmp_path / "bin"
+    spy.mkdir()
+    (spy / "sbatch").write_text(f"#!/bin/sh\ntouch {tmp_path}/sbatch-called\necho 'Submitted batch job 7'\n")
+    (spy / "sbatch").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{spy}:{os.environ['PATH']}")
+    root = tmp_path / "run"
+    (root / ".gridsubmit").mkdir(parents=True)
+    (root / ".gridsubmit" / "tasks").write_text("in the way")  # where the node's cells go
+    assert run_cli("submit", "--study", study, "--cluster", profile(tmp_path, "backend: slurm\ntime: 5\nmax_array_size: 10\n"),
+                   "--artifact-root", root, "--no-wait") == 2  # fmt: skip
+    err = capsys.readouterr().err
+    assert "cannot write the cells of 4 job(s) under" in err and "Not a directory" in err
+    assert not (tmp_path / "sbatch-called").exists()
+    assert all(c["attempts"] == [] and c["state"] == "PLANNED" for c in json.loads((root / "comparison_manifest.json").read_text())["jobs"])

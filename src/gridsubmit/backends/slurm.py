@@ -159,7 +159,11 @@ class SlurmBackend(Backend):
             subs = [sub for pack in packs.values() for sub in pack]
             res = subs[0].resources
             cells = {index or 0: self._specs(pack) for index, pack in packs.items()}
-            staged = self._stage(name, cells)
+            try:
+                staged = self._stage(name, cells)
+            except OSError as exc:  # nothing reached the scheduler: these attempts never existed
+                raise SubmitError(f"cannot write the cells of {len(packs)} job(s) under {self.tasks}: "
+                                  f"{exc.strerror or exc}", handles) from None  # fmt: skip
             executor = self._chunk_executor(list(packs.values()), name)
             try:
                 with executor.batch():
