@@ -168,7 +168,8 @@ def test_a_slurm_job_runs_the_cells_of_its_array_index_importing_the_standard_li
     assert not (tmp_path / "a00").exists() and not (tmp_path / "a01").exists()
     imported = {line.split("|")[-1].strip().split(".")[0] for line in proc.stderr.splitlines() if line.startswith("import time:")}
     assert "gridsubmit" in imported and not imported & {"submitit", "numpy", "yaml", "asyncio", "cloudpickle"}
-    assert node_task(folder).returncode == 0 and (tmp_path / "a00" / "result.json").exists()  # not an array: index 0
+    # a lone job is given its file, whatever array index it inherited from its submitter
+    assert node_task(folder / "0.json", index=1).returncode == 0 and (tmp_path / "a00" / "result.json").exists()
 
 
 def test_a_slurm_job_whose_cells_are_missing_runs_nothing_and_says_why(tmp_path):
@@ -177,7 +178,7 @@ def test_a_slurm_job_whose_cells_are_missing_runs_nothing_and_says_why(tmp_path)
     assert proc.returncode == 1 and "3.json is missing or unreadable; nothing was run" in proc.stderr
 
 
-def test_a_slurm_job_started_before_sbatch_returned_waits_for_its_cells(tmp_path):
+def test_a_slurm_job_started_before_sbatch_returned_waits_for_its_cells_through_a_warning_signal(tmp_path):
     folder = tmp_path / "tasks" / "gs-run-abc"
     staged = tmp_path / "tasks" / ".gs-run-abc"
     staged.mkdir(parents=True)
@@ -185,6 +186,8 @@ def test_a_slurm_job_started_before_sbatch_returned_waits_for_its_cells(tmp_path
     (staged / "0.json").write_text(json.dumps({"cells": [cell]}))
     proc = subprocess.Popen([sys.executable, "-m", "gridsubmit.task", str(folder)])
     time.sleep(1.5)
+    proc.send_signal(signal.SIGUSR2)  # the scheduler's warning ends nothing by itself
+    time.sleep(0.5)
     assert proc.poll() is None and not (tmp_path / "a").exists()
     staged.rename(folder)
     assert proc.wait(timeout=10) == 0 and json.loads((tmp_path / "a" / "result.json").read_text())["returncode"] == 0

@@ -188,8 +188,8 @@ class Runner:
         for obs in observations:
             if obs.state.terminal:
                 self.ended.append(self.handles.pop(obs.key))
-                if self._due is not None and mf.is_due(self.cells[obs.key], self.profile.retry):
-                    self._due[obs.key] = self.cells[obs.key]  # to be retried
+                if mf.is_due(self.cells[obs.key], self.profile.retry):
+                    self._due = None  # to be retried: found again, in grid order
         self.dirty |= changed
         if observations:  # only news can make a job stuck
             self._warn_stuck()
@@ -270,8 +270,9 @@ class Runner:
         return self.backend.describe([self._next_submission(cell) for cell in due])
 
     def _due_cells(self) -> list[dict]:
-        """The cells due for an attempt: found once, then kept up to date (submitted, ended,
-        cancelled), as a pass over every cell each cycle would cost more than the cycle."""
+        """The cells due for an attempt, in grid order: found again only after a cell became
+        due (a retry, a refused submission), and kept up to date as cells are submitted or
+        cancelled, as a pass over every cell each cycle would cost more than the cycle."""
         if self._due is None:
             self._due = {cell["key"]: cell for cell in mf.due_cells(self.manifest, self.profile.retry)}
         return list(self._due.values())

@@ -1,7 +1,8 @@
 """What runs for each job on the compute node (stdlib only: it starts once per job).
 
 A SLURM job runs ``python -m gridsubmit.task FOLDER``: the cells of array task N are in
-``FOLDER/N.json`` (see backends.slurm); the local backend calls :func:`run_task` itself.
+``FOLDER/N.json`` (a lone job is given its file); see backends.slurm. The local backend
+calls :func:`run_task` itself.
 
 Runs the cell's argv without a shell, in the run's working directory (the cell's output
 folder is created first, and named in its argv); the child writes its stdout and stderr
@@ -360,8 +361,14 @@ def _signal_group(child: subprocess.Popen, sig: int) -> None:
 
 
 def main(argv: list[str]) -> int:
-    """A SLURM job's command: run the cells of this array task, one after another."""
-    folder = Path(argv[0])
+    """A SLURM job's command: run the cells of ``argv[0]``, a file, or a folder holding one
+    file per array index, one after another."""
+    signal.signal(signal.SIGUSR2, lambda *_: None)  # a warning between two cells ends nothing
+    target = Path(argv[0])
+    if target.suffix == ".json":
+        folder, path = target.parent, target
+    else:
+        folder, path = target, target / f"{os.environ.get('SLURM_ARRAY_TASK_ID', '0')}.json"
     deadline = time.monotonic() + TASKS_WAIT_S
     while not folder.is_dir():  # named once sbatch returned: a job may start before that
         if time.monotonic() > deadline:
@@ -369,7 +376,6 @@ def main(argv: list[str]) -> int:
                   "nothing was run", file=sys.stderr)  # fmt: skip
             return 1
         time.sleep(1)
-    path = folder / f"{os.environ.get('SLURM_ARRAY_TASK_ID', '0')}.json"
     spec = read_json(path)
     if spec is None:
         print(f"gridsubmit: {path} is missing or unreadable; nothing was run", file=sys.stderr)

@@ -95,7 +95,7 @@ class Backend(ABC):
 
     def task_spec(self, sub: Submission) -> dict:
         """What the node-side task needs to run one attempt (see task.run_task). Secret-looking
-        variables never travel in it (submitit pickles it, readable by all): the task reads
+        variables never travel in it (it is written beside the run, readable by all): the task reads
         them from the run's environment file, which only its owner can read."""
         plain = {k: v for k, v in self.captured.items() if not ctx.SECRET.search(k)}
         return {"argv": list(sub.argv), "cwd": str(self.workdir), "output_dir": str(sub.output_dir),

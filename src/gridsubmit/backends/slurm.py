@@ -68,15 +68,15 @@ def run_command(argv: list[str], timeout: float = 60) -> str:
 
 class NodeTaskExecutor(submitit.SlurmExecutor):
     """submitit's SLURM executor whose jobs run gridsubmit's node task (stdlib only) on the
-    cells' JSON spec in ``tasks``, found by the job's array index."""
+    cells' JSON spec: ``cells`` is a folder of one file per array index, or one file."""
 
-    def __init__(self, folder: Path, python: str | None, tasks: Path):
+    def __init__(self, folder: Path, python: str | None, cells: Path):
         super().__init__(folder=folder, python=python)
-        self.tasks = tasks
+        self.cells = cells
 
     @property
     def _submitit_command_str(self) -> str:
-        return f"{self.python} -m gridsubmit.task {shlex.quote(str(self.tasks))}"
+        return f"{self.python} -m gridsubmit.task {shlex.quote(str(self.cells))}"
 
 
 class SlurmBackend(Backend):
@@ -155,7 +155,8 @@ class SlurmBackend(Backend):
             by_name[sub.record["job_name"]].setdefault(sub.record["array_task_id"], []).append(sub)
         handles: list[Handle] = []
         self._unseen = True  # new jobs: asked about soon
-        for name, packs in by_name.items():
+        for name, by_index in by_name.items():
+            packs = dict(sorted(by_index.items(), key=lambda item: item[0] or 0))  # array task N runs N.json
             subs = [sub for pack in packs.values() for sub in pack]
             res = subs[0].resources
             cells = {index or 0: self._specs(pack) for index, pack in packs.items()}
@@ -176,7 +177,13 @@ class SlurmBackend(Backend):
                                       f"{res.partition or '(default)'}: {_clean(exc)}", handles) from None  # fmt: skip
                 handles += queued
                 continue
-            os.rename(staged, self.tasks / name)  # the jobs find their cells from now on
+            try:
+                os.rename(staged, self.tasks / name)  # the jobs find their cells from now on
+            except OSError as exc:  # they never will: they give up without running anything
+                cut_short = f"its cells could not be named for the node ({exc.strerror or exc})"
+            else:
+                cut_short = None
+            chunk = []
             for pack, job in zip(packs.values(), jobs):
                 array_id = job.job_id.split("_")[0]
                 script = JobPaths(self.folder, job_id=array_id).submission_file
@@ -184,7 +191,10 @@ class SlurmBackend(Backend):
                     h = sub.handle(job_id=job.job_id, state=JobState.PENDING,
                                    extra={"job_name": name, "pack": sub.record.get("pack"),
                                           "record": {"array_job_id": array_id, "script": str(script)}})  # fmt: skip
-                    handles.append(h)
+                    chunk.append(h)
+            if cut_short:
+                self._discard(chunk, cut_short)
+            handles += chunk
             point("sbatch-returned")
         return handles
 
@@ -194,8 +204,12 @@ class SlurmBackend(Backend):
         sbatch queued while reporting a failure finds nothing to run."""
         staged = self.tasks / f".{name}"
         staged.mkdir(parents=True)
-        for index, specs in cells.items():
-            (staged / f"{index}.json").write_text(json.dumps({"cells": specs}))
+        try:
+            for index, specs in cells.items():
+                (staged / f"{index}.json").write_text(json.dumps({"cells": specs}))
+        except OSError:
+            shutil.rmtree(staged, ignore_errors=True)
+            raise
         return staged
 
     def _chunk_executor(self, packs: list[list[Submission]], name: str) -> submitit.SlurmExecutor:
@@ -204,7 +218,9 @@ class SlurmBackend(Backend):
         res = packs[0][0].resources
         if self.profile.cells_per_job > 1:
             res = replace(res, time_s=max(len(p) for p in packs) * (res.time_s + PACK_KILL_GRACE_S))
-        return self._executor(res, name)
+        # an array task finds its file by its index; a lone job is told its file, as it may
+        # inherit an SLURM_ARRAY_TASK_ID from a submitter that runs in an array task itself
+        return self._executor(res, name, self.tasks / name if len(packs) > 1 else self.tasks / name / "0.json")
 
     def _specs(self, pack: list[Submission]) -> list[dict]:
         if not pack[0].record.get("pack"):
@@ -250,10 +266,10 @@ class SlurmBackend(Backend):
         # lines (module load, conda activate), which may change them
         return {**self.task_spec(sub), "env": dict(self.profile.env), "forward_usr2": bool(self.profile.warn_signal)}
 
-    def _executor(self, res: Resources, name: str) -> submitit.SlurmExecutor:
+    def _executor(self, res: Resources, name: str, cells: Path) -> submitit.SlurmExecutor:
         p = self.profile
         # the interpreter goes into the script as it is: quote it (a path may hold spaces)
-        executor = NodeTaskExecutor(self.folder, shlex.quote(p.python) if p.python else None, self.tasks / name)
+        executor = NodeTaskExecutor(self.folder, shlex.quote(p.python) if p.python else None, cells)
         params: dict = {"job_name": name, "time": max(1, math.ceil(res.time_s / 60)), "use_srun": p.use_srun,
                         "stderr_to_stdout": False, "signal_delay_s": 0}  # fmt: skip
         for key in ("partition", "cpus_per_task", "account", "qos", "constraint"):
@@ -441,7 +457,7 @@ class SlurmBackend(Backend):
         ids = [h.job_id for h in handles if h.job_id and not h.extra.get("pack")]
         by_job: dict[str, list[Handle]] = defaultdict(list)
         for h in handles:
-            h.extra["cancel_asked"] = True
+            h.extra.update(cancel_asked=True, looked=False)  # looked at again in the next cycle
             if h.job_id and h.extra.get("pack"):
                 by_job[h.job_id].append(h)
         for job_id, mine in by_job.items():  # marked, then looked for a claim: see never_runs
