@@ -324,3 +324,16 @@ def test_a_job_that_waits_shows_why_in_status(slurm_scripted, capsys):
     finally:
         assert run_cli("cancel", root) == 0
     assert cells(root)["dose_1000/dense/train"]["state"] == "CANCELLED"
+
+
+def test_a_job_that_cannot_start_its_task_says_why_from_its_own_log(slurm_scripted, tmp_path):
+    # the interpreter on the node lacks gridsubmit (a module not loaded, another environment)
+    bare = tmp_path / "bare" / "python"
+    bare.parent.mkdir()
+    bare.write_text("#!/bin/sh\necho \"$0: No module named 'gridsubmit' (ModuleNotFoundError)\" >&2\nexit 1\n")
+    bare.chmod(0o755)
+    study, profile, root = slurm_scripted({}, doses=(1000,), views=("dense",), splits=("train",), python=str(bare))
+    assert run_cli("submit", "--study", study, "--cluster", profile, "--artifact-root", root, "--quiet") == 1
+    attempt = cells(root)["dose_1000/dense/train"]["attempts"][0]
+    assert attempt["state"] == "FAILED" and "no result.json" in attempt["error"]
+    assert f"_0_log.err says: {bare}: No module named 'gridsubmit' (ModuleNotFoundError)" in attempt["error"]

@@ -162,6 +162,10 @@ class Backend(ABC):
     def close(self, finished: bool) -> None:
         """The runner stops (``finished``: nothing of the run is left to follow)."""
 
+    def job_log(self, h: Handle) -> Path | None:
+        """The stderr of the attempt's job itself (the wrapper, not the command), if it has one."""
+        return None
+
     def enrich(self, handles: Sequence[Handle]) -> dict[str, dict]:
         """Accounting facts about ended attempts (cell key -> fields), asked once at the end."""
         return {}
@@ -252,6 +256,10 @@ class Backend(ABC):
                 fields["error"] = result.get("error") or "never started"
         elif state.terminal and result is None and not fields.get("error"):
             fields["error"] = f"no result.json: the job ended as {state.value} before the command finished"
+            log = self.job_log(h)
+            said = last_said(tail(log)) if log is not None else ""
+            if said:  # the job's own words: a missing module, a failed setup line, the scheduler's kill
+                fields["error"] += f"; its log {log} says: {said}"
         if state is JobState.FAILED and result is not None and result.get("returncode") == 0:
             fields["error"] = f"exit 0 but {', '.join(missing_outputs(h))} missing"
         metrics, problem, warning = None, None, None
@@ -292,14 +300,19 @@ _IMPOSED_REASON = {JobState.TIMEOUT: "time limit reached", JobState.CANCELLED: "
 def reason(state: JobState, fields: dict) -> str:
     """One line saying why an attempt did not complete: the exception line of a Python
     traceback, else the last line of stderr, else what the scheduler imposed."""
-    lines = [line.strip() for line in (fields.get("stderr_tail") or "").splitlines() if line.strip()]
-    exceptions = [line for line in lines if _EXCEPTION.match(line)]
-    said = (exceptions or lines or [""])[-1][:300]
+    said = last_said(fields.get("stderr_tail") or "")
     if state is JobState.FAILED:
         rc = fields.get("returncode")
         head = f"exit code {rc}" if rc is not None else "failed"
         return f"{head}: {said}" if said else head
     return _IMPOSED_REASON.get(state, state.value.lower()) + (f" (stderr: {said})" if said else "")
+
+
+def last_said(text: str) -> str:
+    """The line of a log that says most: the exception line of a Python traceback, else the last line."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    exceptions = [line for line in lines if _EXCEPTION.match(line)]
+    return (exceptions or lines or [""])[-1][:300]
 
 
 def check_root(root: Path, backend: str) -> None:

@@ -417,6 +417,9 @@ class SlurmBackend(Backend):
         self._accounted.update((j, info) for j, (state, info) in by_id.items() if state is not None and state.terminal)
         return by_id
 
+    def job_log(self, h: Handle) -> Path | None:
+        return JobPaths(self.folder, job_id=h.job_id).stderr if h.job_id else None
+
     def enrich(self, handles: Sequence[Handle]) -> dict[str, dict]:
         """sacct's final record (state, exit code, node, MaxRSS, Elapsed) of each ended
         attempt's job. Records seen while polling are used; the rest are asked for once,
