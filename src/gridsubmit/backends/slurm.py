@@ -177,12 +177,6 @@ class SlurmBackend(Backend):
                                       f"{res.partition or '(default)'}: {_clean(exc)}", handles) from None  # fmt: skip
                 handles += queued
                 continue
-            try:
-                os.rename(staged, self.tasks / name)  # the jobs find their cells from now on
-            except OSError as exc:  # they never will: they give up without running anything
-                cut_short = f"its cells could not be named for the node ({exc.strerror or exc})"
-            else:
-                cut_short = None
             chunk = []
             for pack, job in zip(packs.values(), jobs):
                 array_id = job.job_id.split("_")[0]
@@ -192,8 +186,10 @@ class SlurmBackend(Backend):
                                    extra={"job_name": name, "pack": sub.record.get("pack"),
                                           "record": {"array_job_id": array_id, "script": str(script)}})  # fmt: skip
                     chunk.append(h)
-            if cut_short:
-                self._discard(chunk, cut_short)
+            try:
+                os.rename(staged, self.tasks / name)  # the jobs find their cells from now on
+            except OSError as exc:  # they never will: they give up without running anything
+                self._discard(chunk, f"its cells could not be named for the node ({exc.strerror or exc})")
             handles += chunk
             point("sbatch-returned")
         return handles
