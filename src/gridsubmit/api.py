@@ -23,6 +23,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from . import context as ctx
 from . import manifest as mf
+from . import freshness
 from . import provenance as prov
 from .backends.base import check_root
 from .cluster import ClusterProfile, default_local_profile, load_profile, parse_profile
@@ -31,7 +32,6 @@ from .jobs import JobKey
 from .preflight import check_commands
 from .progress import Progress
 from .runner import Runner, cancel, detach_waiter, existing, exit_status, make_backend, prepare, profile_of
-from .states import JobState
 from .study import Filters, Grid, Study, load_study, plan
 
 ClusterLike = ClusterProfile | str | Path | Mapping[str, Any] | None
@@ -102,13 +102,15 @@ class GridExecutor:
         manifest = self.preview(grid, rerun=rerun)
         return Runner(self.root, manifest, self.profile, make_backend(self.profile, self.root, manifest)).dry_run()
 
-    def submit(self, grid: Grid, *, rerun_failed: bool = False, rerun_stale: bool = False, rerun_all: bool = False,
+    def submit(self, grid: Grid, *, rerun_failed: bool = False, rerun_stale: bool = True, rerun_all: bool = False,
                rerun: Sequence[str] = (), hash_inputs: bool = False, wait: bool = False,
                timeout: float | None = None, command: str | None = None) -> "Run":  # fmt: skip
         """Record the grid in the root's manifest and submit its due cells: cells never run,
         and those ended before that ``rerun_failed`` / ``rerun_stale`` / ``rerun_all`` /
-        ``rerun`` (cell keys) pick; COMPLETED cells are never run again otherwise, stale or
-        not. ``hash_inputs``: record each input's sha256 (else size and mtime). ``wait``:
+        ``rerun`` (cell keys) pick. The grid is the truth: a COMPLETED cell whose record
+        differs from it (stale) runs again by default; with ``rerun_stale=False`` it stays,
+        and counts as failed (``error: "stale: …"``) in ``execution_results``, never as a
+        success. Other COMPLETED cells never run again. ``hash_inputs``: record each input's sha256 (else size and mtime). ``wait``:
         poll to the end here (``timeout`` seconds at most, then TimeoutError). Without
         ``wait`` a local run is handed to a background runner, since local cells need one."""
         selection = mf.Rerun(rerun_failed, rerun_stale, rerun_all, tuple(rerun))
@@ -170,8 +172,11 @@ class Run:
 
     @property
     def manifest(self) -> dict:
-        """The manifest as on disk now, with the study's derived fields (execution_results, counts)."""
-        return mf.with_results(existing(self.root))
+        """The manifest as on disk now, with each COMPLETED cell's ``stale`` reasons judged now
+        (see :mod:`gridsubmit.freshness`; ``freshness.notes`` says what the run as a whole
+        is judged against) and the study's derived fields (execution_results, counts)."""
+        manifest = existing(self.root)
+        return mf.with_results(freshness.with_verdict(manifest, freshness.judge(manifest)))
 
     @property
     def done(self) -> bool:
@@ -180,9 +185,15 @@ class Run:
         return mf.finished(manifest) and not mf.due_cells(manifest, profile_of(manifest).retry)
 
     def stale(self) -> dict[str, list[str]]:
-        """COMPLETED cells whose results no longer match what they ran from: key -> reasons
-        (a changed option or command found by the last submit, inputs changed on disk since)."""
-        return prov.stale_now(existing(self.root))
+        """COMPLETED cells whose results no longer match what the study plans now: key -> reasons
+        (an option, the command, the working directory, or an input on disk changed; the study
+        file is read again when it changed since the last submit)."""
+        return freshness.judge(existing(self.root)).stale
+
+    def ended(self) -> set[tuple[str, int]]:
+        """(cell key, attempt number) of the attempts that have ended by now (none without a
+        run here): what ended between two calls is what ran in between."""
+        return mf.ended_attempts(mf.load(self.root))
 
     @property
     def exit_status(self) -> int:
@@ -237,9 +248,10 @@ class Run:
             raise TimeoutError(f"{self.root}: not finished after {timeout} s; the run goes on")
         return self.manifest
 
-    def cell(self, key: str) -> dict:
-        """One cell of the run by its key (``dose_1000/dense/train``)."""
-        manifest = existing(self.root)
+    def cell(self, key: str, manifest: dict | None = None) -> dict:
+        """One cell of the run by its key (``dose_1000/dense/train``), from ``manifest``
+        (default: as on disk now)."""
+        manifest = manifest or existing(self.root)
         for cell in manifest["jobs"]:
             if cell["key"] == key:
                 return cell
@@ -271,7 +283,8 @@ def check_filters(manifest: dict, filters: Filters, root: Path) -> None:
 
 def execute_comparison_jobs(jobs: Iterable[Any], artifact_root: str | Path, *, cluster: ClusterLike = None,
                             workdir: str | Path | None = None, study: Study | str | Path | Mapping | None = None,
-                            rerun_failed: bool = False, timeout: float | None = None) -> dict:  # fmt: skip
+                            rerun_failed: bool = False, rerun_stale: bool = True,
+                            timeout: float | None = None) -> dict:  # fmt: skip
     """Run the study's ComparisonJob objects and return the manifest, as the study's own
     executor does: ``execution_results`` (dose, view, split, returncode, log_path, and the
     job's inputs), ``n_jobs``, ``n_executed``, ``n_success``, ``n_failed``.
@@ -280,7 +293,11 @@ def execute_comparison_jobs(jobs: Iterable[Any], artifact_root: str | Path, *, c
     ``study``'s) from ``workdir`` (default: the current directory), with ``--tike_recon_path``
     when its Phase F manifest names a reconstruction that exists. Local backend by default,
     or ``cluster`` (a profile path, mapping or ClusterProfile). A job that fails, or cannot
-    run because an input is missing, is counted as failed, never raised."""
+    run because an input is missing, is counted as failed, never raised.
+
+    Called again into the same root, the jobs given are the truth: a cell that COMPLETED
+    from other inputs, options or command runs again (``rerun_stale=False``: it is counted
+    as failed, ``error: "stale: …"``, with its reasons in ``stale``)."""
     given = []
     seen: set[JobKey] = set()
     for i, job in enumerate(jobs):
@@ -304,7 +321,7 @@ def execute_comparison_jobs(jobs: Iterable[Any], artifact_root: str | Path, *, c
     problems = executor.check(grid)
     if problems:  # nothing could start: one clear error, not a grid of failures
         raise UsageError("the comparison command cannot start:\n  " + "\n  ".join(problems))
-    run = executor.submit(grid, rerun_failed=rerun_failed, wait=True, timeout=timeout)
+    run = executor.submit(grid, rerun_failed=rerun_failed, rerun_stale=rerun_stale, wait=True, timeout=timeout)
     return study_manifest(run.manifest, {str(key) for key in seen})
 
 
@@ -312,6 +329,6 @@ def study_manifest(manifest: dict, keys: set[str] | None = None) -> dict:
     """The manifest with every cell (of ``keys``, when given) in ``execution_results``: a job
     the caller asked for that could not run (BLOCKED) counts as failed."""
     results = [mf.execution_result(manifest, cell) for cell in manifest["jobs"] if keys is None or cell["key"] in keys]
-    success = sum(1 for r in results if r["state"] == JobState.COMPLETED.value)
+    success = sum(1 for r in results if mf.succeeded(r))
     return {**manifest, "execution_results": results, "n_jobs": len(results), "n_executed": len(results),
             "n_success": success, "n_failed": len(results) - success}  # fmt: skip

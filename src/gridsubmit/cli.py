@@ -226,6 +226,7 @@ def cmd_submit(args) -> int:
     elif args.wait:
         print(f"artifact root: {root}  ({len(due)} to run, {len(grid.blocked)} blocked; "
               f"backend {executor.profile.backend}; working directory {grid.workdir})")  # fmt: skip
+    before = Run(root).ended()
     run = executor.submit(grid, rerun_failed=args.rerun_failed, rerun_stale=args.rerun_stale, rerun_all=args.rerun_all,
                           rerun=args.rerun, hash_inputs=args.hash_inputs, wait=args.wait,
                           command=args.command_line)  # fmt: skip
@@ -236,27 +237,45 @@ def cmd_submit(args) -> int:
             print(f"{later} cell(s) wait for room in the queue (max_queued: {executor.profile.max_queued}); "
                   f"`gridsubmit wait {root}` submits them as jobs end")  # fmt: skip
         return 0
-    _print_outcome(run)
+    _print_outcome(run, before)
     return run.exit_status
 
 
-def _print_outcome(run: Run) -> None:
+def _print_outcome(run: Run, before: set[tuple[str, int]]) -> None:
+    """Every cell's state, and which attempts ended in this command (the others ended before)."""
     m = run.manifest
-    print("\n" + report.status_table(m, run.stale()))
+    print("\n" + report.status_table(m, mf.stale_of(m)))
     cancelled = m["counts"].get("CANCELLED", 0)  # asked for: not counted as failed here
-    print(f"\n{m['n_jobs']} cells: {m['n_success']} completed, {m['n_failed'] - cancelled} failed, "
+    stale = f", {m['n_stale']} stale" if m["n_stale"] else ""
+    print(f"\n{m['n_jobs']} cells: {m['n_success']} completed{stale}, {m['n_failed'] - cancelled - m['n_stale']} failed, "
           f"{cancelled} cancelled, {m['n_blocked']} blocked")
+    now = {key for key, _ in run.ended() - before}
+    states: dict[str, int] = {}
+    for cell in m["jobs"]:
+        if cell["key"] in now:
+            states[cell["state"]] = states.get(cell["state"], 0) + 1
+    ended_before = sum(1 for c in m["jobs"] if c["key"] not in now and c["attempts"])
+    print(f"ran now: {len(now)}" + (f" ({', '.join(f'{n} {s}' for s, n in states.items())})" if states else "")
+          + f"; ended before this command: {ended_before}")
+    _print_notes(m)
+
+
+def _print_notes(manifest: dict) -> None:
+    for note in manifest.get("freshness", {}).get("notes", []):
+        print(f"gridsubmit: {note}", file=sys.stderr)
 
 
 def cmd_status(args) -> int:
     run = Run.open(args.artifact_root)
     if args.cell:
-        cell = run.cell(args.cell)
+        manifest = run.manifest
+        cell = run.cell(args.cell, manifest)
         if args.json:
             json.dump(cell, sys.stdout, indent=1)
             print()
         else:
-            print(report.cell_text(cell, run.root, run.stale().get(cell["key"], []), run.manifest.get("submissions", [])))
+            print(report.cell_text(cell, run.root, cell.get("stale") or [], manifest.get("submissions", [])))
+            _print_notes(manifest)
         return 0
     manifest = run.manifest
     if args.json:
@@ -264,10 +283,11 @@ def cmd_status(args) -> int:
         print()
         return 0
     print(f"run {manifest['run_id']} · {manifest['cluster'].get('backend')} ({manifest['cluster'].get('name')}) · {run.root}")
-    stale = run.stale()
+    stale = mf.stale_of(manifest)
     print(report.status_table(manifest, stale))
     print(f"\n{manifest['n_jobs']} cells: " + ", ".join(f"{k} {v}" for k, v in manifest["counts"].items())
           + (f" ({len(stale)} of them stale: `submit --rerun-stale` runs them)" if stale else ""))
+    _print_notes(manifest)
     if not mf.finished(manifest):
         who = mf.holder(run.root)
         print(f"runner: {mf.describe_holder(run.root)}" if who is not None else
@@ -277,9 +297,10 @@ def cmd_status(args) -> int:
 
 def cmd_wait(args) -> int:
     run = Run.open(args.artifact_root)
+    before = run.ended()
     run.wait(timeout=args.timeout, progress=Progress(quiet=args.quiet), fail_on_stuck=args.fail_on_held,
              cancel_on_interrupt=args.cancel_on_interrupt)  # fmt: skip
-    _print_outcome(run)
+    _print_outcome(run, before)
     return run.exit_status
 
 
@@ -310,11 +331,12 @@ def cmd_cancel(args) -> int:
 def cmd_report(args) -> int:
     run = Run.open(args.artifact_root)
     manifest = run.manifest
-    stale = run.stale()
+    stale = mf.stale_of(manifest)
     ok, missing, _ = report.completeness(manifest, stale)
     shown = report.only(manifest, ok)
     print(report.metrics_table(shown))
     print("\n" + report.completeness_text(manifest, stale))
+    _print_notes(manifest)
     if args.csv:
         n = report.write_csv(shown, args.csv)
         print(f"wrote {n} row(s) to {args.csv}")

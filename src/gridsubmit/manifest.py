@@ -20,6 +20,7 @@ from typing import Any, Iterable
 
 from . import __version__
 from .errors import UsageError
+from .freshness import study_file_record
 from .jobs import JobKey
 from .provenance import local_time
 from .states import TERMINAL, JobState
@@ -99,6 +100,7 @@ def new_manifest(grid, profile, artifact_root: Path, run_id: str, context: dict)
         "updated_at": time.time(),
         "versions": versions(),
         "study": grid.study.as_dict(),
+        "study_file": None if grid.given else study_file_record(grid.study),
         "cluster": profile.as_dict(),
         "context": context,
         "filters": grid.filters.as_dict(),
@@ -140,11 +142,12 @@ def adopt_plan(old: dict, fresh: dict, rerun: Rerun, stale: dict[str, list[str]]
     """Lay a fresh plan over an existing manifest: cells keep their history; cells not yet
     run take the fresh plan (inputs may have appeared); cells ``rerun`` picks restart with
     it; COMPLETED cells whose record differs from the fresh plan (``stale``: key -> reasons)
-    are marked, not rerun unless picked. Cells stay in the study's order. The run's context
+    are marked, not rerun unless picked, and take the fresh plan as theirs (their attempts
+    keep what ran: freshness.judge compares the two). Cells stay in the study's order. The run's context
     (working directory, environment) stays as first recorded."""
     stale = stale or {}
     out = copy.deepcopy(old)
-    out.update({k: fresh[k] for k in ("study", "cluster", "filters", "versions")})
+    out.update({k: fresh[k] for k in ("study", "cluster", "filters", "versions")}, study_file=fresh.get("study_file"))
     by_key = {cell["key"]: cell for cell in out["jobs"]}
     for new in fresh["jobs"]:
         cell = by_key.get(new["key"])
@@ -160,6 +163,8 @@ def adopt_plan(old: dict, fresh: dict, rerun: Rerun, stale: dict[str, list[str]]
                         metrics=None, metrics_error=None, metrics_warning=None)
             cell.pop("cancel_error", None)
             continue
+        if state.terminal and new["argv"]:  # the cell's plan is the study as submitted last; its attempts, what ran
+            cell.update({k: new[k] for k in PLANNED_FIELDS if k != "missing"})
         if state is JobState.COMPLETED:
             cell["stale"] = list(stale.get(cell["key"], []))
     out["jobs"].sort(key=lambda c: JobKey.parse(c["key"]).sort_key())
@@ -233,6 +238,19 @@ def select(manifest: dict, filters) -> list[dict]:
     return [cell for cell in manifest["jobs"] if filters.matches(JobKey.parse(cell["key"]))]
 
 
+def stale_of(manifest: dict) -> dict[str, list[str]]:
+    """COMPLETED cells marked stale in ``manifest``: key -> reasons (``Run.manifest`` marks
+    them as judged when read; a manifest on disk, as judged at its last submit)."""
+    return {c["key"]: c["stale"] for c in manifest["jobs"] if c.get("stale") and c["state"] == JobState.COMPLETED.value}
+
+
+def ended_attempts(manifest: dict | None) -> set[tuple[str, int]]:
+    """(cell key, attempt number) of every attempt that has ended."""
+    if manifest is None:
+        return set()
+    return {(c["key"], a["attempt"]) for c in manifest["jobs"] for a in c["attempts"] if a["state"] in TERMINAL}
+
+
 def counts(manifest: dict) -> dict[str, int]:
     out: dict[str, int] = {}
     for cell in manifest["jobs"]:
@@ -248,7 +266,7 @@ def with_results(manifest: dict) -> dict:
     """The manifest with the study's historical fields derived from the cells."""
     out = dict(manifest)
     results = [execution_result(manifest, cell) for cell in manifest["jobs"] if cell["attempts"] and cell["state"] in TERMINAL]
-    success = sum(1 for r in results if r["state"] == JobState.COMPLETED.value)
+    success = sum(1 for r in results if succeeded(r))
     out.update(
         n_jobs=len(manifest["jobs"]),
         n_blocked=sum(1 for c in manifest["jobs"] if c["state"] == JobState.BLOCKED.value),
@@ -256,9 +274,16 @@ def with_results(manifest: dict) -> dict:
         n_executed=len(results),
         n_success=success,
         n_failed=len(results) - success,
+        n_stale=sum(1 for r in results if r.get("stale")),
         counts=counts(manifest),
     )
     return out
+
+
+def succeeded(result: dict) -> bool:
+    """An execution result counts as a success when its cell COMPLETED and is not stale:
+    results computed from other inputs or options than the study's are never a success."""
+    return result["state"] == JobState.COMPLETED.value and not result.get("stale")
 
 
 def execution_result(manifest: dict, cell: dict) -> dict:
@@ -275,6 +300,9 @@ def execution_result(manifest: dict, cell: dict) -> dict:
         entry["error"] = "blocked: " + "; ".join(cell["missing"])
     elif cell["state"] != JobState.COMPLETED.value:
         entry["error"] = last.get("error") or _error_line(cell["state"], last)
+    elif cell.get("stale"):
+        entry["stale"] = list(cell["stale"])
+        entry["error"] = "stale: " + "; ".join(cell["stale"])
     return entry
 
 

@@ -32,6 +32,12 @@ class Progress:
         s = int(time.monotonic() - self.start)
         return f"{s // 3600:d}:{s // 60 % 60:02d}:{s % 60:02d}"
 
+    def seen(self, manifest: dict) -> None:
+        """Attempts that had ended before this command: never printed as if they ran now."""
+        for cell in manifest["jobs"]:
+            if cell["attempts"] and JobState(cell["attempts"][-1]["state"]).terminal:
+                self._ended[cell["key"]] = len(cell["attempts"])
+
     def update(self, manifest: dict, cells: list[dict] | None = None) -> None:
         """Print the attempts that ended and redraw the counts line. ``cells``: those that
         may have changed since the last call (None: every cell). The counts of a large

@@ -146,20 +146,3 @@ def judged(cell: dict) -> dict | None:
     if cell["state"] != "COMPLETED" or not cell["attempts"] or "fingerprint" not in cell["attempts"][-1]:
         return None
     return cell["attempts"][-1]
-
-
-def stale_now(manifest: dict) -> dict[str, list[str]]:
-    """COMPLETED cells that are stale now: key -> reasons. What the last ``submit`` found
-    (a changed option, command, ...) plus inputs that changed on disk since each cell's last
-    attempt read them."""
-    hasher = Hasher()
-    out = {}
-    for cell in manifest["jobs"]:
-        reasons = list(cell.get("stale") or []) if cell["state"] == "COMPLETED" else []
-        last = judged(cell)
-        if last is not None:
-            now = {**last, "inputs": {n: identity(i["path"]) if i else None for n, i in last["inputs"].items()}}
-            reasons += [r for r in changes(last, now, hasher) if r not in reasons]
-        if reasons:
-            out[cell["key"]] = reasons
-    return out

@@ -38,7 +38,9 @@ def status_table(manifest: dict, stale: dict[str, list[str]] | None = None) -> s
         note = "; ".join(cell["missing"]) if cell["missing"] else (last.get("error") or "")
         if stale and cell["key"] in stale:
             note = "stale: " + "; ".join(stale[cell["key"]])
-        if cell["state"] == "PENDING" and last.get("pending_reason"):
+        if cell.get("cancel_requested") and cell["state"] in ("SUBMITTED", "PENDING", "RUNNING"):
+            note = "cancelling: asked to stop, not ended yet"
+        elif cell["state"] == "PENDING" and last.get("pending_reason"):
             note = ("held or stuck: " if last.get("stuck") else "waiting: ") + last["pending_reason"]
         rows.append([cell["key"], cell["state"], len(cell["attempts"]) or "", last.get("job_id") or "",
                      "" if last.get("returncode") is None else last["returncode"],

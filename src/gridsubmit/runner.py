@@ -13,6 +13,7 @@ import uuid
 from pathlib import Path
 
 from . import context as ctx
+from . import freshness
 from . import manifest as mf
 from . import provenance as prov
 from .crashpoints import point
@@ -96,9 +97,9 @@ def stale_cells(old: dict, fresh: dict, workdir: str) -> dict[str, list[str]]:
     out = {}
     for new in fresh["jobs"]:
         last = prov.judged(by_key[new["key"]]) if new["key"] in by_key else None
-        reasons = [] if last is None else prov.changes(last, prov.ran_from(new, workdir), hasher)
-        if reasons:
-            out[new["key"]] = reasons
+        why = [] if last is None else freshness.reasons(last, new, workdir, hasher)
+        if why:
+            out[new["key"]] = why
     return out
 
 
@@ -168,6 +169,7 @@ class Runner:
         """Take over the manifest's active attempts (once), and the ended ones whose
         accounting the scheduler had not finished when their runner stopped."""
         if not self._attached:
+            self.progress.seen(self.manifest)
             self._record_handles(self.backend.reattach(mf.active_attempts(self.manifest)))
             pending = [(cell, a) for cell in self.manifest["jobs"] for a in cell["attempts"]
                        if a.get("accounting") == mf.ACCOUNTING_PENDING]  # fmt: skip
@@ -374,11 +376,12 @@ class Runner:
         changed = False
         for path in sorted(folder.glob("*.json")):
             request = read_json(path)
-            path.unlink(missing_ok=True)  # applied once, whatever happens next
-            if request is None:
-                continue
-            f = request["filters"]
-            changed |= bool(self.cancel(Filters(tuple(f["dose"]), tuple(f["view"]), tuple(f["split"]))))
+            if request is not None:
+                f = request["filters"]
+                changed |= bool(self.cancel(Filters(tuple(f["dose"]), tuple(f["view"]), tuple(f["split"]))))
+                if self.dirty:  # on disk before the requester reads what was marked
+                    self.save()
+            path.unlink(missing_ok=True)  # applied once (applying it again would change nothing)
         return changed
 
 
@@ -402,8 +405,15 @@ def cancel(root: Path, filters: Filters) -> str:
         while request.exists() and time.monotonic() < deadline:
             time.sleep(0.05)
         if request.exists():
-            return f"cancel requested; the attached runner will apply it ({request})"
-        return f"cancel applied by the attached runner {mf.describe_holder(root)}"
+            return f"cancel requested; the attached runner {mf.describe_holder(root)} will apply it ({request})"
+        selected = mf.select(existing(root), filters)
+        stopping = [c for c in selected if c["cancel_requested"] and not JobState(c["state"]).terminal]
+        ended = [c for c in selected if c["state"] == JobState.CANCELLED.value]
+        text = f"{len(stopping) + len(ended)} cell(s) marked for cancelling"
+        if stopping:
+            text += (f"; the attached runner {mf.describe_holder(root)} is stopping {len(stopping)} of them "
+                     f"(`gridsubmit status {root}` shows them as cancelling until they end)")  # fmt: skip
+        return text
     try:
         manifest = existing(root)
         profile = profile_of(manifest)
@@ -413,7 +423,7 @@ def cancel(root: Path, filters: Filters) -> str:
         runner.run(submit_new=False, until_ended=set(keys))  # collect the cancelled jobs' fates
     finally:
         lock.release()
-    return f"cancelled {len(keys)} cell(s)"
+    return f"cancelled {len(keys)} cell(s); every one has ended"
 
 
 def detach_waiter(root: Path) -> None:

@@ -7,11 +7,12 @@ merge recursively, any other value replaces, and null removes the key (:func:`de
 from __future__ import annotations
 
 import copy
+import difflib
 import json
 import os
 import re
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -19,6 +20,7 @@ from typing import Any, Mapping, Sequence
 import yaml
 
 from .errors import ConfigError, expect, unknown_keys
+from .freshness import file_digest
 from .jobs import Cell, JobKey, check_placeholders, placeholders, render, render_argv
 from .yamlio import load_mapping
 
@@ -110,6 +112,8 @@ class Study:
     workdir: Path | None = None  # None: the directory gridsubmit is run from
     capture_env: tuple[str, ...] = ()
     expected_outputs: tuple[str, ...] = ()
+    digest: str | None = None  # sha256 of the study file, when read from one (edits are noticed later)
+    given_roots: Mapping[str, str] = field(default_factory=dict)  # roots given beside the file (--phase-c-root)
 
     def as_dict(self) -> dict:
         return {
@@ -135,6 +139,7 @@ class Grid:
     filters: Filters
     workdir: Path
     jobs: list[Cell] = field(default_factory=list)
+    given: bool = False  # the cells came from the caller (the API's jobs), not from the study's axes
 
     @property
     def runnable(self) -> list[Cell]:
@@ -149,12 +154,14 @@ def load_study(path: str | Path | Mapping | None = None, roots: Mapping[str, str
     """Read a study (a YAML file, a mapping, or None for the built-in fly64 layout), merge
     it into the built-in study, validate. ``roots`` set roots by name (phase_c=...)."""
     merged = default_study_dict()
+    own_options: set[str] = set()
     base = Path.cwd()
     source = "built-in study"
     if path is not None:
         data = dict(path) if isinstance(path, Mapping) else load_mapping(path)
         source = "study mapping" if isinstance(path, Mapping) else str(path)
         unknown_keys(data, KEYS, source)
+        own_options = set(data.get("options") or {}) if isinstance(data.get("options"), dict) else set()
         merged = deep_merge(merged, data)
         if not isinstance(path, Mapping):
             base = Path(path).resolve().parent
@@ -163,7 +170,12 @@ def load_study(path: str | Path | Mapping | None = None, roots: Mapping[str, str
         if value is not None:  # given on the command line: relative to the current directory
             root_values[name] = os.path.abspath(os.path.expanduser(value))
     merged["roots"] = root_values
-    return _validate(merged, source, base)
+    study = _validate(merged, source, base)
+    _check_options_used(study, own_options)
+    if path is None or isinstance(path, Mapping):
+        return study
+    given = {name: root_values[name] for name, value in (roots or {}).items() if value is not None}
+    return replace(study, digest=file_digest(path), given_roots=given)
 
 
 def _required(d: dict, key: str, src: str) -> Any:
@@ -201,8 +213,9 @@ def _validate(d: dict, src: str, base: Path) -> Study:
         if not values:
             raise ConfigError(src, axis, "expected at least one value")
         for i, value in enumerate(values):
-            if not isinstance(value, str) or not re.fullmatch(r"[A-Za-z0-9_.-]+", value):
-                raise ConfigError(src, f"{axis}[{i}]", f"expected a name of letters, digits, '_', '-' or '.', got {value!r}")
+            if not isinstance(value, str) or not re.fullmatch(r"[A-Za-z0-9_.-]+", value) or value in (".", ".."):
+                raise ConfigError(src, f"{axis}[{i}]", f"expected a name of letters, digits, '_', '-' or '.' that can "
+                                  f"name one folder (not '.' or '..'), got {value!r}")
         _no_repeats(values, src, axis)
         axes[axis] = values
     options = expect(d.get("options") or {}, dict, src, "options")
@@ -257,6 +270,29 @@ def _validate(d: dict, src: str, base: Path) -> Study:
             raise ConfigError(src, f"expected_outputs[{i}]", f"expected a file name relative to the output folder, got {rel!r}")
     return Study(src, name, roots, doses, doses_from, axes["views"], axes["splits"], inputs, output_dir, options,
                  command, workdir, capture, tuple(expected))  # fmt: skip
+
+
+def _check_options_used(study: Study, names: set[str]) -> None:
+    """An option the study file sets that nothing reads is a mistake (``ms_ssim_sigam``):
+    every cell would run without it, and look right."""
+    used: set[str] = set()
+    templates = [study.output_dir]
+    for spec in study.inputs.values():
+        templates += [*(spec.path or {}).values(), *(spec.json or {}).values()]
+    for item in study.command:
+        if isinstance(item, dict):
+            used.add(item["when"])
+            templates += [item[part] for part in ("flag", "value") if part in item]
+        else:
+            templates.append(item)
+    for template in templates:
+        used |= {name.partition(".")[0] for name in placeholders(template)}
+    for name in sorted(names - used):
+        known = sorted(set(study.options) & used)
+        close = difflib.get_close_matches(name, known, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ConfigError(study.source, f"options.{name}", f"no command item or template uses this option{hint}; "
+                          f"the options the command uses: {', '.join(known) or 'none'}")  # fmt: skip
 
 
 def _no_repeats(values: list, src: str, key: str) -> None:
@@ -385,7 +421,7 @@ def plan(study: Study, artifact_root: str | Path, filters: Filters = Filters(), 
     else:
         roots = {name: path for name, path in study.roots.items() if path is not None}
         cells = sorted(given, key=lambda c: c[0].sort_key())
-    grid = Grid(study, filters, workdir)
+    grid = Grid(study, filters, workdir, given=given is not None)
     for key, preset in cells:
         grid.jobs.append(_cell(study, key, preset, roots, artifact_root, workdir, python or sys.executable))
     outputs: dict[Path, JobKey] = {}
