@@ -119,6 +119,7 @@ def test_truth_table_every_view_gives_each_cell_the_same_verdict(finished, tmp_p
     assert_one_truth(verdicts(root, tmp_path, study), everything)
     note = gridsubmit("status", root).stderr
     assert "changed since the last submit: 12 cell(s) would run with option ms_ssim_sigma: 1.0 -> 2.0" in note
+    assert "changed since the last submit: 12 cell(s) would run" in (tmp_path / "r.html").read_text()
 
     set_option(study, ms_ssim_sigma=1.0)  # the edit reverted: only the changed input is left
     assert_one_truth(verdicts(root, tmp_path, study), {CELL})

@@ -357,7 +357,10 @@ def cmd_report(args) -> int:
 def cmd_diff(args) -> int:
     from . import diff
 
-    d = diff.diff_runs(Run.open(args.run_a).manifest, Run.open(args.run_b).manifest)
+    a, b = Run.open(args.run_a).manifest, Run.open(args.run_b).manifest
+    d = diff.diff_runs(a, b)
+    for manifest in (a, b):
+        _print_notes(manifest)
     if args.json:
         json.dump(d, sys.stdout, indent=1)
         print()

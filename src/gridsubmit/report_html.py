@@ -112,6 +112,7 @@ def _page(manifest: dict, stale: dict[str, list[str]]) -> dict:
         "n_cells": len(jobs),
         "grid": _grid(jobs, anchors),
         "n_contributing": len(contributing),
+        "notes": [str(n) for n in (manifest.get("freshness") or {}).get("notes", [])],
         "incomplete": [{"key": key, "reason": reason, "anchor": anchors.get(key)} for key, reason in incomplete],
         "flagged": [{"key": key, "reason": reason, "anchor": anchors.get(key)} for key, reason in flagged],
         "metrics": _metrics(shown, anchors),
