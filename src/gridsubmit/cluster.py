@@ -222,7 +222,31 @@ def default_local_profile() -> ClusterProfile:
     return parse_profile({"backend": "local", "name": "local (built-in)", "time": "1:00:00"}, "built-in local profile")
 
 
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # every C0 control but tab, and DEL
+
+
+def _refuse_control_characters(value: Any, src: str, key: str) -> None:
+    """Values of a profile end up in a job script, one directive or line each: a newline
+    would end a ``#SBATCH`` line early (sbatch stops reading directives there, silently
+    dropping the rest) or add a line of its own."""
+    if isinstance(value, dict):
+        for k, v in value.items():
+            name = repr(k) if isinstance(k, str) and _CONTROL.search(k) else str(k)
+            where = f"{key}.{name}" if key else name
+            _refuse_control_characters(k, src, where)
+            _refuse_control_characters(v, src, where)
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            _refuse_control_characters(v, src, f"{key}[{i}]")
+    elif isinstance(value, str) and _CONTROL.search(value):
+        char = _CONTROL.search(value).group()
+        hint = " (a YAML block scalar `|` keeps a trailing newline: use `|-`, or a plain value)" if value.endswith("\n") else ""
+        raise ConfigError(src, key, f"contains the control character {char!r} in {value!r}; expected a value on one "
+                          f"line{hint}")  # fmt: skip
+
+
 def parse_profile(d: dict, src: str) -> ClusterProfile:
+    _refuse_control_characters(d, src, "")
     unknown_keys(d, TOP_KEYS, src)
     backend = d.get("backend")
     if backend not in BACKENDS:

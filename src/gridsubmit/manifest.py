@@ -7,11 +7,9 @@ Only the runner writes it, under the lock, by atomic replace.
 from __future__ import annotations
 
 import copy
-import fcntl
 import json
 import os
 import platform
-import socket
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -21,15 +19,14 @@ from typing import Any, Iterable
 from . import __version__
 from .errors import UsageError
 from .freshness import study_file_record
+from .runlock import STATE_DIR, RunLock, describe_holder, holder  # noqa: F401 (the manifest's lock)
 from .jobs import JobKey
-from .provenance import local_time
 from .states import TERMINAL, JobState
-from .task import read_json, write_json_atomic, write_text_atomic
+from .task import write_text_atomic
 
 SCHEMA_VERSION = 3  # 2: context, pointers, expected_outputs, tidy metrics; 3: provenance, stale, submissions
 MANIFEST = "comparison_manifest.json"
 SUMMARY = "comparison_summary.txt"
-STATE_DIR = ".gridsubmit"  # lock, cancel requests, submitit's files
 ACCOUNTING_PENDING = "pending"  # an attempt's `accounting` while sacct has no final record of its job
 FAILED_STATES = {JobState.FAILED, JobState.TIMEOUT, JobState.CANCELLED, JobState.OUT_OF_MEMORY,
                  JobState.NODE_FAIL, JobState.PREEMPTED, JobState.LOST}  # fmt: skip
@@ -414,66 +411,3 @@ def manifest_text(manifest: dict) -> str:
         else:
             parts.append(f" {json.dumps(key)}: {json.dumps(value)}")
     return "{\n" + ",\n".join(parts) + "\n}\n"
-
-
-class RunLock:
-    """Exclusive right to write an artifact root's manifest; names its holder when refused."""
-
-    def __init__(self, root: Path, command: str):
-        self.dir = Path(root) / STATE_DIR
-        self.command = command
-        self._fh = None
-
-    def acquire(self) -> bool:
-        """Take the lock if nobody holds it; False if somebody does."""
-        self.dir.mkdir(parents=True, exist_ok=True)
-        fh = open(self.dir / "lock", "a+")
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            fh.close()
-            return False
-        self._fh = fh
-        write_json_atomic(self.dir / "holder.json", {"pid": os.getpid(), "host": socket.gethostname(),
-                                                     "command": self.command, "since": time.time()})  # fmt: skip
-        return True
-
-    def release(self) -> None:
-        if self._fh is not None:
-            (self.dir / "holder.json").unlink(missing_ok=True)
-            fcntl.flock(self._fh, fcntl.LOCK_UN)
-            self._fh.close()
-            self._fh = None
-
-    def __enter__(self) -> "RunLock":
-        if not self.acquire():
-            raise UsageError(f"{self.dir.parent}: in use by {describe_holder(self.dir.parent)}; "
-                             "wait for it to end or stop it first")  # fmt: skip
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.release()
-
-
-def holder(root: Path) -> dict | None:
-    """Who holds the lock now (None if nobody does)."""
-    lock = Path(root) / STATE_DIR / "lock"
-    if not lock.exists():
-        return None
-    try:
-        fh = open(lock)  # read-only: status works on a read-only copy of a run
-    except OSError:
-        return None
-    with fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return read_json(Path(root) / STATE_DIR / "holder.json") or {}
-        fcntl.flock(fh, fcntl.LOCK_UN)
-    return None
-
-
-def describe_holder(root: Path) -> str:
-    h = holder(root) or {}
-    return (f"'gridsubmit {h.get('command', '?')}' (pid {h.get('pid', '?')} on {h.get('host', '?')}, "
-            f"since {local_time(h.get('since'))})")
