@@ -151,7 +151,7 @@ def test_a_command_killed_by_a_signal_nobody_forwarded_is_judged_by_the_schedule
     oom = {"returncode": -9, "interrupted_by": None, "signals_sent": []}
     assert fate(oom, S.OUT_OF_MEMORY, 0, 5) is S.OUT_OF_MEMORY  # sacct's word wins over a bare -9
     assert fate(oom, None, 1, 5) is None and fate(oom, None, 6, 5) is S.FAILED
-    assert fate({**oom, "oom_killed": True}, None, 0, 5) is S.OUT_OF_MEMORY  # the kernel log said so
+    assert fate({**oom, "oom_killed": True}, None, 0, 5) is S.OUT_OF_MEMORY  # its memory cgroup counted the kill
     # a signal the wrapper sent itself (grace period over after a time limit) is no outside kill
     assert fate({"returncode": -9, "signals_sent": ["SIGKILL (grace period over)"]}, None, 0, 5) is S.FAILED
     assert fate({"returncode": 3, "signals_sent": []}, S.NODE_FAIL, 0, 5) is S.FAILED

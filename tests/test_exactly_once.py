@@ -126,30 +126,125 @@ def test_a_local_run_refuses_wait_and_cancel_from_another_host(scripted, capsys)
     assert "belongs to host 'another-host'" in capsys.readouterr().err
 
 
-def test_a_command_the_oom_killer_kills_is_out_of_memory_not_failed(scripted, tmp_path):
-    memory = Path("/sys/fs/cgroup/memory")
-    mine = next((line.split(":", 2)[2] for line in Path("/proc/self/cgroup").read_text().splitlines()
-                 if line.split(":", 2)[1] == "memory"), None)  # fmt: skip
-    group = memory / mine.lstrip("/") / f"gridsubmit-oom-{os.getpid()}" if mine else None
+# --- out of memory: the command's own cgroup is the evidence -----------------------------------
+
+OOM_LIMIT = 256 * 2**20  # room for the runner, its launcher and the task; the command goes past it
+
+
+def limited_cgroup(version: str, name: str) -> Path:
+    """A new memory cgroup with a limit of OOM_LIMIT and no swap, that a process can join;
+    pytest.skip (saying why) where this machine has none that can be written."""
+    from gridsubmit.task import _memory_cgroup
+
+    mounts = [line.split(" - ") for line in Path("/proc/self/mountinfo").read_text().splitlines()]
+    if version == "v1":
+        mine = _memory_cgroup()
+        if mine is None or not mine[1].endswith("memory.oom_control"):
+            pytest.skip("no cgroup-v1 memory controller is mounted here")
+        parent = Path(mine[0])  # v1 lets a cgroup with processes have children
+    else:
+        found = [m[0].split()[4] for m in mounts if m[1].split()[0] == "cgroup2"]
+        if not found:
+            pytest.skip("no cgroup v2 hierarchy is mounted here")
+        parent = Path(found[0])  # its top (a leaf can be made and joined there)
+        controllers = (parent / "cgroup.controllers").read_text().split()
+        if "memory" not in controllers:
+            pytest.skip(f"cgroup v2 at {parent} has no memory controller (controllers: {' '.join(controllers) or 'none'}; "
+                        "the memory controller is bound to cgroup v1 on this machine)")  # fmt: skip
+        if "memory" not in (parent / "cgroup.subtree_control").read_text().split():
+            try:
+                (parent / "cgroup.subtree_control").write_text("+memory")
+            except OSError as exc:
+                pytest.skip(f"cannot enable the memory controller below {parent}: {exc}")
+    group = parent / name
     try:
         group.mkdir()
-        (group / "memory.limit_in_bytes").write_text(str(64 * 2**20))
-    except (AttributeError, OSError) as exc:
-        pytest.skip(f"no writable cgroup-v1 memory controller to stage an OOM kill: {exc}")
+        if version == "v1":
+            (group / "memory.limit_in_bytes").write_text(str(OOM_LIMIT))
+            if (group / "memory.memsw.limit_in_bytes").exists():
+                (group / "memory.memsw.limit_in_bytes").write_text(str(OOM_LIMIT))
+        else:
+            (group / "memory.max").write_text(str(OOM_LIMIT))
+            if (group / "memory.swap.max").exists():
+                (group / "memory.swap.max").write_text("0")
+    except OSError as exc:
+        if group.is_dir():
+            group.rmdir()
+        pytest.skip(f"no writable cgroup-{version} memory controller to stage an OOM kill at {parent}: {exc}")
+    return group
+
+
+def remove_cgroup(group: Path) -> None:
+    for pid in (group / "cgroup.procs").read_text().split():  # none should be left; never leave one behind
+        os.kill(int(pid), signal.SIGKILL)
+    wait_for(lambda: not (group / "cgroup.procs").read_text().split(), timeout=10, what=f"{group} to empty")
+    group.rmdir()
+
+
+def one_cell_study(scripted, tmp_path, script: str):
+    """The study's dose_1000/dense/train cell runs ``script`` (a shell script) and nothing else."""
+    command = tmp_path / "command.sh"
+    command.write_text(script)
+    command.chmod(0o755)
+    study, profile, root = scripted({}, doses=(1000,))
+    data = yaml.safe_load(study.read_text())
+    study.write_text(yaml.safe_dump({**data, "command": [str(command), "{output_dir}"], "expected_outputs": []}))
+    return study, profile, root
+
+
+def submit_args(study, profile, root) -> list:
+    return ["submit", "--study", study, "--cluster", profile, "--artifact-root", root, "--quiet",
+            "--dose", 1000, "--view", "dense", "--split", "train"]  # fmt: skip
+
+
+@pytest.mark.parametrize("version", ["v2", "v1"])
+def test_a_command_the_oom_killer_kills_in_its_memory_cgroup_is_out_of_memory_not_failed(scripted, tmp_path, version):
+    # As on a SLURM node (the job's cgroup) or in a systemd scope: the whole run lives in a
+    # memory-limited cgroup; the command (made the OOM killer's first choice) allocates past it.
+    group = limited_cgroup(version, f"gridsubmit-oom-{os.getpid()}")
     try:
-        hog = tmp_path / "hog.sh"  # joins the limited cgroup, then allocates past it
-        hog.write_text(f"#!/bin/sh\necho $$ > {group}/cgroup.procs\nexec {sys.executable} -c "
-                       "'x = bytearray(400 * 2**20); print(len(x))'\n")  # fmt: skip
-        hog.chmod(0o755)
-        study, profile, root = scripted({}, doses=(1000,))
-        data = yaml.safe_load(study.read_text())
-        study.write_text(yaml.safe_dump({**data, "command": [str(hog), "{output_dir}"], "expected_outputs": []}))
-        assert run_cli("submit", "--study", study, "--cluster", profile, "--artifact-root", root, "--quiet",
-                       "--dose", 1000, "--view", "dense", "--split", "train") == 1  # fmt: skip
+        study, profile, root = one_cell_study(scripted, tmp_path, "#!/bin/sh\necho 1000 > /proc/self/oom_score_adj\n"
+                                              f"exec {sys.executable} -c 'x = bytearray(1024 * 2**20); print(len(x))'\n")  # fmt: skip
+        args = [sys.executable, "-m", "gridsubmit", *map(str, submit_args(study, profile, root))]
+        proc = subprocess.run(["sh", "-c", f'echo $$ > {group}/cgroup.procs && exec "$@"', "sh", *args],
+                              capture_output=True, text=True, timeout=120)  # fmt: skip
+        assert proc.returncode == 1, proc.stdout + proc.stderr
         cell = cells(root)["dose_1000/dense/train"]
-        assert cell["state"] == "OUT_OF_MEMORY" and cell["attempts"][-1]["returncode"] == -9
+        attempt = cell["attempts"][-1]
+        assert cell["state"] == "OUT_OF_MEMORY" and attempt["returncode"] == -9, attempt
+        result = json.loads((root / attempt["dir"] / "result.json").read_text())
+        assert result["memory_cgroup"] == str(group) and result["oom_killed"] is True, result
+        assert result["oom_kill_count"]["after"] == result["oom_kill_count"]["before"] + 1, result
     finally:
-        group.rmdir()
+        remove_cgroup(group)
+
+
+def test_a_command_killed_from_outside_is_no_oom_kill_whatever_the_kernel_log_says_of_its_pid(scripted, tmp_path):
+    # The kernel log names pids, and pids are reused: a line naming the command's pid, written by
+    # somebody else, is no evidence that the OOM killer killed this command.
+    if not os.access("/dev/kmsg", os.W_OK):
+        pytest.skip("/dev/kmsg cannot be written here (root can): the reused pid cannot be staged")
+    pidfile = tmp_path / "command.pid"
+    study, profile, root = one_cell_study(scripted, tmp_path, f"#!/bin/sh\necho $$ > {pidfile}.tmp\nmv {pidfile}.tmp {pidfile}\n"
+                                          f"exec {sys.executable} -c 'import time; time.sleep(60)'\n")  # fmt: skip
+    proc = gridsubmit_process(*submit_args(study, profile, root))
+    try:
+        pid = int(wait_for(lambda: pidfile.exists() and pidfile.read_text().strip(), timeout=60, what="the command to start"))
+        with open("/dev/kmsg", "w") as kmsg:  # what the OOM killer writes, but about another process of that pid
+            kmsg.write(f"gridsubmit test: Memory cgroup out of memory: Killed process {pid} (python)\n")
+        time.sleep(0.2)  # the command is python by now (it execs at once)
+        os.kill(pid, signal.SIGKILL)
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 1, out
+    cell = cells(root)["dose_1000/dense/train"]
+    attempt = cell["attempts"][-1]
+    assert cell["state"] == "FAILED" and attempt["returncode"] == -9, attempt
+    result = json.loads((root / attempt["dir"] / "result.json").read_text())
+    assert result["killed_by_signal"] == "SIGKILL" and result["oom_killed"] is False, result
+    assert result["oom_kill_count"]["after"] == result["oom_kill_count"]["before"], result
 
 
 # --- SLURM ---------------------------------------------------------------------------------

@@ -124,3 +124,63 @@ def test_a_cell_cancelled_before_its_first_submission_can_be_rerun_and_a_rerun_f
     assert [c["key"] for c in mf.due_cells(again, Retry())] == ["dose_1/dense/train"]
     rerun = mf.adopt_plan(old, fresh, mf.Rerun(cells=("dose_2/dense/train",)))
     assert rerun["jobs"][1]["state"] == "PLANNED" and rerun["jobs"][1]["metrics"] is None
+
+
+# --- a packed cell's figures are its own; its job's are the pack's ---------------------------------
+
+SACCT_FINAL = {"scheduler_state": "OUT_OF_MEMORY", "scheduler_exit_code": "0:125", "elapsed": "00:02:00",
+               "max_rss": "7G", "node": "gpu-node-3", "accounting": None}  # fmt: skip
+
+
+def test_a_job_of_one_cell_takes_sacct_figures_as_the_attempts_own():
+    attempt = {"job_id": "41_0", "elapsed_s": 119.5, "max_rss_bytes": 7 * 2**30, "node": "gpu3", "accounting": "pending"}
+    assert mf.apply_job_facts(attempt, SACCT_FINAL)
+    assert attempt == {"job_id": "41_0", "elapsed_s": 119.5, "max_rss_bytes": 7 * 2**30, "node": "gpu3",  # its own name stands
+                       "scheduler_state": "OUT_OF_MEMORY", "scheduler_exit_code": "0:125", "elapsed": "00:02:00",
+                       "max_rss": "7G"}  # fmt: skip
+    assert not mf.apply_job_facts(attempt, SACCT_FINAL)  # nothing new
+
+
+def test_a_packed_cell_keeps_its_own_figures_and_its_jobs_are_recorded_as_the_packs():
+    # the first of three cells: 5 s and 100 MB of its own, in a job that ran 2 minutes and ended out of memory
+    attempt = {"job_id": "41_0", "state": "COMPLETED", "elapsed_s": 5.0, "cpu_s": 4.9, "max_rss_bytes": 10**8,
+               "accounting": "pending", "pack": {"size": 3, "position": 0},
+               "elapsed": "00:00:03", "scheduler_state": "RUNNING"}  # fmt: skip  (as a manifest written before put them)
+    assert mf.apply_job_facts(attempt, SACCT_FINAL)
+    assert attempt == {"job_id": "41_0", "state": "COMPLETED", "elapsed_s": 5.0, "cpu_s": 4.9, "max_rss_bytes": 10**8,
+                       "node": "gpu-node-3",
+                       "pack": {"size": 3, "position": 0, "scheduler_state": "OUT_OF_MEMORY", "scheduler_exit_code": "0:125",
+                                "elapsed": "00:02:00", "max_rss": "7G"}}  # fmt: skip
+    # the rows seen while the job ran say nothing of its end: they go, from the pack too
+    assert mf.apply_job_facts(attempt, dict.fromkeys(("scheduler_state", "scheduler_exit_code", "elapsed", "max_rss")))
+    assert attempt["pack"] == {"size": 3, "position": 0} and "elapsed" not in attempt
+
+
+def test_a_packed_cells_scheduler_rows_while_it_runs_are_the_packs(tmp_path):
+    from gridsubmit.backends.base import Backend, Handle
+    from gridsubmit.cluster import parse_profile
+
+    class Quiet(Backend):  # the collection shared by all backends, with a scheduler that says one thing
+        name, grace_s, runs_unattended = "fake", 1.0, True
+
+        def submit(self, submissions):
+            return []
+
+        def query(self, handles, ask):
+            return {h.key: (S.RUNNING, {"scheduler_state": "RUNNING", "elapsed": "00:01:00", "node": "n1"}) for h in handles}
+
+        def cancel(self, handles):
+            pass
+
+        def reattach(self, records):
+            return []
+
+    backend = Quiet(parse_profile({"backend": "local", "time": "5:00"}, "test.yaml"), tmp_path, tmp_path, {})
+    packed = Handle("dose_1000/dense/train", 1, tmp_path / "a", tmp_path / "o", job_id="41_0",
+                    extra={"pack": {"size": 2, "position": 1}, "looked": True})  # fmt: skip
+    alone = Handle("dose_1000/dense/test", 1, tmp_path / "b", tmp_path / "p", job_id="42", extra={"looked": True})
+    by_key = {o.key: o.fields for o in backend.poll([packed, alone])}
+    assert by_key["dose_1000/dense/test"]["elapsed"] == "00:01:00"
+    fields = by_key["dose_1000/dense/train"]
+    assert fields["pack"] == {"size": 2, "position": 1, "scheduler_state": "RUNNING", "elapsed": "00:01:00"}
+    assert fields.get("elapsed") is None and fields.get("scheduler_state") is None and fields["node"] == "n1"

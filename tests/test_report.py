@@ -312,3 +312,20 @@ def test_ms_ssim_is_one_for_identical_images_and_drops_with_noise():
     noisy = img + 0.1 * rng.normal(size=img.shape)
     noisier = img + 0.3 * rng.normal(size=img.shape)
     assert 0 < compare.ms_ssim(noisier, img, 1.0, 1.0) < compare.ms_ssim(noisy, img, 1.0, 1.0) < 1
+
+
+def test_status_of_a_packed_cell_shows_its_own_figures_and_its_jobs_as_the_packs():
+    from gridsubmit.report import cell_text
+
+    attempt = {"attempt": 1, "state": "COMPLETED", "job_id": "41_0", "returncode": 0, "elapsed_s": 5.0, "cpu_s": 4.9,
+               "max_rss_bytes": 10**8, "stdout": "logs/a/stdout.log", "stderr": "logs/a/stderr.log",
+               "pack": {"size": 3, "position": 1, "scheduler_state": "OUT_OF_MEMORY", "elapsed": "00:02:00", "max_rss": "7G"}}  # fmt: skip
+    cell = {"key": "dose_1000/dense/train", "state": "COMPLETED", "argv": ["true"], "output_dir": "/o", "inputs": {},
+            "missing": [], "attempts": [attempt]}  # fmt: skip
+    lines = cell_text(cell, Path("/r")).splitlines()
+    assert "attempt 1: COMPLETED  job_id=41_0, returncode=0, elapsed_s=5.0, cpu_s=4.9, max_rss_bytes=100000000" in lines[3]
+    assert lines[4] == ("    pack: job 41_0 ran 3 cells in turn, this cell #2; the whole job's scheduler_state=OUT_OF_MEMORY, "
+                        "elapsed=00:02:00, max_rss=7G")  # fmt: skip
+    alone = {**attempt, "pack": None, "elapsed": "00:00:05"}  # a job of one cell: sacct's figures are the cell's
+    assert "elapsed=00:00:05" in cell_text({**cell, "attempts": [alone]}, Path("/r")) and "pack:" not in cell_text(
+        {**cell, "attempts": [alone]}, Path("/r"))

@@ -268,3 +268,13 @@ def test_report_html_from_the_command_line(run, tmp_path, capsys):
     assert all(cell["key"] in parsed.text for cell in run["jobs"])
     assert " ".join(cells(run)[FAILED]["attempts"][-1]["stderr_tail"].split()) in parsed.text
     assert f"wrote {path}" in capsys.readouterr().out
+
+
+def test_a_packed_attempt_shows_its_jobs_figures_as_the_whole_packs(run):
+    m = copy.deepcopy(run)
+    attempt = cells(m)["dose_1000/dense/train"]["attempts"][-1]
+    attempt.update(job_id="41_0", pack={"size": 3, "position": 0, "scheduler_state": "COMPLETED", "elapsed": "00:02:00",
+                                        "max_rss": "7G"})  # fmt: skip
+    text = Page(report_html.render_html(m)).text
+    assert "pack job 41_0 ran 3 cells in turn, this cell #1; the whole job's scheduler_state=COMPLETED, elapsed=00:02:00, " \
+           "max_rss=7G" in text

@@ -1,6 +1,7 @@
 """Packing short cells into one job (cells_per_job) and capping the queue (max_queued), on
 the real SLURM test cluster: each cell keeps its own attempt, fate and logs, and runs once."""
 
+import json
 import signal
 import subprocess
 import sys
@@ -115,3 +116,39 @@ def test_max_queued_caps_the_queue_across_a_restart_and_every_cell_runs_once(slu
     assert 1 <= peak[0] <= 5
     assert {c["state"] for c in cells(root).values()} == {"COMPLETED"}
     assert set(runs(root).values()) == {1} and len(runs(root)) == 20
+
+
+def elapsed_seconds(text: str) -> int:
+    """sacct's Elapsed ([D-]HH:MM:SS) in seconds."""
+    days, _, clock = text.rpartition("-")
+    h, m, s = (int(x) for x in clock.split(":"))
+    return int(days or 0) * 86400 + h * 3600 + m * 60 + s
+
+
+def test_a_packed_cell_has_its_own_time_and_memory_and_its_jobs_figures_are_the_packs(slurm_scripted, capsys):
+    import jsonschema
+
+    study, profile, root = slurm_scripted({"dose_1000/dense/train": "sleep-ok:1", "dose_1000/dense/test": "sleep-ok:5"},
+                                          doses=(1000,), views=("dense",), cells_per_job=2, gpus_per_job=0,
+                                          partition="cpu")  # fmt: skip
+    assert run_cli("submit", "--study", study, "--cluster", profile, "--artifact-root", root, "--quiet") == 0
+    # sacct trails the jobs: the next runner on the root fills in what was pending
+    wait_for(lambda: run_cli("wait", root, "--quiet") == 0 and not any(
+        c["attempts"][0].get("accounting") for c in cells(root).values()), timeout=90, what="the job's accounting")
+    short, long = (cells(root)[f"dose_1000/dense/{s}"]["attempts"][0] for s in ("train", "test"))
+    assert short["job_id"] == long["job_id"] and {short["pack"]["position"], long["pack"]["position"]} == {0, 1}
+    # each cell's own figures are the node's measurement of its own command
+    assert 2.5 <= long["elapsed_s"] - short["elapsed_s"] <= 6, (short["elapsed_s"], long["elapsed_s"])
+    for a in (short, long):
+        assert a["max_rss_bytes"] > 0 and a["cpu_s"] is not None
+        assert not {"elapsed", "max_rss", "scheduler_state", "scheduler_exit_code"} & set(a), a  # none of the job's
+    # the job's figures are the pack's, the same on both, and span both cells
+    assert short["pack"] == long["pack"] | {"position": short["pack"]["position"]}
+    assert short["pack"]["scheduler_state"] == "COMPLETED" and short["pack"]["scheduler_exit_code"] == "0:0"
+    assert elapsed_seconds(short["pack"]["elapsed"]) >= long["elapsed_s"] + short["elapsed_s"] - 1, short["pack"]
+    schema = json.loads((Path(__file__).parents[1] / "docs" / "manifest.schema.json").read_text())
+    jsonschema.validate(load_manifest(root), schema)
+    capsys.readouterr()
+    assert run_cli("status", root, "dose_1000/dense/test") == 0
+    shown = capsys.readouterr().out
+    assert f"pack: job {long['job_id']} ran 2 cells in turn" in shown and f"elapsed={long['pack']['elapsed']}" in shown, shown

@@ -146,6 +146,66 @@ def test_a_command_killed_by_someone_else_is_recorded_as_such(tmp_path):
     assert r["oom_killed"] is False and r["interrupted_by"] is None
 
 
+V1_HYBRID = ("12:memory:/process_api/abc\n0::/\n", "40 31 0:32 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory\n"
+             "41 31 0:38 / /sys/fs/cgroup/unified rw - cgroup2 cgroup2 rw\n")  # fmt: skip
+
+
+@pytest.mark.parametrize("cgroup, mountinfo, expected", [
+    # cgroup v2 inside a cgroup namespace: the mount shows the namespace's root
+    ("0::/job_7/step_batch/task_0\n", "30 23 0:26 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw\n",
+     ("/sys/fs/cgroup/job_7/step_batch/task_0", "/sys/fs/cgroup/job_7/step_batch/task_0/memory.events")),
+    # v1 beside v2 (hybrid): the memory controller is v1's
+    (*V1_HYBRID, ("/sys/fs/cgroup/memory/process_api/abc", "/sys/fs/cgroup/memory/process_api/abc/memory.oom_control")),
+    # a container without a cgroup namespace: the mount shows only its own part of the hierarchy
+    ("5:cpu,memory:/docker/c1/sub\n", "50 40 0:33 /docker/c1 /sys/fs/cgroup/cpu,memory rw - cgroup cgroup rw,cpu,memory\n",
+     ("/sys/fs/cgroup/cpu,memory/sub", "/sys/fs/cgroup/cpu,memory/sub/memory.oom_control")),
+    # a mount point with a space, as mountinfo escapes it
+    ("0::/a\n", "30 23 0:26 / /mnt/my\\040cgroups rw - cgroup2 cgroup2 rw\n", ("/mnt/my cgroups/a", "/mnt/my cgroups/a/memory.events")),
+    ("0::/elsewhere\n", "50 40 0:33 /docker/c1 /sys/fs/cgroup rw - cgroup2 cgroup2 rw\n", None),  # not in what is mounted
+    ("1:name=systemd:/\n", "", None),  # no memory cgroup at all
+])  # fmt: skip
+def test_the_memory_cgroup_that_counts_a_commands_oom_kills_is_found_in_v1_and_v2(cgroup, mountinfo, expected):
+    from gridsubmit.task import _find_memory_cgroup
+
+    assert _find_memory_cgroup(cgroup, mountinfo, lambda path: True) == expected
+
+
+def test_a_v2_cgroup_without_the_memory_controller_counts_nothing():
+    from gridsubmit.task import _find_memory_cgroup
+
+    # the v2 root (or a cgroup whose parent did not enable memory) has no memory.events
+    assert _find_memory_cgroup("0::/\n", "30 23 0:26 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw\n", lambda path: False) is None
+
+
+def test_a_command_killed_by_sigkill_is_oom_killed_only_when_its_cgroup_counted_an_oom_kill(tmp_path, monkeypatch):
+    from gridsubmit import task
+
+    counter = tmp_path / "memory.events"
+    counter.write_text("oom 0\noom_kill 3\n")
+    monkeypatch.setattr(task, "_memory_cgroup", lambda pid="self": (str(tmp_path), str(counter)))
+    spec = {"argv": ["true"], "cwd": str(tmp_path), "attempt_dir": str(tmp_path / "attempt")}
+
+    def run(argv, rises: bool, **kw) -> dict:
+        # the command bumps the count, as the kernel does when its OOM killer strikes in the cgroup
+        argv = ["sh", "-c", (f"echo 'oom 1\noom_kill 4' > {counter}; " if rises else "") + " ".join(argv)]
+        counter.write_text("oom 0\noom_kill 3\n")
+        (tmp_path / "attempt" / "claim.json").unlink(missing_ok=True)
+        return task.run_task({**spec, "argv": argv, **kw})
+
+    r = run(["kill -9 $$"], rises=True)
+    assert r["oom_killed"] is True and r["oom_kill_count"] == {"before": 3, "after": 4} and r["memory_cgroup"] == str(tmp_path)
+    assert run(["kill -9 $$"], rises=False)["oom_killed"] is False  # a SIGKILL from someone else
+    assert run(["exit 1"], rises=True)["oom_killed"] is False  # not killed: it went on (a child of it was killed)
+    assert run(["kill -15 $$"], rises=True)["oom_killed"] is False  # the OOM killer sends SIGKILL
+    # a SIGKILL this task sent (the grace period after its time limit) is its own, whatever the count
+    r = run(["trap '' TERM; sleep 5"], rises=True, time_limit_s=0.2, kill_grace_s=0.2)
+    assert r["returncode"] == -9 and "SIGKILL (grace period over)" in r["signals_sent"] and r["oom_killed"] is False
+    counter.write_text("garbage\n")
+    monkeypatch.setattr(task, "_memory_cgroup", lambda pid="self": None)
+    r = run(["kill -9 $$"], rises=False)
+    assert r["oom_killed"] is False and r["oom_kill_count"] == {"before": None, "after": None} and r["memory_cgroup"] is None
+
+
 def node_task(folder, index=None, **kw):
     env = {k: v for k, v in os.environ.items() if k != "SLURM_ARRAY_TASK_ID"}
     if index is not None:

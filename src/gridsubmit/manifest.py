@@ -231,6 +231,38 @@ def merge(manifest: dict, observations: Iterable[Observation], cells: dict[str, 
     return changed
 
 
+# A scheduler's figures of a whole job: in a pack (cells_per_job > 1) they are the pack's, not
+# any one cell's (whose own are the node's measurement of its command: elapsed_s, cpu_s, max_rss_bytes)
+JOB_FIGURES = ("scheduler_state", "scheduler_exit_code", "elapsed", "max_rss")
+
+
+def job_fields(fields: dict[str, Any], pack: dict | None) -> dict[str, Any]:
+    """The scheduler's fields about an attempt's job, as the attempt holds them: as they are for
+    a job of one cell; for a packed cell, the job's figures go under ``pack`` (beside its size
+    and position, a figure that is None leaving it) and none stays on the attempt itself."""
+    if not pack or not any(k in fields for k in JOB_FIGURES):
+        return fields
+    out = {k: v for k, v in fields.items() if k not in JOB_FIGURES}
+    out.update(dict.fromkeys(JOB_FIGURES))  # the attempt's own place holds none of the job's
+    whole = {**pack, **{k: fields[k] for k in JOB_FIGURES if k in fields}}
+    out["pack"] = {k: v for k, v in whole.items() if v is not None}
+    return out
+
+
+def apply_job_facts(attempt: dict, facts: dict[str, Any]) -> bool:
+    """Lay the scheduler's final word on an attempt's job over the attempt (in place): newer facts
+    replace older ones, a None removes the field, the node's own name stands, and a packed
+    cell's job figures are its pack's (:func:`job_fields`). True if anything changed."""
+    changed = False
+    for key, value in job_fields(facts, attempt.get("pack")).items():
+        if value is None:
+            changed |= attempt.pop(key, None) is not None
+        elif (key != "node" or not attempt.get("node")) and attempt.get(key) != value:  # the node's own name stands
+            attempt[key] = value
+            changed = True
+    return changed
+
+
 def select(manifest: dict, filters) -> list[dict]:
     return [cell for cell in manifest["jobs"] if filters.matches(JobKey.parse(cell["key"]))]
 

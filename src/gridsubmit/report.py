@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .errors import UsageError
+from .manifest import JOB_FIGURES
 from .provenance import local_time
 from .metrics import tidy_records
 
@@ -62,6 +63,8 @@ def cell_text(cell: dict, root: Path, stale: list[str] = (), submissions: list[d
         facts = ", ".join(f"{k}={a[k]}" for k in ("job_id", "returncode", "elapsed_s", "cpu_s", "max_rss_bytes", "elapsed",
                                                    "max_rss", "accounting", "node", "gpus", "gpu_name", "gpu_driver") if a.get(k) is not None)  # fmt: skip
         lines.append(f"  attempt {a['attempt']}: {a['state']}  {facts}")
+        if pack_text(a):
+            lines.append(f"    pack: {pack_text(a)}")
         if a.get("error"):
             lines.append(f"    why: {a['error']}")
         if a.get("command") and a["command"] != shlex.join(cell["argv"]):
@@ -80,6 +83,19 @@ def cell_text(cell: dict, root: Path, stale: list[str] = (), submissions: list[d
                          + ", ".join(f"{k} {v}" for k, v in (sub.get("versions") or {}).items()))  # fmt: skip
         lines.append(f"    logs: {root / a['stdout']}  {root / a['stderr']}")
     return "\n".join(lines)
+
+
+def pack_text(attempt: dict) -> str:
+    """A packed attempt's job, whose scheduler figures are the whole pack's, not the cell's
+    (the cell's own are ``elapsed_s``, ``cpu_s`` and ``max_rss_bytes``); "" for a job of one cell."""
+    pack = attempt.get("pack")
+    if not isinstance(pack, dict) or not pack:
+        return ""
+    size, position = pack.get("size"), pack.get("position")
+    turn = f", this cell #{position + 1}" if isinstance(position, int) else ""
+    text = f"job {attempt.get('job_id') or '(not submitted)'} ran {size if size is not None else '?'} cells in turn{turn}"
+    figures = ", ".join(f"{k}={pack[k]}" for k in JOB_FIGURES if pack.get(k) is not None)
+    return text + (f"; the whole job's {figures}" if figures else "")
 
 
 def completeness(manifest: dict, stale: dict[str, list[str]]) -> tuple[list[str], list[tuple[str, str]], list[tuple[str, str]]]:

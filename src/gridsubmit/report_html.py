@@ -239,6 +239,8 @@ def _attempt(manifest: dict, attempt: dict, root: Path, logs: bool = True) -> di
     facts = [(label, "none visible" if key == "gpus" and attempt[key] == "" else _fact(key, attempt[key]))
              for key, label in ATTEMPT_FIELDS if attempt.get(key) is not None and (attempt[key] != "" or key == "gpus")]  # fmt: skip
     facts += [(key, _fact(key, attempt[key])) for key in OPTIONAL_FIELDS if attempt.get(key) not in (None, "", [], {})]
+    if report.pack_text(attempt):  # its scheduler figures are the whole job's, not this cell's
+        facts.append(("pack", report.pack_text(attempt)))
     lines = [("error", _text(attempt["error"]))] if attempt.get("error") else []
     if logs:
         lines += [(what, str(root / str(attempt[what]))) for what in ("stdout", "stderr") if attempt.get(what)]

@@ -235,17 +235,13 @@ class Runner:
 
     def _enrich(self) -> None:
         """The scheduler's last word on each ended attempt, by its own job id (newer facts
-        replace older ones, a None removes the field; an attempt without a job id gets none)."""
+        replace older ones, a None removes the field; an attempt without a job id gets none;
+        in a pack, the job's figures are the pack's: manifest.apply_job_facts)."""
         facts = self.backend.enrich(self.ended)
         for h in self.ended:
             if h.job_id and facts.get(h.job_id):
                 attempt = self.cells[h.key]["attempts"][h.attempt - 1]
-                for key, value in facts[h.job_id].items():
-                    if value is None:
-                        attempt.pop(key, None)
-                    elif key != "node" or not attempt.get("node"):  # the node's own name stands
-                        attempt[key] = value
-                self.dirty = True
+                self.dirty |= mf.apply_job_facts(attempt, facts[h.job_id])  # a packed cell's are its pack's
 
     def save(self) -> None:
         started = time.monotonic()

@@ -256,6 +256,8 @@ def _run(spec: dict, env: dict, folder: Path, signals: _Signals) -> dict:
     if signals.ending:  # told to stop before the command started: it never does
         return {"started": False, "interrupted_by": signals.received, "ended_at": started,
                 "error": f"never started: {signals.received} arrived first"}  # fmt: skip
+    memory = _memory_cgroup()  # the command's, as it inherits it: its OOM kills are counted there
+    before = _oom_kills(memory)  # read before it starts, so that however soon it is killed, the kill counts
     with open(folder / STDOUT, "ab", buffering=0) as stdout, open(folder / STDERR, "ab", buffering=0) as stderr:
         try:
             child = subprocess.Popen(spec["argv"], cwd=cwd, env=env, stdout=stdout, stderr=stderr,
@@ -274,6 +276,7 @@ def _run(spec: dict, env: dict, folder: Path, signals: _Signals) -> dict:
             signal.setitimer(signal.ITIMER_REAL, float(limit))
         usage = _reap(child)  # blocks; the signal handlers and timers act meanwhile
         signal.setitimer(signal.ITIMER_REAL, 0)
+        after = _oom_kills(memory)  # before the group is killed below: that kill is never the OOM killer's
         _signal_group(child, signal.SIGKILL)  # leave no grandchildren behind
     gpu_info = _gpu_info(smi, env.get("CUDA_VISIBLE_DEVICES"))
     ended = time.time()
@@ -282,10 +285,15 @@ def _run(spec: dict, env: dict, folder: Path, signals: _Signals) -> dict:
     received = signals.received or ("SIGUSR2" if signals.warned and signals.forward_usr2 else None)
     record = {**out, "returncode": rc, "timed_out": signals.timed_out, "interrupted_by": received,
               "signals_sent": signals.sent, "ended_at": ended, "elapsed_s": round(ended - started, 3),
-              "gpu_info": gpu_info, **usage}  # fmt: skip
+              "gpu_info": gpu_info, **usage,
+              "memory_cgroup": memory and memory[0], "oom_kill_count": {"before": before, "after": after}}  # fmt: skip
     if rc < 0 and not signals.sent:  # killed by somebody else: the scheduler, a node failure, the OOM killer
         record["killed_by_signal"] = signal.Signals(-rc).name if -rc in signal.Signals.__members__.values() else -rc
-        record["oom_killed"] = rc == -signal.SIGKILL and _oom_killed(child.pid)
+    # The OOM killer's kill is a SIGKILL this task did not send, counted in the command's memory
+    # cgroup while the command ran. (A pid in the kernel log is no such evidence: pids are reused,
+    # and inside a pid namespace the log names another one.)
+    record["oom_killed"] = (rc == -signal.SIGKILL and not any(s.startswith("SIGKILL") for s in signals.sent)
+                            and before is not None and after is not None and after > before)  # fmt: skip
     return record
 
 
@@ -333,24 +341,70 @@ def _gpu_info(smi: subprocess.Popen | None, visible: str | None) -> list[dict] |
     return gpus
 
 
-def _oom_killed(pid: int) -> bool:
-    """Did the kernel's OOM killer kill ``pid``? Read from the kernel log where it is readable."""
+def _memory_cgroup(pid: str = "self") -> tuple[str, str] | None:
+    """The memory cgroup ``pid`` runs in: (its folder, the file that counts its OOM kills), from
+    cgroup v1's memory hierarchy where one is mounted (``memory.oom_control``), else cgroup v2's
+    (``memory.events``, when the memory controller is enabled there); None when neither is readable."""
     try:
-        fd = os.open("/dev/kmsg", os.O_RDONLY | os.O_NONBLOCK)
+        with open(f"/proc/{pid}/cgroup") as fh:
+            cgroup = fh.read()
+        with open("/proc/self/mountinfo") as fh:
+            mountinfo = fh.read()
     except OSError:
-        return False
-    needle = f"Killed process {pid} ".encode()
-    try:
-        while True:
-            try:
-                if needle in os.read(fd, 8192):
-                    return True
-            except BlockingIOError:
-                return False
-            except OSError:  # EPIPE: records overwritten while reading; go on
+        return None
+    return _find_memory_cgroup(cgroup, mountinfo, os.path.isfile)
+
+
+def _find_memory_cgroup(cgroup: str, mountinfo: str, isfile) -> tuple[str, str] | None:
+    """:func:`_memory_cgroup` from the texts of ``/proc/PID/cgroup`` and ``/proc/self/mountinfo``."""
+    lines, mounts = cgroup.splitlines(), mountinfo.splitlines()
+    paths = {}  # "v1" / "v2" -> the cgroup's path in its hierarchy
+    for line in lines:
+        _, _, rest = line.partition(":")
+        controllers, colon, path = rest.partition(":")
+        if not colon:
+            continue
+        if line.startswith("0::"):
+            paths["v2"] = path
+        elif "memory" in controllers.split(","):
+            paths["v1"] = path
+    for version, counter in (("v1", "memory.oom_control"), ("v2", "memory.events")):
+        if version not in paths:
+            continue
+        for mount in mounts:
+            fields, _, fs = mount.partition(" - ")
+            fs_type, _, options = (fs.split(" ") + ["", "", ""])[:3]
+            if fs_type != ("cgroup" if version == "v1" else "cgroup2") or version == "v1" and "memory" not in options.split(","):
                 continue
-    finally:
-        os.close(fd)
+            root, mountpoint = (_unescape(f) for f in fields.split(" ")[3:5])
+            path = paths[version]
+            if root != "/" and path != root and not path.startswith(root + "/"):
+                continue  # this mount shows another part of the hierarchy
+            folder = mountpoint + (path if root == "/" else path[len(root):])
+            folder = folder.rstrip("/") or "/"
+            if isfile(os.path.join(folder, counter)):
+                return folder, os.path.join(folder, counter)
+    return None
+
+
+def _unescape(text: str) -> str:
+    """mountinfo writes space, tab, newline and backslash as octal escapes."""
+    return text.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n").replace("\\134", "\\")
+
+
+def _oom_kills(memory: tuple[str, str] | None) -> int | None:
+    """How many processes of that cgroup the OOM killer has killed (``oom_kill``), or None."""
+    if memory is None:
+        return None
+    try:
+        with open(memory[1]) as fh:
+            for line in fh:
+                name, _, value = line.partition(" ")
+                if name == "oom_kill":
+                    return int(value)
+    except (OSError, ValueError):
+        pass
+    return None  # unreadable, or a kernel too old to count them (v1 before Linux 4.13)
 
 
 def _signal_group(child: subprocess.Popen, sig: int) -> None:

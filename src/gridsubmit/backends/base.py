@@ -20,7 +20,7 @@ from typing import Any, Sequence
 from ..cluster import ClusterProfile, Resources
 from ..errors import UsageError
 from .. import context as ctx
-from ..manifest import STATE_DIR, Observation
+from ..manifest import STATE_DIR, Observation, job_fields
 from ..metrics import read_metrics
 from ..states import JobState, fate
 from ..task import CANCEL, CLAIM, RESULT, STDERR, STDOUT, read_json, write_json_atomic
@@ -235,7 +235,8 @@ class Backend(ABC):
         return observations
 
     def _observe(self, h: Handle, state: JobState, result: dict | None, info: dict) -> Observation:
-        fields: dict[str, Any] = {"job_id": h.job_id, **h.extra.get("record", {}), **info}
+        # a packed cell's scheduler figures are its whole job's: kept as the pack's
+        fields: dict[str, Any] = {"job_id": h.job_id, **h.extra.get("record", {}), **job_fields(info, h.extra.get("pack"))}
         if result is not None and state.terminal:
             fields.update(
                 started_at=result.get("started_at"),
