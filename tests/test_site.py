@@ -124,3 +124,45 @@ def test_a_holder_file_left_by_a_killed_runner_on_this_host_is_taken_over_at_onc
     (root / ".gridsubmit" / "holder.json").write_text(json.dumps(
         {"pid": dead.pid, "start": 1, "host": socket.gethostname(), "command": "submit", "since": time.time()}))
     assert run_cli("submit", "--study", study, "--cluster", profile, "--artifact-root", root, "--quiet") == 0
+
+
+# --- the environment order: node, captured, profile env, setup lines, command ---------------------
+
+
+def env_study(tmp_path: Path) -> Path:
+    from gridsubmit.demo.generate import make_study
+
+    command = ["sh", "-c", 'printf "%s\\n" "$PATH" "$PYTHONPATH" "$SITE_X" "$PROFILE_Y" > "$0/env.txt"', "{output_dir}"]
+    study = make_study(tmp_path / "study", doses=(1000,), views=("dense",), splits=("train",), command=command)
+    data = yaml.safe_load(study.read_text())
+    study.write_text(yaml.safe_dump({**data, "expected_outputs": [], "capture_env": ["SITE_X"]}))
+    return study
+
+
+@pytest.mark.slurm
+def test_setup_lines_decide_path_and_pythonpath_and_captured_values_fill_the_rest_on_the_cluster(slurm_cluster, tmp_path,
+                                                                                                  monkeypatch):  # fmt: skip
+    monkeypatch.setenv("SITE_X", "captured-x")
+    monkeypatch.setenv("PYTHONPATH", "/captured/py")
+    study, root = env_study(tmp_path), tmp_path / "run"
+    profile = tmp_path / "site.yaml"
+    profile.write_text(yaml.safe_dump({"backend": "slurm", "partition": "cpu", "gpus_per_job": 0, "time": "0:05:00",
+                                       "poll_interval": {"min": 1, "max": 2}, "env": {"PROFILE_Y": "from-profile"},
+                                       "setup": ["export PATH=/opt/x:$PATH", "export PYTHONPATH=/opt/py:$PYTHONPATH"]}))  # fmt: skip
+    assert run_cli("submit", "--study", study, "--cluster", profile, "--artifact-root", root, "--quiet") == 0
+    path, pythonpath, site_x, profile_y = (root / "dose_1000" / "dense" / "train" / "env.txt").read_text().splitlines()
+    assert path.startswith("/opt/x:") and path.removeprefix("/opt/x:") == os.environ["PATH"]
+    assert pythonpath == "/opt/py:/captured/py"
+    assert (site_x, profile_y) == ("captured-x", "from-profile")
+
+
+def test_on_the_local_backend_the_profile_env_goes_over_the_captured_values(tmp_path, monkeypatch):
+    monkeypatch.setenv("SITE_X", "captured-x")
+    monkeypatch.setenv("PROFILE_Y", "captured-y")
+    study, root = env_study(tmp_path), tmp_path / "run"
+    data = yaml.safe_load(study.read_text())
+    study.write_text(yaml.safe_dump({**data, "capture_env": ["SITE_X", "PROFILE_Y"]}))
+    profile = write_profile(tmp_path / "local.yaml", env={"PROFILE_Y": "from-profile"})
+    assert run_cli("submit", "--study", study, "--cluster", profile, "--artifact-root", root, "--quiet") == 0
+    lines = (root / "dose_1000" / "dense" / "train" / "env.txt").read_text().splitlines()
+    assert lines[0] == os.environ["PATH"] and lines[2:] == ["captured-x", "from-profile"]

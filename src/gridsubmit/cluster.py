@@ -311,6 +311,8 @@ def parse_profile(d: dict, src: str) -> ClusterProfile:
 
     env = expect(d.get("env") or {}, dict, src, "env")
     for k, v in env.items():
+        if not isinstance(k, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", k):
+            raise ConfigError(src, f"env.{k}", "expected an environment variable name (letters, digits, '_')")
         expect(v, (str, int, float), src, f"env.{k}")
     from .study import env_names
 

@@ -172,7 +172,8 @@ def _wait_at_gate(folder: Path, heartbeat: Path | None, stale_s: float, signals:
 
 def run_task(spec: dict) -> dict:
     """Run one attempt. ``spec``: argv, cwd, output_dir, attempt_dir, env (additions), and optionally
-    env_file (more additions, readable by the run's owner only), time_limit_s (enforced here:
+    env_file and env_names (more additions: those names from a file readable by the run's
+    owner only), time_limit_s (enforced here:
     the local backend's limit, and each cell's in a pack), gate (wait for slot.json),
     heartbeat (the runner's heartbeat file), heartbeat_stale_s, kill_grace_s, forward_usr2,
     done (the file that marks the attempt's end for the runner)."""
@@ -181,8 +182,9 @@ def run_task(spec: dict) -> dict:
     signal.signal(signal.SIGHUP, signal.SIG_IGN)  # a closed terminal ends the runner, not the cells
     signals = _Signals(bool(spec.get("forward_usr2")), float(spec.get("kill_grace_s", 10)))
     env = dict(os.environ)
-    if spec.get("env_file"):
-        env.update(read_json(Path(spec["env_file"])) or {})
+    if spec.get("env_file"):  # the secret-looking captured variables: never written into a job script
+        secrets = read_json(Path(spec["env_file"])) or {}
+        env.update({name: secrets[name] for name in spec.get("env_names", secrets) if name in secrets})
     env.update(spec.get("env") or {})
     result: dict = {"argv": list(spec["argv"]), "cwd": spec["cwd"], "hostname": os.uname().nodename, "pid": os.getpid()}
     try:

@@ -101,6 +101,7 @@ class Backend(ABC):
         return {"argv": list(sub.argv), "cwd": str(self.workdir), "output_dir": str(sub.output_dir),
                 "attempt_dir": str(sub.attempt_dir), "env": {**plain, **self.profile.env},
                 "env_file": str(self.root / STATE_DIR / ctx.ENV_FILE),
+                "env_names": sorted(k for k in self.captured if ctx.SECRET.search(k)),
                 "done": str(self.done_dir / done_name(sub.key, sub.attempt))}  # fmt: skip
 
     # --- what each backend implements ----------------------------------------------------------

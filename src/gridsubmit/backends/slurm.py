@@ -258,9 +258,10 @@ class SlurmBackend(Backend):
             h.extra["discarded"] = f"{why}; job {h.job_id or '?'} was cancelled and the cell is submitted again"
 
     def _spec(self, sub: Submission) -> dict:
-        # the captured variables are exported in the script, before the profile's setup
-        # lines (module load, conda activate), which may change them
-        return {**self.task_spec(sub), "env": dict(self.profile.env), "forward_usr2": bool(self.profile.warn_signal)}
+        # the captured variables and the profile's env are exported in the script, before the
+        # profile's setup lines (module load, conda activate), which may change them: the
+        # task lays nothing over them (but the secrets, which never enter the script)
+        return {**self.task_spec(sub), "env": {}, "forward_usr2": bool(self.profile.warn_signal)}
 
     def _executor(self, res: Resources, name: str, cells: Path) -> submitit.SlurmExecutor:
         p = self.profile
@@ -288,7 +289,8 @@ class SlurmBackend(Backend):
             extra["signal"] = p.warn_signal
         if p.array_parallelism:
             params["array_parallelism"] = p.array_parallelism
-        exports = [f"export {k}={shlex.quote(v)}" for k, v in self.captured.items() if not ctx.SECRET.search(k)]
+        plain = {k: v for k, v in self.captured.items() if not ctx.SECRET.search(k)}
+        exports = [f"export {k}={shlex.quote(str(v))}" for k, v in {**plain, **p.env}.items()]
         if exports or p.setup:
             params["setup"] = [*exports, *p.setup]
         if extra:
