@@ -359,3 +359,50 @@ def test_a_cell_cancelled_while_pending_ends_cancelled_not_lost(slurm_scripted, 
     assert all(len(cell["attempts"]) == 1 for cell in c.values())
     assert len(faults.calls("sbatch")) == 1
     assert any(pending_id in e["argv"] for e in faults.calls("scancel"))
+
+
+# --- absence only from an answer ------------------------------------------------------------------
+
+OUTAGE = {"do": "fail", "message": "Socket timed out on send/recv operation", "rc": 1, "times": -1}
+
+
+def end_outage_after(faults: Faults, seconds: float) -> None:
+    time.sleep(seconds)
+    faults.set({})
+
+
+def test_a_runner_that_follows_its_jobs_rides_out_a_60s_outage_of_sacct_and_squeue_running_each_command_once(
+        slurm_scripted, faults):  # fmt: skip
+    args, root = setup(slurm_scripted, faults, {"*": "sleep-ok:75"})  # they outlast the outage
+    proc = faults.start("submit", *args)
+    wait_for(lambda: (root / "comparison_manifest.json").exists() and all(
+        c["attempts"] and c["attempts"][-1]["job_id"] for c in cells(root).values()), timeout=60, what="jobs submitted")
+    faults.set({"sacct": [OUTAGE], "squeue": [OUTAGE]})
+    end_outage_after(faults, 60)
+    out, _ = proc.communicate(timeout=150)
+    assert proc.returncode == 0, out
+    assert len(faults.faulted("sacct")) + len(faults.faulted("squeue")) >= 2  # it really asked during the outage
+    assert "the scheduler is not answering" in out and "answers again after" in out
+    for key, cell in cells(root).items():
+        assert cell["state"] == "COMPLETED" and len(cell["attempts"]) == 1 and runs(cell) == 1, (key, cell)
+    assert len(faults.calls("sbatch")) == 1
+
+
+def test_wait_started_during_an_outage_after_submit_was_killed_runs_each_command_once(slurm_scripted, faults):
+    args, root = setup(slurm_scripted, faults, {"*": "sleep-ok:45"})
+    rc, out = faults.run("submit", *args, "--no-wait", "--quiet", timeout=60)
+    assert rc == 0, out  # on SLURM --no-wait returns once submitted: nothing follows the jobs now
+    wait_for(lambda: len([r for r in squeue_rows(prefix(root)) if r[2] == "RUNNING"]) == 2, timeout=60,
+             what="both jobs running")  # fmt: skip
+    faults.set({"sacct": [OUTAGE], "squeue": [OUTAGE]})
+    waiter = faults.start("wait", root)
+    time.sleep(15)
+    rc, said = faults.run("status", root, timeout=30)
+    assert rc == 0 and "scheduler not answering since" in said, said
+    end_outage_after(faults, 45)  # 60 s in all, longer than the grace period (30 s)
+    out, _ = waiter.communicate(timeout=120)
+    assert waiter.returncode == 0, out
+    assert "the scheduler is not answering" in out
+    for key, cell in cells(root).items():
+        assert cell["state"] == "COMPLETED" and len(cell["attempts"]) == 1 and runs(cell) == 1, (key, cell)
+    assert len(faults.calls("sbatch")) == 1 and len(sacct_settled(prefix(root), job_ids(root))) == 2

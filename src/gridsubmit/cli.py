@@ -288,6 +288,10 @@ def cmd_status(args) -> int:
     print(f"\n{manifest['n_jobs']} cells: " + ", ".join(f"{k} {v}" for k, v in manifest["counts"].items())
           + (f" ({len(stale)} of them stale: `submit --rerun-stale` runs them)" if stale else ""))
     _print_notes(manifest)
+    outage = manifest.get("scheduler_outage")
+    if outage and not mf.finished(manifest):
+        print(f"scheduler not answering since {report.local_time(outage['since'])}, {outage['failed_calls']} "
+              f"status call(s) failed ({outage.get('last_error')}); nothing is judged lost meanwhile")  # fmt: skip
     if not mf.finished(manifest):
         who = mf.holder(run.root)
         print(f"runner: {mf.describe_holder(run.root)}" if who is not None else

@@ -185,6 +185,7 @@ class Runner:
             changed |= self._submit_due()
         observations = self.backend.poll(list(self.handles.values()))
         point("polled")
+        changed |= self._note_outage()
         changed |= mf.merge(self.manifest, observations, self.cells)
         point("merged")
         for obs in observations:
@@ -202,6 +203,22 @@ class Runner:
             point("saved")
         self.progress.update(self.manifest, [self.cells[o.key] for o in observations])
         return changed
+
+    def _note_outage(self) -> bool:
+        """The scheduler stopped (or started again) answering: say so, and keep it in the
+        manifest for `status`; nothing is judged from its silence."""
+        outage = self.backend.outage
+        recorded = self.manifest.get("scheduler_outage")
+        if (outage is None) == (recorded is None) and (outage is None or outage["failed_calls"] == recorded["failed_calls"]):
+            return False
+        if outage is not None and recorded is None:
+            self.progress.note(f"the scheduler is not answering ({outage.get('last_error')}); the run goes on, "
+                               "nothing is judged lost meanwhile, and status calls back off")  # fmt: skip
+        elif outage is None:
+            self.progress.note(f"the scheduler answers again after {time.time() - recorded['since']:.0f} s "
+                               f"({recorded['failed_calls']} calls failed)")  # fmt: skip
+        self.manifest["scheduler_outage"] = dict(outage) if outage else None
+        return True
 
     def stuck(self) -> list[tuple[str, dict]]:
         """Queued attempts that will not start by themselves (held, invalid account, ...)."""
@@ -283,6 +300,8 @@ class Runner:
             room = max(0, self.backend.queue_cap - self.backend.queued_jobs(list(self.handles.values())))
             self.held_back = max(0, len(due) - room * self.profile.cells_per_job)
             due = due[: len(due) - self.held_back]  # only what may fit is planned
+        if self.backend.holding:  # their old job may still run: not again until it is known gone
+            due = [cell for cell in due if cell["key"] not in self.backend.holding]
         submissions = [self._next_submission(cell) for cell in due]
         while room is not None and submissions and self.backend.jobs_of(submissions) > room:
             submissions.pop()  # cells of several resource groups fill packs partly

@@ -136,6 +136,12 @@ class Backend(ABC):
         """Handles for (cell, attempt) records of a manifest, from a fresh process."""
 
     queue_cap: int | None = None  # at most this many jobs of the run queued at once (None: no cap)
+    outage: dict | None = None  # the scheduler does not answer: since, failed_calls, last_error
+    holding: set[str] = frozenset()  # cells not to submit again yet (their old job may still run)
+
+    def unanswered(self) -> set[str]:
+        """Cells the last status round got no answer about: no evidence either way."""
+        return set()
 
     def jobs_of(self, submissions: Sequence[Submission]) -> int:
         """How many jobs these attempts take in the queue."""
@@ -192,6 +198,7 @@ class Backend(ABC):
                 results[h.key] = None
         # A result that settles the attempt on its own needs no scheduler query.
         native = self.query([h for h in handles if fate(results[h.key], None, 0.0, math.inf) is None], ask)
+        silent = self.unanswered()
         now = time.monotonic()
         observations = []
         for h in handles:
@@ -210,7 +217,10 @@ class Backend(ABC):
                                                      "cell's turn in its pack; it runs again")  # fmt: skip
                 h.extra["pack_ended"] = True
                 info = {**info, "error": why}
-            conclusive = result is None and scheduled is not None and scheduled.active
+            # a job the scheduler lists as queued or running, or that it could not be asked
+            # about: nothing to judge yet (the grace period starts once it answers)
+            conclusive = result is None and (scheduled is not None and scheduled.active
+                                             or scheduled is None and h.key in silent)  # fmt: skip
             if conclusive:
                 h.undecided_since = None
             elif h.undecided_since is None:

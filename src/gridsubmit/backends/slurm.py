@@ -100,6 +100,10 @@ class SlurmBackend(Backend):
         self._accounted: dict[str, dict] = {}  # job id -> sacct's final record of it
         self._unseen = False  # some followed attempt has no row from the scheduler yet
         self._lost: list[Handle] = []  # attempts that ended LOST this cycle: their jobs are cancelled
+        self.holding: set[str] = set()  # cells whose LOST job is not known to be gone: not submitted again yet
+        self._uncancelled: list[Handle] = []  # those LOST attempts, their scancel still to succeed
+        self._silent: set[str] = set()  # cell keys the last status round got no answer about
+        self.outage: dict | None = None  # since when status calls fail, and how many did
 
     # --- submission ----------------------------------------------------------------------------
 
@@ -324,12 +328,15 @@ class SlurmBackend(Backend):
         between. Attempts known by name only are looked up by name on the same cadence."""
         if ask:
             orphans = [h for h in handles if not h.job_id and h.extra.get("job_name")]
-            self._adopt_by_name(orphans)
+            unfound = self._adopt_by_name(orphans)
             with_ids = [h for h in handles if h.job_id and not h.extra.get("discarded")]
             with_ids += [h for h, _ in self._lingering.values()]
-            calls = (self._ask(with_ids, time.monotonic()) if with_ids else 0) + (2 if orphans else 0)
+            silent_ids, calls = self._ask(with_ids, time.monotonic()) if with_ids else (set(), 0)
+            calls += 2 if orphans else 0
             if calls:
                 self._spent(calls)
+            self._silent = {h.key for h in unfound} | {h.key for h in with_ids if h.job_id in silent_ids}
+            self._retry_cancels()
             self._unseen = any(not h.job_id or h.job_id not in self._by_id for h in handles)
         rows: dict = {}
         for h in handles:
@@ -339,17 +346,23 @@ class SlurmBackend(Backend):
                 rows[h.key] = self._by_id[h.job_id]
         return rows
 
-    def _ask(self, handles: Sequence[Handle], now: float) -> int:
-        """sacct (and squeue where needed) about these jobs; returns how many calls it made."""
+    def unanswered(self) -> set[str]:
+        return self._silent
+
+    def _ask(self, handles: Sequence[Handle], now: float) -> tuple[set[str], int]:
+        """sacct (and squeue where needed) about these jobs: (the job ids it got no answer
+        about, how many calls it made). A failed call is no evidence that a job is gone:
+        only sacct's answer is (squeue forgets ended jobs), or squeue's when sacct answered."""
         ids = sorted({h.job_id.split("_")[0] for h in handles})
         names = sorted({h.extra["job_name"] for h in handles if h.extra.get("job_name")})
         cancelled = [h for h in handles if h.extra.get("cancel_sent")]
-        calls = 1
+        failures = []
         try:
             by_id = self._sacct(ids, names, handles)
             missing = {h.job_id.split("_")[0] for h in handles if h.job_id not in by_id}
-        except SchedulerError:
+        except SchedulerError as exc:
             by_id, missing = {}, set(ids)
+            failures.append(str(exc))
         missing |= {h.job_id.split("_")[0] for h in cancelled}
         # queued jobs: squeue says why they wait (sacct does not); asked now and then, as
         # every status call counts on a busy controller
@@ -359,11 +372,21 @@ class SlurmBackend(Backend):
             missing |= {j.split("_")[0] for j in pending}
             self._reasons_at = now
         # sacct lags squeue: a job it does not list yet may well be queued or running
-        queued = squeue(sorted(missing), names) if missing else {}
-        calls += bool(missing)
-        by_id.update({j: row for j, row in queued.items() if j not in by_id or j in pending})
+        try:
+            queued = squeue(sorted(missing), names) if missing else {}
+        except SchedulerError as exc:
+            queued = None
+            failures.append(str(exc))
+        by_id.update({j: row for j, row in (queued or {}).items() if j not in by_id or j in pending})
         for h in cancelled:  # squeue is the fresher word; a job scancel'ed while queued leaves no record at all
-            by_id[h.job_id] = queued.get(h.job_id) or (JobState.CANCELLED, {"scheduler_state": "CANCELLED"})
+            if queued is not None:
+                by_id[h.job_id] = queued.get(h.job_id) or (JobState.CANCELLED, {"scheduler_state": "CANCELLED"})
+        calls = 1 + bool(missing)
+        self._outage(failures)
+        if failures:  # ask again later, and later: a struggling controller gets fewer calls
+            self._query_every = min(self.profile.poll_max_s, max(self.profile.poll_min_s, self._query_every * 2))
+            self._by_id = {**self._by_id, **by_id}
+            return {h.job_id for h in handles if h.job_id not in by_id}, calls
         # Ask again soon only when the scheduler has just ended jobs; queued -> running is not urgent.
         ended = {j for j, (state, _) in by_id.items() if state is not None and state.terminal}
         fresh = ended - {j for j, (state, _) in self._by_id.items() if state is not None and state.terminal}
@@ -373,21 +396,44 @@ class SlurmBackend(Backend):
             state = by_id.get(job_id, (JobState.LOST, {}))[0]
             if state is not None and state.terminal or now - since > LINGER_MAX_S:
                 del self._lingering[job_id]
-        return calls
+        return set(), calls
+
+    def _outage(self, failures: list[str]) -> None:
+        """Keep count of status calls that failed in a row, and since when."""
+        if not failures:
+            self.outage = None
+            return
+        if self.outage is None:
+            self.outage = {"since": time.time(), "failed_calls": 0}
+        self.outage.update(failed_calls=self.outage["failed_calls"] + len(failures), last_error=failures[-1][:300])
 
     def poll(self, handles: Sequence[Handle]) -> list:
-        if not handles and self._lingering:  # nothing runs, but ended jobs still hold the queue
+        if not handles and (self._lingering or self._uncancelled):  # ended jobs still hold the queue, or LOST ones to stop
             self.query([], self.asks([]))
         observations = super().poll(handles)
         # LOST means no word from the scheduler for the whole grace period (an outage, say):
         # before the retry policy submits the cell again, make sure the old job cannot run too
         lost, self._lost = self._lost, []
         if lost:
-            try:
-                self.cancel(lost)
-            except SchedulerError as exc:
-                log.warning("could not cancel LOST jobs %s: %s", [h.job_id for h in lost], exc)
+            self._uncancelled += lost
+            self.holding |= {h.key for h in lost}
+            self._retry_cancels()
         return observations
+
+    def _retry_cancels(self) -> None:
+        """scancel the jobs of LOST attempts until it succeeds or the scheduler shows them
+        ended; until then their cells are not submitted again (both could run)."""
+        if not self._uncancelled:
+            return
+        gone = [h for h in self._uncancelled if (self._by_id.get(h.job_id, (None,))[0] or JobState.PENDING).terminal]
+        try:
+            self.cancel([h for h in self._uncancelled if h not in gone])
+        except SchedulerError as exc:
+            log.warning("could not cancel LOST jobs %s: %s (asked again)", [h.job_id for h in self._uncancelled], exc)
+            self._uncancelled = [h for h in self._uncancelled if h not in gone]
+        else:
+            self._uncancelled = []
+        self.holding = {h.key for h in self._uncancelled}
 
     def on_end(self, h: Handle, state: JobState) -> None:
         if h.job_id and not (self._by_id.get(h.job_id, (None,))[0] or JobState.PENDING).terminal:
@@ -492,14 +538,17 @@ class SlurmBackend(Backend):
         self._adopt_by_name([h for h in handles if h.job_id is None and h.extra.get("job_name")])
         return handles
 
-    def _adopt_by_name(self, orphans: Sequence[Handle]) -> None:
+    def _adopt_by_name(self, orphans: Sequence[Handle]) -> list[Handle]:
         """Attempts recorded before sbatch answered: find their jobs by name. A job whose
-        cells' folder was never named (the submitter died between sbatch and naming it)
-        would give up after a minute without running its cell: it is cancelled and its
-        attempt ends LOST. Not found: asked again next time, until the grace period."""
+        cells' folder was never named (the submitter died between sbatch and naming it) is
+        rolled forward when the staged folder is complete (named now: its tasks wait for it
+        up to a minute), else cancelled, its attempt LOST. Not found: asked again next time,
+        until the grace period. Returns the orphans the scheduler gave no answer about."""
         if not orphans:
-            return
-        found = find_by_name(sorted({h.extra["job_name"] for h in orphans}), self._since(orphans))
+            return []
+        found, answered = lookup_by_name(sorted({h.extra["job_name"] for h in orphans}), self._since(orphans))
+        if not answered:
+            self._outage(["sacct: no answer to the lookup by name"])
         adopted = []
         for h in orphans:
             job_id = found.get((h.extra["job_name"], h.extra.get("array_task_id")))
@@ -508,8 +557,26 @@ class SlurmBackend(Backend):
                 h.extra["record"] = {"array_job_id": job_id.split("_")[0], "adopted": True}
                 adopted.append(h)
         cut_short = [h for h in adopted if not (self.tasks / h.extra["job_name"]).is_dir()]
+        for name in {h.extra["job_name"] for h in cut_short}:
+            if self._roll_forward(name):
+                cut_short = [h for h in cut_short if h.extra["job_name"] != name]
         if cut_short:
             self._discard(cut_short, "its submission was cut short before its cells were written")
+        return [h for h in orphans if not h.job_id] if not answered else []
+
+    def _roll_forward(self, name: str) -> bool:
+        """Name the staged cells' folder of a chunk sbatch queued before its submitter died;
+        False when it is missing or incomplete (a file that does not parse)."""
+        staged = self.tasks / f".{name}"
+        try:
+            files = list(staged.glob("*.json"))
+            if not files or any(not isinstance(json.loads(f.read_text()).get("cells"), list) for f in files):
+                return False
+            os.rename(staged, self.tasks / name)
+        except (OSError, ValueError, AttributeError):
+            return False
+        log.info("rolled forward the submission of %s: its cells' folder is named", name)
+        return True
 
 # --- parsing scheduler output (pure) -------------------------------------------------------------
 
@@ -610,18 +677,28 @@ def squeue(ids: list[str], names: list[str]) -> dict:
         argv += ["--name", ",".join(names)]
     try:
         return parse_squeue(run_command(argv))
-    except SchedulerError:
-        return {}  # every id purged or unknown: the result files and the grace period decide
+    except SchedulerError as exc:
+        if "invalid job id" in str(exc).lower():
+            return {}  # an answer: every id purged or unknown (the result files and the grace period decide)
+        raise  # no answer (a timeout, a controller that does not respond): no evidence either way
 
 
 def find_by_name(names: list[str], since: str) -> dict[tuple[str, int | None], str]:
     """Job ids of the runs' chunks, by (job name, array index), from squeue and sacct."""
+    return lookup_by_name(names, since)[0]
+
+
+def lookup_by_name(names: list[str], since: str) -> tuple[dict[tuple[str, int | None], str], bool]:
+    """(job ids by (job name, array index), whether a job not found is known not to exist:
+    sacct answered, as squeue forgets ended jobs)."""
     found: dict[tuple[str, int | None], str] = {}
     outputs = []
+    answered = False
     for argv in (["squeue", "-h", "-r", "-t", "all", "-o", "%i|%j", "--name", ",".join(names)],
                  ["sacct", "-n", "-P", "-X", "-o", "JobID,JobName", "-S", since, "--name", ",".join(names)]):  # fmt: skip
         try:
             outputs.append(run_command(argv))
+            answered = argv[0] == "sacct"
         except SchedulerError:
             continue
     for out in outputs:
@@ -630,7 +707,7 @@ def find_by_name(names: list[str], since: str) -> dict[tuple[str, int | None], s
             for jid in expand_job_id(job_id):
                 index = int(jid.split("_")[1]) if "_" in jid else None
                 found[(name, index)] = jid
-    return found
+    return found, answered
 
 
 def _clean(exc: Exception) -> str:
