@@ -14,6 +14,7 @@ from . import __version__
 from . import manifest as mf
 from . import report
 from .api import Detached, GridExecutor, Run, StuckError
+from .runner import HangUp
 from .errors import UsageError
 from .progress import Progress
 from .study import Filters, load_study
@@ -148,7 +149,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\ngridsubmit: interrupted. SLURM jobs keep running and `gridsubmit wait <artifact-root>` re-attaches; "
               "local jobs were cancelled (`gridsubmit submit ... --rerun-failed` runs them again)", file=sys.stderr)  # fmt: skip
+        manifest = mf.load(Path(args.artifact_root).expanduser().resolve()) if getattr(args, "artifact_root", None) else None
+        if manifest is not None:
+            print(f"gridsubmit: {_summary(mf.with_results(manifest))}", file=sys.stderr)
         return 130
+    except HangUp:  # the terminal closed (nothing can be printed): the manifest is saved, the cells go on
+        return 129
 
 
 def _executor(args, root: Path, quiet: bool = True) -> GridExecutor:
@@ -243,9 +249,15 @@ def cmd_submit(args) -> int:
 def _print_outcome(run: Run) -> None:
     m = run.manifest
     print("\n" + report.status_table(m, run.stale()))
-    cancelled = m["counts"].get("CANCELLED", 0)  # asked for: not counted as failed here
-    print(f"\n{m['n_jobs']} cells: {m['n_success']} completed, {m['n_failed'] - cancelled} failed, "
-          f"{cancelled} cancelled, {m['n_blocked']} blocked")
+    print(f"\n{_summary(m)}")
+
+
+def _summary(m: dict) -> str:
+    """Cells by outcome; cancelled ones (asked for) are not counted as failed."""
+    cancelled = m["counts"].get("CANCELLED", 0)
+    failed = sum(1 for r in m["execution_results"] if r["state"] not in ("COMPLETED", "CANCELLED"))
+    return (f"{m['n_jobs']} cells: {m['n_success']} completed, {failed} failed, "
+            f"{cancelled} cancelled, {m['n_blocked']} blocked")
 
 
 def cmd_status(args) -> int:
