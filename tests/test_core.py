@@ -144,6 +144,14 @@ def test_fates_imposed_by_the_scheduler_win_over_the_killed_commands_exit_status
     assert fate({"started": False}, S.CANCELLED, 0, 5) is S.CANCELLED
 
 
+def test_an_attempt_stopped_before_its_command_started_is_cancelled_when_it_was_cancelled_never_lost():
+    stopped = {"started": False, "interrupted_by": "SIGTERM", "error": "never started: SIGTERM arrived first"}
+    assert fate(stopped, None, 0, 5) is None  # the scheduler (the local backend: its own cancel) is asked why
+    assert fate(stopped, S.CANCELLED, 0, 5) is S.CANCELLED
+    assert fate(stopped, S.RUNNING, 1, 5) is None
+    assert fate(stopped, None, 6, 5) is S.LOST and fate(stopped, S.COMPLETED, 0, 5) is S.LOST
+
+
 def test_a_command_killed_by_a_signal_nobody_forwarded_is_judged_by_the_scheduler_not_taken_as_its_own_failure():
     node_fail = {"returncode": -15, "interrupted_by": None, "signals_sent": []}
     assert fate(node_fail, S.NODE_FAIL, 0, 5) is S.NODE_FAIL

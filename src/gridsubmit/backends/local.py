@@ -246,6 +246,13 @@ class LocalBackend(Backend):
     # --- the runner's sleep --------------------------------------------------------------------
 
     def close(self, finished: bool) -> None:
+        if finished:  # every task has written its result: let them exit, so that none outlives the runner
+            deadline = time.monotonic() + 5
+            for proc in self.children:
+                try:
+                    proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    pass
         self.children = [p for p in self.children if p.poll() is None]
         if self._wake:
             signal.signal(signal.SIGCHLD, self._wake[2])
