@@ -19,8 +19,8 @@ FAKESLURM = Path(__file__).parent / "fakeslurm" / "bin"
 
 
 def killed_submit(*args, env: dict, log: Path, timeout: float = 180) -> str:
-    """Run gridsubmit with a crash point; its output goes to a file, as the processes it
-    started (and that outlive it) inherit its stdout."""
+    """Run gridsubmit with a crash point; its output goes to a file (SLURM's sbatch wrappers
+    may outlive it)."""
     with open(log, "w") as out:
         proc = subprocess.Popen([sys.executable, "-m", "gridsubmit", *map(str, args)], stdout=out, stderr=subprocess.STDOUT,
                                 env={**os.environ, **env})  # fmt: skip
