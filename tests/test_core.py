@@ -203,3 +203,17 @@ def test_between_scheduler_answers_a_cycle_looks_only_at_attempts_with_news_of_t
     backend.answering = True
     backend.poll(handles[1:])
     assert backend.queried[-1] == (["b", "c"], True)
+
+
+@pytest.mark.parametrize("cpus, gpus, expected", [(8, None, 4), (4, None, 2), (1, None, 1), (64, None, 32), (8, "0,1,2", 3)])
+def test_without_max_parallel_a_local_run_takes_half_the_cores_or_one_job_per_gpu(tmp_path, monkeypatch, cpus, gpus, expected):
+    from gridsubmit.backends.local import LocalBackend
+
+    monkeypatch.setattr("os.sched_getaffinity", lambda _pid: set(range(cpus)))
+    if gpus is None:
+        monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+        monkeypatch.setenv("PATH", str(tmp_path))  # no nvidia-smi
+    else:
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", gpus)
+    profile = parse_profile({"backend": "local", "time": "10:00"}, "test")
+    assert LocalBackend(profile, tmp_path, tmp_path, {}).max_parallel == expected
