@@ -224,8 +224,9 @@ class Runner:
     def _stop_attached_jobs(self, timeout_s: float = 15.0) -> None:
         """Interrupted while jobs depend on this process: cancel every cell that has not ended
         and record how each ended. Running commands get SIGTERM through their task (SIGKILL
-        after its 10 s grace period, within ``timeout_s``) and end CANCELLED with their partial logs; attempts that never
-        started, and cells not submitted yet, end CANCELLED too (`--rerun-failed` runs them)."""
+        after its 10 s grace period, within ``timeout_s``) and end CANCELLED with their partial
+        logs; attempts that never started, and cells not submitted yet, end CANCELLED too
+        (`--rerun-failed` runs them)."""
         for cell in self.manifest["jobs"]:
             if cell["key"] not in self.handles and cell["attempts"] and JobState(cell["attempts"][-1]["state"]).active:
                 # recorded, but no process was ever started for it (the interrupt came while submitting)

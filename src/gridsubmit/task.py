@@ -128,17 +128,17 @@ def job_id() -> str:
     return str(os.getpid())
 
 
-def start_time(pid: int | str = "self") -> int | None:
+def start_time(pid: int | str = "self", living: bool = True) -> int | None:
     """When a process started (clock ticks since boot, field 22 of /proc/PID/stat): with its
     pid, what tells it apart from a later process that was given the same pid. None when the
-    process is gone, is a zombie, or /proc cannot say."""
+    process is gone, is a zombie (unless not ``living``), or /proc cannot say."""
     try:
         with open(f"/proc/{pid}/stat") as fh:
             fields = fh.read().rsplit(")", 1)[1].split()
     except (OSError, IndexError):
         return None
     # after the command name: state is field 3, starttime field 22
-    return None if fields[0] in ("Z", "X") else int(fields[19])
+    return None if living and fields[0] in ("Z", "X") else int(fields[19])
 
 
 def _claim(folder: Path, record: dict) -> bool:

@@ -209,7 +209,7 @@ class LocalBackend(Backend):
         self.children.append(proc)
         h.job_id = str(proc.pid)
         h.extra["process"] = proc
-        h.extra["record"] = {"process_start": start_time(proc.pid), "gpus": visible}
+        h.extra["record"] = {"process_start": start_time(proc.pid, living=False), "gpus": visible}  # not reaped yet
         point("process-started")
 
     def _alive(self, h: Handle) -> bool:
