@@ -144,6 +144,14 @@ def test_fates_imposed_by_the_scheduler_win_over_the_killed_commands_exit_status
     assert fate({"started": False}, S.CANCELLED, 0, 5) is S.CANCELLED
 
 
+def test_an_attempt_stopped_before_its_command_started_is_cancelled_when_it_was_cancelled_never_lost():
+    stopped = {"started": False, "interrupted_by": "SIGTERM", "error": "never started: SIGTERM arrived first"}
+    assert fate(stopped, None, 0, 5) is None  # the scheduler (the local backend: its own cancel) is asked why
+    assert fate(stopped, S.CANCELLED, 0, 5) is S.CANCELLED
+    assert fate(stopped, S.RUNNING, 1, 5) is None
+    assert fate(stopped, None, 6, 5) is S.LOST and fate(stopped, S.COMPLETED, 0, 5) is S.LOST
+
+
 def test_a_command_killed_by_a_signal_nobody_forwarded_is_judged_by_the_scheduler_not_taken_as_its_own_failure():
     node_fail = {"returncode": -15, "interrupted_by": None, "signals_sent": []}
     assert fate(node_fail, S.NODE_FAIL, 0, 5) is S.NODE_FAIL
@@ -195,3 +203,17 @@ def test_between_scheduler_answers_a_cycle_looks_only_at_attempts_with_news_of_t
     backend.answering = True
     backend.poll(handles[1:])
     assert backend.queried[-1] == (["b", "c"], True)
+
+
+@pytest.mark.parametrize("cpus, gpus, expected", [(8, None, 4), (4, None, 2), (1, None, 1), (64, None, 32), (8, "0,1,2", 3)])
+def test_without_max_parallel_a_local_run_takes_half_the_cores_or_one_job_per_gpu(tmp_path, monkeypatch, cpus, gpus, expected):
+    from gridsubmit.backends.local import LocalBackend
+
+    monkeypatch.setattr("os.sched_getaffinity", lambda _pid: set(range(cpus)))
+    if gpus is None:
+        monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+        monkeypatch.setenv("PATH", str(tmp_path))  # no nvidia-smi
+    else:
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", gpus)
+    profile = parse_profile({"backend": "local", "time": "10:00"}, "test")
+    assert LocalBackend(profile, tmp_path, tmp_path, {}).max_parallel == expected

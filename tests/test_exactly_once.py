@@ -19,8 +19,8 @@ FAKESLURM = Path(__file__).parent / "fakeslurm" / "bin"
 
 
 def killed_submit(*args, env: dict, log: Path, timeout: float = 180) -> str:
-    """Run gridsubmit with a crash point; its output goes to a file, as the processes it
-    started (and that outlive it) inherit its stdout."""
+    """Run gridsubmit with a crash point; its output goes to a file (SLURM's sbatch wrappers
+    may outlive it)."""
     with open(log, "w") as out:
         proc = subprocess.Popen([sys.executable, "-m", "gridsubmit", *map(str, args)], stdout=out, stderr=subprocess.STDOUT,
                                 env={**os.environ, **env})  # fmt: skip
@@ -85,7 +85,8 @@ LOCAL_POINTS = ["intent-saved", "process-started", "process-started:3", "backend
 
 @pytest.mark.parametrize("point", LOCAL_POINTS)
 def test_local_submitter_killed_at_any_step_then_wait_runs_each_cell_exactly_once(scripted, point, capsys):
-    study, profile, root = scripted({"*": "sleep-ok:0.7"}, doses=(1000,))  # 4 cells on 2 slots
+    # 4 cells on 2 slots, long enough for a second debounced save while cells run (saves are >= 0.5 s apart)
+    study, profile, root = scripted({"*": "sleep-ok:1.2"}, doses=(1000,))
     killed_submit("submit", "--study", study, "--cluster", profile, "--artifact-root", root, "--quiet",
                   env={"GRIDSUBMIT_CRASH_AT": point}, log=root.parent / "submit.log")  # fmt: skip
     assert run_cli("wait", root, "--quiet") == 0

@@ -2,11 +2,13 @@
 
 import json
 import os
+import select
 import signal
 import time
 from pathlib import Path
 
 import jsonschema
+import pytest
 
 from conftest import cells, gridsubmit_process, load_manifest, results, run_cli, wait_for
 from gridsubmit.demo.generate import make_study
@@ -216,21 +218,107 @@ def test_a_timeout_is_retried_with_more_time_when_the_profile_says_so(scripted):
     assert [a["resources"]["time_s"] for a in attempts] == [1, 4]
 
 
-def test_ctrl_c_on_a_local_run_cancels_its_jobs_and_records_them(scripted):
-    study, profile, root = scripted({"*": "sleep:60"}, doses=(1000,))
+def run_processes(root: Path) -> list[str]:
+    """Live processes of the run: the runner, the tasks and the commands name the artifact root
+    on their command line (the spec and output folders are under it) or in their environment."""
+    found = []
+    needle = str(root).encode()
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+            environ = Path(f"/proc/{pid}/environ").read_bytes()
+        except (OSError, IndexError):
+            continue
+        if state not in ("Z", "X") and (needle in cmdline or needle in environ):
+            found.append(f"{pid}: {cmdline.replace(bytes(1), b' ').decode(errors='replace')[:160]}")
+    return found
+
+
+def command_runs(cell: dict) -> int:
+    """How often the cell's command ran: cellcmd appends one line per run."""
+    log = Path(cell["output_dir"]) / "runs.log"
+    return len(log.read_text().splitlines()) if log.exists() else 0
+
+
+@pytest.mark.parametrize("to", ["group", "pid"])
+@pytest.mark.parametrize("after_s", [1, 3, 6])
+def test_ctrl_c_on_a_local_submit_cancels_every_cell_and_leaves_no_process_of_the_run(scripted, after_s, to):
+    # 12 cells of 2.5 s on 2 slots: interrupted in the first wave, the second, or after some completed
+    study, profile, root = scripted({"*": "sleep-ok:2.5"})
     proc = gridsubmit_process("submit", "--study", study, "--cluster", profile, "--artifact-root", root,
                               start_new_session=True)  # its own process group, like a terminal's job
-    running = wait_for(lambda: (root / "comparison_manifest.json").exists()
-                       and [k for k, c in cells(root).items() if c["state"] == "RUNNING"] or None, what="running cells")
-    time.sleep(0.5)
-    os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C does: the whole foreground group
+    time.sleep(after_s)
+    if to == "group":
+        os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C does: the whole foreground group
+    else:
+        os.kill(proc.pid, signal.SIGINT)
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 130, out
-    assert "local jobs were cancelled" in out
+    assert "Traceback" not in out and "local jobs were cancelled" in out, out
+    wait_for(lambda: not run_processes(root), timeout=3, what=f"no process of the run left: {run_processes(root)}")
+    if not (root / "comparison_manifest.json").exists():  # interrupted before anything was recorded
+        assert not list(root.rglob("runs.log"))
+        return
     c = cells(root)
-    assert all(c[key]["state"] == "CANCELLED" for key in running)
-    # nothing is left looking alive; a job still waiting for its slot never ran (LOST: run again by `wait`)
-    assert {cell["state"] for cell in c.values()} <= {"CANCELLED", "LOST", "PLANNED"}
+    states = {key: cell["state"] for key, cell in c.items()}
+    assert set(states.values()) <= {"COMPLETED", "CANCELLED"}, states  # never LOST, FAILED or left RUNNING
+    cancelled = sum(state == "CANCELLED" for state in states.values())
+    assert f"{12 - cancelled} completed, 0 failed, {cancelled} cancelled" in out, out
+    for key, cell in c.items():
+        runs = command_runs(cell)
+        assert len(cell["attempts"]) <= 1 and runs <= len(cell["attempts"]), (key, runs, cell["attempts"])
+        if cell["state"] == "CANCELLED" and runs:  # stopped while it ran: its task says so, its partial log is kept
+            attempt = cell["attempts"][0]
+            result = json.loads((root / attempt["dir"] / "result.json").read_text())
+            assert result["interrupted_by"] == "SIGTERM" and result["signals_sent"] == ["SIGTERM (forwarded)"]
+            assert "doing sleep-ok" in (root / attempt["stdout"]).read_text()
+
+
+def test_a_pipe_reader_sees_the_end_as_soon_as_gridsubmit_exits(scripted):
+    # `gridsubmit submit ... | tee log`: the cells' processes never hold gridsubmit's stdout
+    study, profile, root = scripted({"*": "sleep:60"}, doses=(1000,))
+    proc = gridsubmit_process("submit", "--study", study, "--cluster", profile, "--artifact-root", root)
+    try:
+        wait_for(lambda: (root / "comparison_manifest.json").exists()
+                 and sum(c["state"] == "RUNNING" for c in cells(root).values()) == 2, what="running cells")
+        proc.kill()  # the cells run on; the reader must not wait for them
+        proc.wait()
+        fd = proc.stdout.fileno()
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([fd], [], [], deadline - time.monotonic())
+            if ready and os.read(fd, 65536) == b"":
+                break
+        else:
+            raise AssertionError(f"no end of file 5 s after gridsubmit exited; still holding it: {run_processes(root)}")
+        assert any(c["state"] == "RUNNING" for c in cells(root).values())
+    finally:
+        assert run_cli("cancel", root) == 0
+        proc.stdout.close()
+    assert not run_processes(root)
+
+
+def test_a_closed_terminal_leaves_the_run_recorded_and_a_background_runner_finishes_it(scripted):
+    study, profile, root = scripted({"*": "sleep-ok:1.5"}, doses=(1000,))
+    proc = gridsubmit_process("submit", "--study", study, "--cluster", profile, "--artifact-root", root,
+                              start_new_session=True)  # fmt: skip
+    running = wait_for(lambda: (root / "comparison_manifest.json").exists()
+                       and [k for k, c in cells(root).items() if c["state"] == "RUNNING"], what="running cells")
+    os.killpg(proc.pid, signal.SIGHUP)  # the terminal went away
+    out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 129 and "Traceback" not in out, out
+    c = cells(root)
+    for key in running:  # what runs is recorded: the process by pid and start time
+        attempt = c[key]["attempts"][-1]
+        assert attempt["job_id"] and attempt["process_start"], attempt
+    wait_for(lambda: {cell["state"] for cell in cells(root).values()} == {"COMPLETED"}, timeout=60,
+             what="the background runner to finish the grid")  # fmt: skip
+    wait_for(lambda: not run_processes(root), timeout=10, what=f"no process left: {run_processes(root)}")
+    for key, cell in cells(root).items():
+        assert len(cell["attempts"]) == 1 and command_runs(cell) == 1, (key, cell["attempts"])
 
 
 def test_cancel_with_no_runner_attached_cancels_only_the_selected_cells(scripted):

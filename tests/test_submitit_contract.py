@@ -33,12 +33,6 @@ def test_the_sbatch_script_of_a_dry_run_is_rendered_without_a_cluster(tmp_path):
     assert script.index("export PYTHONPATH='/x y'") < script.index("module load cuda") and "s3cret" not in script
 
 
-def test_a_local_jobs_id_is_what_its_task_sees_as_submitit_local_job_id(tmp_path):
-    # the local gate names the job that may run by this id
-    job = submitit.LocalExecutor(folder=tmp_path).submit(os.getenv, "SUBMITIT_LOCAL_JOB_ID")
-    assert job.result() == str(job.job_id)
-
-
 def test_submitits_own_submission_runs_the_node_task_on_the_cells_written_for_each_job(tmp_path, monkeypatch):
     fake = tmp_path / "bin"
     fake.mkdir()

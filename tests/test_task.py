@@ -1,4 +1,4 @@
-"""The task wrapper on its own: exit codes, streamed logs, forwarded signals, the gate."""
+"""The task wrapper on its own: exit codes, streamed logs, forwarded signals, the claim."""
 
 import json
 import os
@@ -99,35 +99,19 @@ def test_the_local_time_limit_stops_the_command_and_says_so(tmp_path):
     assert r["timed_out"] and r["returncode"] == 7 and 1 <= r["elapsed_s"] < 5
 
 
-def test_a_gated_task_waits_for_the_grant_naming_it_and_is_woken_at_once(tmp_path):
+def test_the_claim_names_the_task_by_pid_and_process_start_time_and_its_gpus(tmp_path):
+    # a runner that re-attaches knows the task by both: a pid alone may be another process's by then
     argv = [sys.executable, "-c", "import os; print(os.environ['CUDA_VISIBLE_DEVICES'])"]
-    beat = tmp_path / "heartbeat"
-    beat.touch()
-    proc = start_task(tmp_path, argv, gate=True, heartbeat=str(beat))
-    waiting = wait_for(lambda: (tmp_path / "attempt" / "waiting.json").exists(), what="the task at its gate")
-    assert json.loads((tmp_path / "attempt" / "waiting.json").read_text())["pid"] == proc.pid
-    (tmp_path / "attempt" / "slot.json").write_text(json.dumps({"gpus": "3", "job": str(proc.pid + 1)}))
-    os.kill(proc.pid, signal.SIGUSR1)
-    time.sleep(0.5)
-    assert proc.poll() is None and not (tmp_path / "attempt" / "claim.json").exists()  # a grant for another process
-    granted_at = time.monotonic()
-    (tmp_path / "attempt" / "slot.json").write_text(json.dumps({"gpus": "3", "job": str(proc.pid)}))
-    os.kill(proc.pid, signal.SIGUSR1)
-    assert proc.wait(timeout=30) == 0 and waiting
-    assert time.monotonic() - granted_at < 1.5  # woken by the signal, not by its 2 s timeout
-    assert (tmp_path / "attempt" / "stdout.log").read_text() == "3\n"
-    assert result(tmp_path)["cuda_visible_devices"] == "3"
-
-
-def test_a_gated_task_gives_up_without_running_when_its_runner_stops_beating(tmp_path):
-    beat = tmp_path / "heartbeat"
-    beat.touch()
-    os.utime(beat, (time.time() - 100, time.time() - 100))
-    proc = start_task(tmp_path, ["true"], gate=True, heartbeat=str(beat), heartbeat_stale_s=30)
+    spec = {"cells": [{"argv": argv, "cwd": str(tmp_path), "output_dir": str(tmp_path / "out"),
+                       "attempt_dir": str(tmp_path / "attempt"), "env": {"CUDA_VISIBLE_DEVICES": "3"}}]}  # fmt: skip
+    (tmp_path / "spec.json").write_text(json.dumps(spec))
+    proc = subprocess.Popen([sys.executable, "-m", "gridsubmit.task", str(tmp_path / "spec.json")])
+    # the start time is read while the process lives (field 22 of /proc/PID/stat)
+    started = wait_for(lambda: int(open(f"/proc/{proc.pid}/stat").read().rsplit(")", 1)[1].split()[19]), what="stat")
     assert proc.wait(timeout=30) == 0
-    r = result(tmp_path)
-    assert r["started"] is False and "no runner has scheduled it" in r["error"]
-    assert not (tmp_path / "attempt" / "stdout.log").exists()
+    claim = json.loads((tmp_path / "attempt" / "claim.json").read_text())
+    assert claim["pid"] == proc.pid and claim["start"] == started and claim["gpus"] == "3"
+    assert (tmp_path / "attempt" / "stdout.log").read_text() == "3\n" and result(tmp_path)["cuda_visible_devices"] == "3"
 
 
 def test_a_second_process_for_the_same_attempt_never_runs_the_command(tmp_path):

@@ -31,7 +31,7 @@ from .errors import UsageError
 from .jobs import JobKey
 from .preflight import check_commands
 from .progress import Progress
-from .runner import Runner, cancel, detach_waiter, existing, exit_status, make_backend, prepare, profile_of
+from .runner import HangUp, Runner, cancel, detach_waiter, existing, exit_status, make_backend, prepare, profile_of
 from .study import Filters, Grid, Study, load_study, plan
 
 ClusterLike = ClusterProfile | str | Path | Mapping[str, Any] | None
@@ -124,6 +124,7 @@ class GridExecutor:
         except OSError as exc:
             raise UsageError(f"{self.root}: cannot create the artifact root: {exc.strerror or exc}") from None
         deadline = None if timeout is None else time.monotonic() + timeout
+        hung_up = False
         with mf.RunLock(self.root, "submit"):
             old = mf.load(self.root)
             manifest = prepare(self.root, grid, self.profile, selection, run_id, context)
@@ -141,10 +142,15 @@ class GridExecutor:
             if not wait and not backend.runs_unattended:
                 runner.save()
             else:
-                runner.run(wait=wait, deadline=deadline)
+                try:
+                    runner.run(wait=wait, deadline=deadline)
+                except HangUp:  # the terminal closed: the manifest is saved, the cells go on
+                    hung_up = True
         run = Run(self.root)
         if not backend.runs_unattended and not run.done:
             detach_waiter(self.root)
+        if hung_up:
+            raise HangUp()
         if wait and not run.done:
             raise TimeoutError(f"{self.root}: not finished after {timeout} s; the run goes on (`gridsubmit wait {self.root}`)")
         return run
@@ -220,6 +226,11 @@ class Run:
                     try:
                         runner.run(wait=True, deadline=deadline, stop_when_stuck=fail_on_stuck,
                                    cancel_on_interrupt=cancel_on_interrupt)  # fmt: skip
+                    except HangUp:  # the terminal closed: the run goes on without it
+                        if profile.backend == "local":
+                            lock.release()
+                            detach_waiter(self.root)
+                        raise
                     except KeyboardInterrupt:
                         if profile.backend == "local" and not cancel_on_interrupt:
                             lock.release()

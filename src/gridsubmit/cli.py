@@ -14,6 +14,7 @@ from . import __version__
 from . import manifest as mf
 from . import report
 from .api import Detached, GridExecutor, Run, StuckError
+from .runner import HangUp
 from .errors import UsageError
 from .progress import Progress
 from .study import Filters, load_study
@@ -148,7 +149,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\ngridsubmit: interrupted. SLURM jobs keep running and `gridsubmit wait <artifact-root>` re-attaches; "
               "local jobs were cancelled (`gridsubmit submit ... --rerun-failed` runs them again)", file=sys.stderr)  # fmt: skip
+        manifest = mf.load(Path(args.artifact_root).expanduser().resolve()) if getattr(args, "artifact_root", None) else None
+        if manifest is not None:
+            print(f"gridsubmit: {_summary(mf.with_results(manifest))}", file=sys.stderr)
         return 130
+    except HangUp:  # the terminal closed (nothing can be printed): the manifest is saved, the cells go on
+        return 129
 
 
 def _executor(args, root: Path, quiet: bool = True) -> GridExecutor:
@@ -245,10 +251,7 @@ def _print_outcome(run: Run, before: set[tuple[str, int]]) -> None:
     """Every cell's state, and which attempts ended in this command (the others ended before)."""
     m = run.manifest
     print("\n" + report.status_table(m, mf.stale_of(m)))
-    cancelled = m["counts"].get("CANCELLED", 0)  # asked for: not counted as failed here
-    stale = f", {m['n_stale']} stale" if m["n_stale"] else ""
-    print(f"\n{m['n_jobs']} cells: {m['n_success']} completed{stale}, {m['n_failed'] - cancelled - m['n_stale']} failed, "
-          f"{cancelled} cancelled, {m['n_blocked']} blocked")
+    print(f"\n{_summary(m)}")
     now = {key for key, _ in run.ended() - before}
     states: dict[str, int] = {}
     for cell in m["jobs"]:
@@ -263,6 +266,15 @@ def _print_outcome(run: Run, before: set[tuple[str, int]]) -> None:
 def _print_notes(manifest: dict) -> None:
     for note in manifest.get("freshness", {}).get("notes", []):
         print(f"gridsubmit: {note}", file=sys.stderr)
+
+
+def _summary(m: dict) -> str:
+    """Cells by outcome; cancelled ones (asked for) are not counted as failed, stale ones not as completed."""
+    cancelled = m["counts"].get("CANCELLED", 0)
+    failed = sum(1 for r in m["execution_results"] if r["state"] not in ("COMPLETED", "CANCELLED"))
+    stale = f", {m['n_stale']} stale" if m.get("n_stale") else ""
+    return (f"{m['n_jobs']} cells: {m['n_success']} completed{stale}, {failed} failed, "
+            f"{cancelled} cancelled, {m['n_blocked']} blocked")
 
 
 def cmd_status(args) -> int:

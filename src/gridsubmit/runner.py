@@ -6,6 +6,8 @@ The runner is the manifest's only writer; it holds the artifact root's lock whil
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -131,11 +133,13 @@ class Runner:
         """Drive the grid. ``wait=False`` returns once everything due is submitted;
         ``until_ended`` returns once those cells have ended; ``deadline`` (time.monotonic)
         returns then, whatever is still running."""
-        self.attach()
-        self.save()
         interval = None
+        signals = _Interrupts()  # Ctrl-C and a closed terminal act between cycles, never half-way through one
         try:
+            self.attach()
+            self.save()
             while True:
+                signals.check()
                 changed = self._cycle(submit_new)
                 more_due = submit_new and bool(self._due_cells())
                 if not self.handles and not more_due:
@@ -149,6 +153,7 @@ class Runner:
                 if stop_when_stuck and self.stuck():
                     break
                 interval = self.backend.poll_interval(interval, changed)
+                signals.check()
                 self.backend.sleep(interval)
             point("finished")
             self._enrich()
@@ -158,6 +163,7 @@ class Runner:
                 self._stop_attached_jobs()
             raise
         finally:
+            signals.restore()
             if self.dirty:
                 self.save()
             self.backend.close(finished=not self.handles)
@@ -235,20 +241,23 @@ class Runner:
                                    f"`scontrol release {attempt['job_id']}` for a held job, or cancel it")  # fmt: skip
 
     def _stop_attached_jobs(self, timeout_s: float = 15.0) -> None:
-        """Interrupted while jobs depend on this process: cancel them and record their ends;
-        attempts whose process was never recorded never started: they end CANCELLED."""
+        """Interrupted while jobs depend on this process: cancel every cell that has not ended
+        and record how each ended. Running commands get SIGTERM through their task (SIGKILL
+        after its 10 s grace period, within ``timeout_s``) and end CANCELLED with their partial
+        logs; attempts that never started, and cells not submitted yet, end CANCELLED too
+        (`--rerun-failed` runs them)."""
         for cell in self.manifest["jobs"]:
-            if cell["key"] in self.handles:
-                cell["cancel_requested"] = True
-            elif cell["attempts"] and JobState(cell["attempts"][-1]["state"]).active:
+            if cell["key"] not in self.handles and cell["attempts"] and JobState(cell["attempts"][-1]["state"]).active:
+                # recorded, but no process was ever started for it (the interrupt came while submitting)
                 cell["attempts"][-1].update(state=JobState.CANCELLED.value, error="interrupted before it started")
                 cell.update(state=JobState.CANCELLED.value, cancel_requested=True)
                 self.dirty = True
-        self.backend.cancel(list(self.handles.values()))
+        self.cancel(Filters())
         deadline = time.monotonic() + timeout_s
         while self.handles and time.monotonic() < deadline:
             self._cycle(submit_new=False)
-            time.sleep(0.05)
+            if self.handles:
+                self.backend.sleep(0.05)
 
     def _enrich(self) -> None:
         """The scheduler's last word on each ended attempt, by its own job id (newer facts
@@ -398,6 +407,51 @@ class Runner:
                     self.save()
             path.unlink(missing_ok=True)  # applied once (applying it again would change nothing)
         return changed
+
+
+class HangUp(BaseException):
+    """The terminal was closed (SIGHUP): the runner saved what it knew and stopped; the cells
+    go on (a local run is handed to a background runner)."""
+
+
+class _Interrupts:
+    """While the runner runs (in the main thread, with Python's default handlers in place),
+    Ctrl-C (SIGINT) and a closed terminal (SIGHUP) only set a flag, raised as KeyboardInterrupt
+    or HangUp where the runner checks: between cycles, never half-way through a manifest
+    update or a process start. The sleep between cycles wakes for them (the signal wakeup fd)."""
+
+    def __init__(self) -> None:
+        self.pending: int | None = None
+        self.previous: dict[int, object] = {}
+        wanted = {signal.SIGINT: signal.default_int_handler, signal.SIGHUP: signal.SIG_DFL}
+        for sig, default in wanted.items():
+            try:
+                if signal.getsignal(sig) is default:
+                    self.previous[sig] = signal.signal(sig, self._note)
+            except ValueError:  # not the main thread: signals act as Python makes them
+                break
+
+    def _note(self, signum: int, _frame) -> None:
+        if signum == signal.SIGHUP:  # the terminal is gone: what is printed from now on goes nowhere
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            for fd in (1, 2):
+                os.dup2(devnull, fd)
+            os.close(devnull)
+            self.pending = signum
+        elif self.pending is None:
+            self.pending = signum
+
+    def check(self) -> None:
+        if self.pending == signal.SIGHUP:
+            raise HangUp()
+        if self.pending == signal.SIGINT:
+            self.pending = 0  # once: a second Ctrl-C while the cells are being stopped changes nothing
+            raise KeyboardInterrupt()
+
+    def restore(self) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+        self.previous = {}
 
 
 def existing(root: Path) -> dict:

@@ -122,8 +122,14 @@ def fate(result: dict | None, scheduled: JobState | None, undecided_for_s: float
     if result is not None:
         if result.get("cancelled"):  # skipped in its pack: cancelled before it started
             return JobState.CANCELLED
-        if not result.get("started", True):  # gave up waiting for a slot: the command never ran
-            return scheduled if scheduled in IMPOSED else JobState.LOST
+        if not result.get("started", True):  # the command never ran
+            if scheduled in IMPOSED:
+                return scheduled
+            if result.get("interrupted_by"):  # stopped before it started: by a cancel (CANCELLED) or
+                # something else; the scheduler's word decides, as for a command killed by a signal
+                if scheduled is not None and scheduled.active or scheduled is None and undecided_for_s < grace_s:
+                    return None
+            return JobState.LOST
         if result.get("oom_killed"):
             return JobState.OUT_OF_MEMORY
         if result.get("timed_out"):

@@ -2,7 +2,8 @@
 
 A SLURM job runs ``python -m gridsubmit.task FOLDER``: the cells of array task N are in
 ``FOLDER/N.json`` (a lone job is given its file); see backends.slurm. The local backend
-calls :func:`run_task` itself.
+starts ``python -m gridsubmit.task ATTEMPT_DIR/spec.json`` itself, one process per cell,
+once a slot is free (backends.local).
 
 Runs the cell's argv without a shell, in the run's working directory (the cell's output
 folder is created first, and named in its argv); the child writes its stdout and stderr
@@ -11,11 +12,10 @@ straight into two files, so a killed job still leaves its partial logs. Ends by 
 wrapper reports.
 
 Exactly once: before the command starts, the task creates ``claim.json`` in the attempt
-folder exclusively; a second process for the same attempt finds it and leaves without
-running anything. The local backend's gate (``slot.json``) names the one process that may
-run; a waiting task blocks in ``sigtimedwait`` (the runner wakes it with SIGUSR1) and gives
-up when the runner's heartbeat goes stale. Waiting for the command blocks too: time limits
-and kill grace periods are timers, not polling loops.
+folder exclusively (with its pid and process start time, by which a runner that re-attaches
+recognises it); a second process for the same attempt finds it and leaves without running
+anything. Waiting for the command blocks: time limits and kill grace periods are timers, not
+polling loops.
 """
 
 from __future__ import annotations
@@ -29,34 +29,31 @@ import time
 from pathlib import Path
 
 RESULT = "result.json"
-SLOT = "slot.json"  # local backend: written by the scheduler when the job may start
-WAITING = "waiting.json"  # local backend: the process waiting at the gate (it can be woken)
 CLAIM = "claim.json"  # whoever creates it first runs the attempt (or gives it up)
 CANCEL = "cancel.json"  # a cell of a pack cancelled before its turn: skipped
 TASKS_DIR = "tasks"  # SLURM: one folder of cell specs per array chunk, one file per array task
 TASKS_WAIT_S = 60  # a job that starts before sbatch returned waits this long for its cells' folder
 STDOUT = "stdout.log"
 STDERR = "stderr.log"
-HEARTBEAT_STALE_S = 30.0  # a gate whose runner has not beaten for this long is abandoned
-_WAKE = signal.SIGUSR1
 
 _FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR2)
 _ENDING = (signal.SIGTERM, signal.SIGINT)  # after these, the child gets kill_grace_s to exit
-_SCHEDULER_ENV = ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID", "SLURM_JOB_GPUS",
-                  "SLURM_JOB_PARTITION", "SUBMITIT_LOCAL_JOB_ID")  # fmt: skip
+_SCHEDULER_ENV = ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID", "SLURM_JOB_GPUS", "SLURM_JOB_PARTITION")
 
 
-def write_json_atomic(path: Path, data: dict) -> None:
-    write_text_atomic(path, json.dumps(data, indent=1))
+def write_json_atomic(path: Path, data: dict, sync: bool = True) -> None:
+    write_text_atomic(path, json.dumps(data, indent=1), sync)
 
 
-def write_text_atomic(path: Path, text: str) -> None:
+def write_text_atomic(path: Path, text: str, sync: bool = True) -> None:
+    """Whole or not at all; ``sync``: on the disk, too, before it is renamed into place."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         with open(tmp, "w") as fh:
             fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
+            if sync:
+                fh.flush()
+                os.fsync(fh.fileno())
         os.replace(tmp, path)
     finally:  # interrupted half-way: leave no temporary file behind
         if tmp.exists():
@@ -88,7 +85,7 @@ class _Signals:
         self.sent: list[str] = []  # what this wrapper sent the command, in order
         self.forward_usr2 = forward_usr2
         self.grace_s = grace_s
-        handlers = {sig: self._handle for sig in _FORWARDED} | {signal.SIGALRM: self._alarm, _WAKE: lambda *_: None}
+        handlers = {sig: self._handle for sig in _FORWARDED} | {signal.SIGALRM: self._alarm}
         self._previous = {sig: signal.signal(sig, handler) for sig, handler in handlers.items()}
 
     def _handle(self, signum: int, _frame) -> None:
@@ -127,9 +124,21 @@ class _Signals:
 
 
 def job_id() -> str:
-    """This job's id as its runner knows it: submitit's local job id (the pid of the
-    process that started this one), else this process's pid."""
-    return os.environ.get("SUBMITIT_LOCAL_JOB_ID") or str(os.getpid())
+    """This job's id as its runner knows it: the task's own pid."""
+    return str(os.getpid())
+
+
+def start_time(pid: int | str = "self", living: bool = True) -> int | None:
+    """When a process started (clock ticks since boot, field 22 of /proc/PID/stat): with its
+    pid, what tells it apart from a later process that was given the same pid. None when the
+    process is gone, is a zombie (unless not ``living``), or /proc cannot say."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    # after the command name: state is field 3, starttime field 22
+    return None if living and fields[0] in ("Z", "X") else int(fields[19])
 
 
 def _claim(folder: Path, record: dict) -> bool:
@@ -143,39 +152,11 @@ def _claim(folder: Path, record: dict) -> bool:
     return True
 
 
-def _wait_at_gate(folder: Path, heartbeat: Path | None, stale_s: float, signals: _Signals) -> tuple[dict | None, str]:
-    """Block until the runner grants this job its slot: (grant, "") or (None, why not)."""
-    me = job_id()
-    waited_for = {_WAKE, *_ENDING}
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, waited_for)
-    try:
-        write_json_atomic(folder / WAITING, {"job": me, "pid": os.getpid(), "since": time.time()})
-        while True:
-            grant = read_json(folder / SLOT)
-            if grant is not None and grant.get("job") == me:
-                return grant, ""
-            if (folder / CLAIM).exists():
-                return None, "taken"  # another process has this attempt
-            if heartbeat is not None:
-                try:
-                    if time.time() - heartbeat.stat().st_mtime > stale_s:
-                        return None, "no runner has scheduled it for {:.0f} s".format(stale_s)
-                except FileNotFoundError:
-                    return None, "its runner is gone"
-            info = signal.sigtimedwait(waited_for, 2.0)
-            if info is not None and info.si_signo in _ENDING:
-                signals.received = signals.received or signal.Signals(info.si_signo).name
-                return None, f"{signals.received} arrived"
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
-
-
 def run_task(spec: dict) -> dict:
     """Run one attempt. ``spec``: argv, cwd, output_dir, attempt_dir, env (additions), and optionally
     env_file and env_names (more additions: those names from a file readable by the run's
-    owner only), time_limit_s (enforced here:
-    the local backend's limit, and each cell's in a pack), gate (wait for slot.json),
-    heartbeat (the runner's heartbeat file), heartbeat_stale_s, kill_grace_s, forward_usr2,
+    owner only), time_limit_s (enforced here: the local backend's limit, and each cell's in
+    a pack), kill_grace_s, forward_usr2,
     done (the file that marks the attempt's end for the runner)."""
     folder = Path(spec["attempt_dir"])
     folder.mkdir(parents=True, exist_ok=True)
@@ -188,19 +169,9 @@ def run_task(spec: dict) -> dict:
     env.update(spec.get("env") or {})
     result: dict = {"argv": list(spec["argv"]), "cwd": spec["cwd"], "hostname": os.uname().nodename, "pid": os.getpid()}
     try:
-        if spec.get("gate"):
-            heartbeat = Path(spec["heartbeat"]) if spec.get("heartbeat") else None
-            grant, why = _wait_at_gate(folder, heartbeat, float(spec.get("heartbeat_stale_s", HEARTBEAT_STALE_S)), signals)
-            if grant is None:
-                if why == "taken" or not _claim(folder, {"job": job_id(), "pid": os.getpid(), "gave_up": why}):
-                    return result  # not this process's attempt: nothing to report
-                result.update(started=False, interrupted_by=signals.received, error=f"never started: {why}",
-                              ended_at=time.time())  # fmt: skip
-                write_json_atomic(folder / RESULT, result)
-                _mark_done(spec)
-                return result
-            env["CUDA_VISIBLE_DEVICES"] = grant.get("gpus", "")
-        if not _claim(folder, {"job": job_id(), "pid": os.getpid(), "host": result["hostname"], "at": time.time()}):
+        claim = {"job": job_id(), "pid": os.getpid(), "start": start_time(), "host": result["hostname"], "at": time.time(),
+                 "gpus": env.get("CUDA_VISIBLE_DEVICES")}  # fmt: skip
+        if not _claim(folder, claim):
             return result  # another process ran (or runs) this attempt: never run it twice
         if (folder / CANCEL).exists():  # checked after claiming: the submitter checks the claim after asking
             result.update(started=False, cancelled=True, error="cancelled before its turn in the pack", ended_at=time.time())
