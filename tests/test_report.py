@@ -158,6 +158,17 @@ def test_tuple_metrics_come_in_the_preferred_order_with_four_significant_digits(
     assert "0.1235/1235" in text
 
 
+def test_a_cell_in_full_says_an_absent_optional_input_is_absent_not_none():
+    c = {**cell(1000), "argv": ["python", "-m", "x"], "output_dir": "/run/dose_1000/dense/test",
+         "inputs": {"phase_c_npz": "/data/c.npz", "reconstruction": None, "pinn_checkpoint": None},
+         "missing": ["pinn_checkpoint: found through phase_e_manifest, which is absent"]}  # fmt: skip
+    text = report.cell_text(c, Path("/run"))
+    assert "  input reconstruction: absent (optional)" in text.splitlines()
+    assert "  input pinn_checkpoint: absent" in text.splitlines()  # required: the blocked line says why
+    assert "  input phase_c_npz: /data/c.npz" in text.splitlines()
+    assert "None" not in text
+
+
 def test_without_metrics_the_table_says_so_in_one_line():
     assert report.metrics_table(manifest(cell(1000), cell(1000, state="FAILED"))).count("\n") == 0
     assert "no metrics" in report.metrics_table(manifest(cell(1000)))

@@ -53,7 +53,7 @@ def cell_text(cell: dict, root: Path, stale: list[str] = (), submissions: list[d
     lines = [f"{cell['key']}: {cell['state']}" + (" (stale)" if stale else ""),
              f"  command:    {shlex.join(cell['argv']) if cell['argv'] else '(none)'}",
              f"  output_dir: {cell['output_dir']}"]  # fmt: skip
-    lines += [f"  input {name}: {path}" for name, path in cell["inputs"].items()]
+    lines += [f"  input {name}: {_input_shown(cell, name, path)}" for name, path in cell["inputs"].items()]
     lines += [f"  blocked: {why}" for why in cell["missing"]]
     lines += [f"  stale: {why}" for why in stale]
     for a in cell["attempts"]:
@@ -78,6 +78,13 @@ def cell_text(cell: dict, root: Path, stale: list[str] = (), submissions: list[d
                          + ", ".join(f"{k} {v}" for k, v in (sub.get("versions") or {}).items()))  # fmt: skip
         lines.append(f"    logs: {root / a['stdout']}  {root / a['stderr']}")
     return "\n".join(lines)
+
+
+def _input_shown(cell: dict, name: str, path: str | None) -> str:
+    """An input's path; an absent one is optional unless the cell is blocked for it."""
+    if path is not None:
+        return str(path)
+    return "absent" if any(why.startswith(f"{name}:") for why in cell["missing"]) else "absent (optional)"
 
 
 def completeness(manifest: dict, stale: dict[str, list[str]]) -> tuple[list[str], list[tuple[str, str]], list[tuple[str, str]]]:
