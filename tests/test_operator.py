@@ -115,3 +115,18 @@ def test_ctrl_c_in_a_local_wait_detaches_and_the_run_goes_on_to_the_end(scripted
     for cell in cells(root).values():
         assert cell["state"] == "COMPLETED" and len(cell["attempts"]) == 1
         assert len((Path(cell["output_dir"]) / "runs.log").read_text().splitlines()) == 1
+
+
+def test_plan_argv_without_an_artifact_root_says_its_output_folders_are_placeholders(scripted, tmp_path, capsys,
+                                                                                    monkeypatch):  # fmt: skip
+    study, profile, root = scripted({}, doses=(1000,))
+    monkeypatch.chdir(tmp_path)
+    assert run_cli("plan", "--study", study, "--argv") == 0
+    out = capsys.readouterr().out.splitlines()
+    note = next(i for i, line in enumerate(out) if "placeholders" in line)
+    assert "runs/plan" in out[note] and "--artifact-root" in out[note]
+    assert note < next(i for i, line in enumerate(out) if line.startswith("dose_1000/dense/train"))
+    assert run_cli("plan", "--study", study, "--argv", "--artifact-root", root) == 0
+    out = capsys.readouterr().out
+    assert "placeholders" not in out and str(root / "dose_1000/dense/train") in out
+    assert not (tmp_path / "runs").exists() and not root.exists()

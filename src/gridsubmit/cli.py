@@ -20,6 +20,7 @@ from .study import Filters, load_study
 
 ROOT_FLAGS = ("phase_c", "phase_e", "phase_f")
 TIMED_OUT = 3  # `wait --timeout` passed; the run goes on
+PLAN_ROOT = Path("runs/plan")  # `plan` without --artifact-root: where the output folders it shows would be
 STUCK = 4  # `wait --fail-on-held`: a job is held or cannot start by itself; the run goes on
 
 
@@ -60,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("plan", help="show what would run and what is blocked")
     _study_args(p)
-    p.add_argument("--artifact-root", type=Path, default=Path("runs/plan"), help="where outputs would go")
+    p.add_argument("--artifact-root", type=Path, help=f"where outputs would go (default: {PLAN_ROOT}, a placeholder)")
     p.add_argument("--cluster", type=Path, help="cluster profile YAML (for {python})")
     p.add_argument("--argv", action="store_true", help="print each cell's command line")
     _rerun_args(p)
@@ -175,10 +176,13 @@ def _grid(args, executor: GridExecutor):
 
 
 def cmd_plan(args) -> int:
-    executor = _executor(args, args.artifact_root)
+    executor = _executor(args, args.artifact_root or PLAN_ROOT)
     grid = _grid(args, executor)
     print(f"working directory: {grid.workdir}")
     if mf.load(executor.root) is None:
+        if args.argv and args.artifact_root is None:
+            print(f"output folders below are placeholders under the default root {PLAN_ROOT}: give --artifact-root "
+                  "ROOT (the one you will submit to) to see the real ones")  # fmt: skip
         for job in grid.jobs:
             state = "BLOCKED" if job.blocked else "PLANNED"
             print(f"{str(job.key):<32} {state}" + (f"  {'; '.join(job.missing)}" if job.blocked else ""))
