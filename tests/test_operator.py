@@ -130,3 +130,36 @@ def test_plan_argv_without_an_artifact_root_says_its_output_folders_are_placehol
     out = capsys.readouterr().out
     assert "placeholders" not in out and str(root / "dose_1000/dense/train") in out
     assert not (tmp_path / "runs").exists() and not root.exists()
+
+
+def test_logs_of_a_failed_attempt_show_both_streams_under_labels_and_a_completed_one_its_stdout(scripted, capsys):
+    study, profile, root = scripted({"dose_1000/dense/train": "exit:3"}, doses=(1000,))
+    assert run_cli("submit", "--study", study, "--cluster", profile, "--artifact-root", root, "--quiet") == 1
+    capsys.readouterr()
+    assert run_cli("logs", root, "dose_1000/dense/train") == 0
+    assert capsys.readouterr().out == ("==> stdout.log <==\ncell dose_1000/dense/train doing exit:3\n\n"
+                                       "==> stderr.log <==\ncellcmd: failing on purpose with 3\n")  # fmt: skip
+    assert run_cli("logs", root, "dose_1000/dense/train", "--stdout") == 0
+    assert capsys.readouterr().out == "cell dose_1000/dense/train doing exit:3\n"
+    assert run_cli("logs", root, "dose_1000/dense/test") == 0
+    assert capsys.readouterr().out == "cell dose_1000/dense/test doing ok\n"
+
+
+def test_logs_of_an_attempt_that_never_started_say_so_on_stderr_and_exit_1(scripted, capsys):
+    study, profile, root = scripted({"*": "sleep-ok:2"}, doses=(1000,), max_parallel=1)
+    assert run_cli("submit", "--study", study, "--cluster", profile, "--artifact-root", root, "--no-wait") == 0
+    key = "dose_1000/sparse/test"  # the last cell: its attempt waits for the one slot
+    wait_for(lambda: cells(root)[key]["state"] == "PENDING", what="the last cell to be queued")
+    capsys.readouterr()
+    assert run_cli("logs", root, key) == 1
+    out, err = capsys.readouterr()
+    assert out == "" and err.startswith(f"gridsubmit: attempt 1 of {key} has not started yet: PENDING")
+    assert run_cli("cancel", root, "--view", "sparse", "--split", "test") == 0
+    assert run_cli("wait", root, "--quiet") == 1
+    attempt = cells(root)[key]["attempts"][-1]
+    assert attempt["state"] == "CANCELLED" and not (root / attempt["stdout"]).exists()
+    capsys.readouterr()
+    for stream in ((), ("--stderr",), ("--follow",)):
+        assert run_cli("logs", root, key, *stream) == 1
+        out, err = capsys.readouterr()
+        assert out == "" and err.startswith(f"gridsubmit: attempt 1 of {key} never started: CANCELLED"), err

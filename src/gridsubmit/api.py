@@ -246,14 +246,19 @@ class Run:
         raise UsageError(f"{self.root}: no cell {key!r}; cells are named like {manifest['jobs'][0]['key']!r}"
                          if manifest["jobs"] else f"{self.root}: the run has no cells")  # fmt: skip
 
-    def log_path(self, key: str, attempt: int | None = None, stream: str = "stdout") -> Path:
-        """The stdout or stderr file of one attempt of a cell (default: its last attempt)."""
+    def attempt(self, key: str, attempt: int | None = None) -> dict:
+        """One attempt of a cell as the manifest records it (default: its last attempt)."""
         attempts = self.cell(key)["attempts"]
         if not attempts:
             raise UsageError(f"{self.root}: cell {key} has not been submitted; it has no logs")
         if attempt is not None and not 1 <= attempt <= len(attempts):
             raise UsageError(f"{self.root}: cell {key} has attempts 1 to {len(attempts)}, not {attempt}")
-        return self.root / attempts[(attempt or len(attempts)) - 1][stream]
+        return attempts[(attempt or len(attempts)) - 1]
+
+    def log_path(self, key: str, attempt: int | None = None, stream: str = "stdout") -> Path:
+        """The stdout or stderr file of one attempt of a cell (default: its last attempt);
+        neither exists when the attempt's command never started."""
+        return self.root / self.attempt(key, attempt)[stream]
 
     def cancel(self, filters: Filters = Filters()) -> str:
         """Cancel the selected cells that have not ended or wait for a retry (all by default)."""

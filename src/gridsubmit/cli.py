@@ -103,13 +103,17 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--require-complete", action="store_true", help="exit 1 unless every cell COMPLETED, is not "
                            "stale, has its outputs and metrics")
 
-    p = sub.add_parser("logs", help="print (or follow) a cell's stdout or stderr")
+    p = sub.add_parser("logs", help="print (or follow) a cell's stdout or stderr",
+                       description="Print one attempt's output. A COMPLETED attempt: its stdout. Any other: both "
+                       "streams, each under a label (==> stdout.log <==, then ==> stderr.log <==, so the error comes "
+                       "last). --stdout, --stderr or --follow print one stream. An attempt whose command never "
+                       "started is said so on stderr, with exit status 1.")  # fmt: skip
     p.add_argument("artifact_root", type=Path)
     p.add_argument("cell", help="the cell, e.g. dose_1000/dense/train")
     p.add_argument("--attempt", type=int, help="which attempt (default: the last)")
     stream = p.add_mutually_exclusive_group()
-    stream.add_argument("--stdout", dest="stream", action="store_const", const="stdout", help="standard output (default)")
-    stream.add_argument("--stderr", dest="stream", action="store_const", const="stderr", help="standard error")
+    stream.add_argument("--stdout", dest="stream", action="store_const", const="stdout", help="standard output only (the default with --follow, and for a COMPLETED attempt)")
+    stream.add_argument("--stderr", dest="stream", action="store_const", const="stderr", help="standard error only")
     p.add_argument("-f", "--follow", action="store_true", help="keep printing what is written until the attempt ends")
 
     p = sub.add_parser("diff", help="compare two runs: metric deltas per cell and model, and what their cells ran from")
@@ -289,6 +293,30 @@ def cmd_wait(args) -> int:
 
 def cmd_logs(args) -> int:
     run = Run.open(args.artifact_root)
+    attempt = run.attempt(args.cell, args.attempt)
+    active = attempt["state"] in ("SUBMITTED", "PENDING", "RUNNING")
+    if not any(run.log_path(args.cell, args.attempt, s).exists() for s in ("stdout", "stderr")) and not (args.follow and active):
+        why = attempt["state"] + (f": {attempt['error']}" if attempt.get("error") else "")
+        if attempt.get("started_at") is not None or attempt.get("returncode") is not None:
+            what = f"has no log files in {run.root / attempt['dir']} (removed?)"
+        else:
+            what = "has not started yet" if active else "never started"
+            why += "; --follow waits for it" if active else ""
+        print(f"gridsubmit: attempt {attempt['attempt']} of {args.cell} {what}: {why}", file=sys.stderr)
+        return 1
+    if args.stream is None and not args.follow and attempt["state"] != "COMPLETED":  # both, the error last
+        for i, stream in enumerate(("stdout", "stderr")):
+            path = run.log_path(args.cell, args.attempt, stream)
+            sys.stdout.buffer.write(b"\n" * (i > 0) + f"==> {path.name} <==\n".encode())
+            tail = b"\n"
+            if path.exists():
+                with open(path, "rb") as fh:
+                    while chunk := fh.read(65536):
+                        sys.stdout.buffer.write(chunk)
+                        tail = chunk[-1:]
+            sys.stdout.buffer.write(b"" if tail == b"\n" else b"\n")
+        sys.stdout.flush()
+        return 0
     path = run.log_path(args.cell, args.attempt, args.stream or "stdout")
     with open(path, "rb") if path.exists() else open(os.devnull, "rb") as fh:
         while True:
@@ -297,7 +325,7 @@ def cmd_logs(args) -> int:
                 sys.stdout.buffer.write(chunk)
                 sys.stdout.flush()
                 continue
-            attempt = run.cell(args.cell)["attempts"][(args.attempt or 0) - 1]
+            attempt = run.attempt(args.cell, args.attempt)
             if not args.follow or attempt["state"] not in ("SUBMITTED", "PENDING", "RUNNING"):
                 return 0
             time.sleep(0.5)
