@@ -194,6 +194,30 @@ def test_the_plot_has_a_line_per_model_and_view_in_amplitude_and_phase_panels(tm
     assert "fly64-test" in fig.get_suptitle()
 
 
+def test_the_plot_breaks_a_line_at_a_dose_without_a_result_and_marks_that_dose(tmp_path):
+    import matplotlib  # noqa: F401  (a test dependency: never skipped)
+    m = manifest(*(cell(dose, metrics=tuple_rows("PtychoPINN", psnr, 0.5)) for dose, psnr in ((1000, 20.0), (100000, 40.0))),
+                 *(cell(dose, view="sparse", metrics=tuple_rows("PtychoPINN", psnr, 0.4)) for dose, psnr in
+                   ((1000, 18.0), (10000, 25.0), (100000, 35.0))))  # fmt: skip
+    m["jobs"].insert(1, cell(10000, state="FAILED"))  # dense has no result at 10000
+    fig = report.plot(m, tmp_path / "p.png", doses=[1000, 10000, 100000, 1000000])  # and nobody at 1e6 (blocked)
+    psnr = fig.axes[0]
+    drawn = {line.get_label(): line for line in psnr.lines}
+    dense, sparse = drawn["PtychoPINN (dense)"], drawn["PtychoPINN (sparse)"]
+    assert list(dense.get_xdata()) == [1000, 10000, 100000, 1000000]
+    y = list(dense.get_ydata())
+    assert y[0] == 20.0 and math.isnan(y[1]) and y[2] == 40.0 and math.isnan(y[3])  # no straight line 1000 -> 100000
+    assert list(sparse.get_ydata())[:3] == [18.0, 25.0, 35.0] and math.isnan(list(sparse.get_ydata())[3])
+    marks = [line for line in psnr.lines if line.get_label() == "_no result"]
+    assert sorted(x for line in marks for x in line.get_xdata()) == [10000, 1000000, 1000000]
+    assert all(line.get_marker() == "x" and list(line.get_ydata()) == [0.0] * len(line.get_xdata()) for line in marks)
+    assert psnr.get_xlim()[1] > 1000000  # the dose nobody has stays on the axis
+    assert "no result at this dose" in [t.get_text() for t in fig.legends[0].get_texts()]
+    full = report.plot(manifest(*m["jobs"][3:]), tmp_path / "q.png")  # sparse alone: every dose has a result
+    assert not [line for ax in full.axes for line in ax.lines if line.get_label() == "_no result"]
+    assert "no result at this dose" not in [t.get_text() for t in full.legends[0].get_texts()]
+
+
 def test_wide_values_are_plotted_in_the_amplitude_column(tmp_path):
     import matplotlib  # noqa: F401  (a test dependency: never skipped)
     m = manifest(cell(1000, split="train", metrics=[row("pinn", "psnr", value=20.0)]),

@@ -351,7 +351,7 @@ def cmd_report(args) -> int:
         n = report.write_csv(shown, args.csv)
         print(f"wrote {n} row(s) to {args.csv}")
     if args.plot:
-        report.plot(shown, args.plot)
+        report.plot(shown, args.plot, doses=[cell["dose"] for cell in manifest["jobs"]])
         print(f"wrote {args.plot}")
     if args.html:
         from .report_html import write_html

@@ -7,9 +7,10 @@ amplitude, phase, value); a cell whose CSV could not be parsed has ``metrics_err
 from __future__ import annotations
 
 import csv
+import math
 import shlex
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Iterable
 
 from .errors import UsageError
 from .provenance import local_time
@@ -191,12 +192,18 @@ def write_csv(manifest: dict, path: Path) -> int:
     return len(rows)
 
 
-def plot(manifest: dict, path: Path) -> Figure:
+def plot(manifest: dict, path: Path, doses: Iterable[int] | None = None) -> Figure:
     """PSNR, SSIM and MS-SSIM (those present) against dose, amplitude and phase side by side,
     one line per model and view (test split when there is one); saved to ``path`` and returned.
-    A metric with only a value (older wide CSVs) is drawn in the amplitude column."""
+    A metric with only a value (older wide CSVs) is drawn in the amplitude column.
+
+    ``doses``: every dose of the grid (default: those of the manifest's cells). A line is
+    broken at a dose it has no result for, and that dose is marked with an 'x' in the line's
+    colour at the bottom of the panel ("no result" in the legend), never bridged."""
     try:
         from matplotlib.figure import Figure
+        from matplotlib.lines import Line2D
+        from matplotlib.transforms import blended_transform_factory
     except ImportError:
         raise UsageError("--plot needs matplotlib: pip install 'gridsubmit[plot]'") from None
     rows = metric_rows(manifest)
@@ -216,6 +223,8 @@ def plot(manifest: dict, path: Path) -> Figure:
     shown = [(m, label) for m, label in PLOTTED if (m, "amplitude") in points or (m, "phase") in points]
     models = sorted({r["model"] for r in rows})
     views = sorted({r["view"] for r in rows})
+    grid_doses = sorted({*(cell["dose"] for cell in manifest["jobs"]), *(doses or ())})
+    gaps = False
     fig = Figure(figsize=(11, 3 * len(shown) + 0.8), layout="constrained")
     axes = fig.subplots(len(shown), 2, squeeze=False)
     for (metric, label), pair in zip(shown, axes):
@@ -223,16 +232,25 @@ def plot(manifest: dict, path: Path) -> Figure:
             for (model, view, split), xy in sorted(points.get((metric, column), {}).items()):
                 if test_only and split != "test":
                     continue
-                xy.sort()
-                ax.plot([p[0] for p in xy], [p[1] for p in xy], color=f"C{models.index(model) % 10}",
+                ys = dict(sorted(xy))
+                xs = sorted({*ys, *grid_doses})
+                color = f"C{models.index(model) % 10}"
+                ax.plot(xs, [ys.get(x, math.nan) for x in xs], color=color,  # NaN: the line breaks there
                         linestyle=("-", "--", ":", "-.")[views.index(view) % 4], marker="os^Dv"[views.index(view) % 5],
                         label=f"{model} ({view})" if test_only else f"{model} ({view}, {split})")  # fmt: skip
+                absent = [x for x in xs if x not in ys]
+                if absent:  # at the foot of the panel, whatever the values' range
+                    gaps = True
+                    ax.plot(absent, [0.0] * len(absent), transform=blended_transform_factory(ax.transData, ax.transAxes),
+                            linestyle="none", marker="x", markersize=8, markeredgewidth=2, color=color,
+                            clip_on=False, label="_no result")  # fmt: skip
             if not ax.lines:
                 ax.text(0.5, 0.5, f"no {column} values", ha="center", va="center", transform=ax.transAxes, color="gray")
                 ax.set_xticks([])
                 ax.set_yticks([])
             else:
                 ax.set_xscale("log")
+                ax.set_xlim(grid_doses[0] / 1.5, grid_doses[-1] * 1.5)  # a dose without any result stays in view
             ax.set_title(f"{label}, {column}", fontsize=10)
             ax.set_xlabel("dose")
             ax.set_ylabel(label)
@@ -241,6 +259,9 @@ def plot(manifest: dict, path: Path) -> Figure:
     for ax in axes.flat:
         for handle, text in zip(*ax.get_legend_handles_labels()):
             legend.setdefault(text, handle)
+    if gaps:
+        legend["no result at this dose"] = Line2D([], [], linestyle="none", marker="x", markersize=8, markeredgewidth=2,
+                                                  color="gray")  # fmt: skip
     # beside the panels; bbox_inches="tight" makes room for it on any matplotlib >= 3.5
     fig.legend(list(legend.values()), list(legend), loc="upper left", bbox_to_anchor=(1.0, 0.97), fontsize=8)
     split_note = "test split" if test_only else "all splits"
