@@ -371,6 +371,8 @@ def cmd_diff(args) -> int:
     if args.json:
         json.dump(d, sys.stdout, indent=1)
         print()
+        for warning in d["warnings"]:  # in the JSON too, but seen here
+            print(f"gridsubmit: warning: {warning}", file=sys.stderr)
     else:
         print(diff.diff_text(d, all_cells=args.all))
     if args.csv:
