@@ -265,6 +265,18 @@ class Run:
         check_filters(existing(self.root), filters, self.root)
         return cancel(self.root, filters)
 
+    def select(self, filters: Filters = Filters(), states: Sequence[str] = ()) -> dict:
+        """The manifest as :attr:`manifest` gives it, with only the cells that ``filters`` and
+        ``states`` (JobState names; none: any) select, its counts derived from those. A filter
+        value the run does not have, or a state that does not exist, is a UsageError."""
+        manifest = existing(self.root)
+        check_filters(manifest, filters, self.root)
+        unknown = [state for state in states if state not in JobState.__members__]
+        if unknown:
+            raise UsageError(f"no state {', '.join(map(repr, unknown))}; states are: {', '.join(JobState.__members__)}")
+        jobs = [cell for cell in mf.select(manifest, filters) if not states or cell["state"] in states]
+        return mf.with_results({**manifest, "jobs": jobs})
+
 
 def check_filters(manifest: dict, filters: Filters, root: Path) -> None:
     """A filter value the run does not have is a mistake (a typo cancels nothing), not a no-op."""

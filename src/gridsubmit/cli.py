@@ -16,6 +16,7 @@ from . import report
 from .api import Detached, GridExecutor, Run, StuckError
 from .errors import UsageError
 from .progress import Progress
+from .states import JobState
 from .study import Filters, load_study
 
 ROOT_FLAGS = ("phase_c", "phase_e", "phase_f")
@@ -86,6 +87,10 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "status":
             p.add_argument("cell", nargs="?", help="one cell in full (e.g. dose_1000/dense/train)")
             p.add_argument("--json", action="store_true", help="the whole manifest (or the cell) as JSON")
+            _filters(p)
+            p.add_argument("--state", action="append", default=[], type=str.upper, choices=list(JobState.__members__),
+                           metavar="STATE", help="only the cells in this state (repeatable): "
+                           + ", ".join(JobState.__members__))  # fmt: skip
         if name == "wait":
             p.add_argument("--quiet", action="store_true", help="no progress display")
             p.add_argument("--timeout", type=float, help=f"give up after this many seconds (exit {TIMED_OUT}); the run goes on")
@@ -96,6 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "cancel":
             _filters(p)
         if name == "report":
+            _filters(p)
             p.add_argument("--csv", type=Path, help="write the metrics here")
             p.add_argument("--plot", type=Path, help="write a PNG plot here (needs matplotlib)")
             p.add_argument("--html", type=Path, help="write a self-contained HTML page here: grid, metrics, plots, "
@@ -256,8 +262,14 @@ def _print_outcome(run: Run) -> None:
           f"{cancelled} cancelled, {m['n_blocked']} blocked")
 
 
+def _selected(args) -> Filters:
+    return Filters(tuple(args.dose), tuple(args.view), tuple(args.split))
+
+
 def cmd_status(args) -> int:
     run = Run.open(args.artifact_root)
+    if args.cell and (_selected(args) != Filters() or args.state):
+        raise UsageError("give a cell or --dose/--view/--split/--state, not both")
     if args.cell:
         cell = run.cell(args.cell)
         if args.json:
@@ -266,17 +278,19 @@ def cmd_status(args) -> int:
         else:
             print(report.cell_text(cell, run.root, run.stale().get(cell["key"], []), run.manifest.get("submissions", [])))
         return 0
-    manifest = run.manifest
+    manifest = run.select(_selected(args), args.state)  # every cell without filters
     if args.json:
         json.dump(manifest, sys.stdout, indent=1)
         print()
         return 0
     print(f"run {manifest['run_id']} · {manifest['cluster'].get('backend')} ({manifest['cluster'].get('name')}) · {run.root}")
-    stale = run.stale()
+    stale = {key: why for key, why in run.stale().items() if key in {cell["key"] for cell in manifest["jobs"]}}
     print(report.status_table(manifest, stale))
-    print(f"\n{manifest['n_jobs']} cells: " + ", ".join(f"{k} {v}" for k, v in manifest["counts"].items())
+    total = len(run.manifest["jobs"])
+    print(f"\n{manifest['n_jobs']} cells" + (f" of {total} selected" if manifest["n_jobs"] != total else "") + ": "
+          + (", ".join(f"{k} {v}" for k, v in manifest["counts"].items()) or "none")
           + (f" ({len(stale)} of them stale: `submit --rerun-stale` runs them)" if stale else ""))
-    if not mf.finished(manifest):
+    if not mf.finished(run.manifest):
         who = mf.holder(run.root)
         print(f"runner: {mf.describe_holder(run.root)}" if who is not None else
               f"no runner attached: `gridsubmit wait {run.root}` resumes")  # fmt: skip
@@ -341,7 +355,7 @@ def cmd_cancel(args) -> int:
 
 def cmd_report(args) -> int:
     run = Run.open(args.artifact_root)
-    manifest = run.manifest
+    manifest = run.select(_selected(args))  # every cell without filters
     stale = run.stale()
     ok, missing, _ = report.completeness(manifest, stale)
     shown = report.only(manifest, ok)
