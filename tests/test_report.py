@@ -73,6 +73,23 @@ def test_nan_and_infinity_are_stored_as_none_so_the_manifest_stays_plain_json(tm
     assert read_metrics(tmp_path / "w.csv") == ([row("pinn", "psnr")], None, "1 value(s) NaN or infinite: pinn psnr")
 
 
+@pytest.mark.parametrize("content, warning", [
+    ("model,name,amplitude,phase,value\npinn,psnr,30,25,\npinn,ssim,0.9,0.8,\n",
+     "neither tidy nor wide: columns amplitude, phase, value without a 'metric' column, read as metrics named amplitude, phase"),
+    ("model,metric_name,score\npinn,psnr,30\npinn,ssim,0.9\n",
+     "neither tidy nor wide: model pinn on 2 rows without a 'metric' column (the wide form has one row per model)"),
+    ("model,metric,score\npinn,psnr,30\n",
+     "neither tidy nor wide: a 'metric' column but no amplitude, phase or value column (header model,metric,score): "
+     "no values read"),
+])  # fmt: skip
+def test_a_csv_that_is_neither_tidy_nor_wide_is_read_with_a_warning_saying_so(tmp_path, content, warning):
+    (tmp_path / "m.csv").write_text(content)
+    rows, problem, said = read_metrics(tmp_path / "m.csv")
+    assert problem is None and rows and said == warning
+    (tmp_path / "m.csv").write_text("model,psnr,ssim\npinn,30,0.9\nbaseline,28,\n")  # the wide form itself: no warning
+    assert read_metrics(tmp_path / "m.csv")[2] is None
+
+
 def test_a_missing_file_is_no_metrics_and_a_header_alone_is_an_empty_list(tmp_path):
     assert read_metrics(tmp_path / "absent.csv") == (None, None, None)
     (tmp_path / "m.csv").write_text("model,metric,amplitude,phase,value\n")

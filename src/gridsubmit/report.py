@@ -37,6 +37,8 @@ def status_table(manifest: dict, stale: dict[str, list[str]] | None = None) -> s
         last = cell["attempts"][-1] if cell["attempts"] else {}
         elapsed = last.get("elapsed_s")
         note = "; ".join(cell["missing"]) if cell["missing"] else (last.get("error") or "")
+        if not note and cell["state"] == "COMPLETED" and (cell.get("metrics_error") or cell.get("metrics_warning")):
+            note = _metrics_note(cell)
         if stale and cell["key"] in stale:
             note = "stale: " + "; ".join(stale[cell["key"]])
         if cell["state"] == "PENDING" and last.get("pending_reason"):
@@ -57,6 +59,8 @@ def cell_text(cell: dict, root: Path, stale: list[str] = (), submissions: list[d
     lines += [f"  input {name}: {_input_shown(cell, name, path)}" for name, path in cell["inputs"].items()]
     lines += [f"  blocked: {why}" for why in cell["missing"]]
     lines += [f"  stale: {why}" for why in stale]
+    if cell.get("metrics_error") or cell.get("metrics_warning"):
+        lines.append(f"  {_metrics_note(cell)}")
     for a in cell["attempts"]:
         facts = ", ".join(f"{k}={a[k]}" for k in ("job_id", "returncode", "elapsed_s", "cpu_s", "max_rss_bytes", "elapsed",
                                                    "max_rss", "accounting", "node", "gpus", "gpu_name", "gpu_driver") if a.get(k) is not None)  # fmt: skip
@@ -79,6 +83,13 @@ def cell_text(cell: dict, root: Path, stale: list[str] = (), submissions: list[d
                          + ", ".join(f"{k} {v}" for k, v in (sub.get("versions") or {}).items()))  # fmt: skip
         lines.append(f"    logs: {root / a['stdout']}  {root / a['stderr']}")
     return "\n".join(lines)
+
+
+def _metrics_note(cell: dict) -> str:
+    """What is wrong with a cell's metrics file: it could not be read, or what its reading warned."""
+    if cell.get("metrics_error"):
+        return f"metrics not read: {cell['metrics_error']}"
+    return f"metrics flagged: {cell['metrics_warning']}"
 
 
 def _input_shown(cell: dict, name: str, path: str | None) -> str:
