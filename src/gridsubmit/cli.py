@@ -112,13 +112,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("logs", help="print (or follow) a cell's stdout or stderr",
                        description="Print one attempt's output. A COMPLETED attempt: its stdout. Any other: both "
                        "streams, each under a label (==> stdout.log <==, then ==> stderr.log <==, so the error comes "
-                       "last). --stdout, --stderr or --follow print one stream. An attempt whose command never "
-                       "started is said so on stderr, with exit status 1.")  # fmt: skip
+                       "last). --stdout, --stderr or --follow print one stream. For an attempt whose command never "
+                       "started, it says so on stderr and exits 1.")  # fmt: skip
     p.add_argument("artifact_root", type=Path)
     p.add_argument("cell", help="the cell, e.g. dose_1000/dense/train")
     p.add_argument("--attempt", type=int, help="which attempt (default: the last)")
     stream = p.add_mutually_exclusive_group()
-    stream.add_argument("--stdout", dest="stream", action="store_const", const="stdout", help="standard output only (the default with --follow, and for a COMPLETED attempt)")
+    stream.add_argument("--stdout", dest="stream", action="store_const", const="stdout",
+                        help="standard output only (the default with --follow, and for a COMPLETED attempt)")
     stream.add_argument("--stderr", dest="stream", action="store_const", const="stderr", help="standard error only")
     p.add_argument("-f", "--follow", action="store_true", help="keep printing what is written until the attempt ends")
 
@@ -286,11 +287,11 @@ def cmd_status(args) -> int:
     print(f"run {manifest['run_id']} · {manifest['cluster'].get('backend')} ({manifest['cluster'].get('name')}) · {run.root}")
     stale = {key: why for key, why in run.stale().items() if key in {cell["key"] for cell in manifest["jobs"]}}
     print(report.status_table(manifest, stale))
-    total = len(run.manifest["jobs"])
-    print(f"\n{manifest['n_jobs']} cells" + (f" of {total} selected" if manifest["n_jobs"] != total else "") + ": "
-          + (", ".join(f"{k} {v}" for k, v in manifest["counts"].items()) or "none")
+    everything = run.manifest
+    selected = f" of {everything['n_jobs']} selected" if manifest["n_jobs"] != everything["n_jobs"] else ""
+    print(f"\n{manifest['n_jobs']} cells{selected}: " + (", ".join(f"{k} {v}" for k, v in manifest["counts"].items()) or "none")
           + (f" ({len(stale)} of them stale: `submit --rerun-stale` runs them)" if stale else ""))
-    if not mf.finished(run.manifest):
+    if not mf.finished(everything):
         who = mf.holder(run.root)
         print(f"runner: {mf.describe_holder(run.root)}" if who is not None else
               f"no runner attached: `gridsubmit wait {run.root}` resumes")  # fmt: skip
@@ -309,7 +310,8 @@ def cmd_logs(args) -> int:
     run = Run.open(args.artifact_root)
     attempt = run.attempt(args.cell, args.attempt)
     active = attempt["state"] in ("SUBMITTED", "PENDING", "RUNNING")
-    if not any(run.log_path(args.cell, args.attempt, s).exists() for s in ("stdout", "stderr")) and not (args.follow and active):
+    logs = [run.log_path(args.cell, args.attempt, stream) for stream in ("stdout", "stderr")]
+    if not any(path.exists() for path in logs) and not (args.follow and active):
         why = attempt["state"] + (f": {attempt['error']}" if attempt.get("error") else "")
         if attempt.get("started_at") is not None or attempt.get("returncode") is not None:
             what = f"has no log files in {run.root / attempt['dir']} (removed?)"
@@ -319,8 +321,7 @@ def cmd_logs(args) -> int:
         print(f"gridsubmit: attempt {attempt['attempt']} of {args.cell} {what}: {why}", file=sys.stderr)
         return 1
     if args.stream is None and not args.follow and attempt["state"] != "COMPLETED":  # both, the error last
-        for i, stream in enumerate(("stdout", "stderr")):
-            path = run.log_path(args.cell, args.attempt, stream)
+        for i, path in enumerate(logs):
             sys.stdout.buffer.write(b"\n" * (i > 0) + f"==> {path.name} <==\n".encode())
             tail = b"\n"
             if path.exists():

@@ -101,7 +101,8 @@ def _input_shown(cell: dict, name: str, path: str | None) -> str:
 
 def completeness(manifest: dict, stale: dict[str, list[str]]) -> tuple[list[str], list[tuple[str, str]], list[tuple[str, str]]]:
     """Which cells the metrics stand on: (keys of contributing cells, [(key, why not)] for
-    the others, [(key, warning)] for contributing cells whose metrics have NaN values).
+    the others, [(key, warning)] for contributing cells whose metrics file was read with a
+    warning: NaN values, neither the tidy nor the wide form).
     A cell contributes when it COMPLETED, is not ``stale``, still has its expected outputs
     and its metrics file was read with rows in it."""
     ok, missing, flagged = [], [], []
