@@ -87,7 +87,9 @@ def test_two_runs_of_the_same_study_differ_in_nothing_but_timings(lab, run_a):
     assert d["only_in_a"] == d["only_in_b"] == []
     assert [c["key"] for c in d["cells"]] == ORDER
     assert changed_keys(d) == []
-    assert d["summary"] == {"cells": 8, "changed": 0, "identical": 8, "only_in_a": 0, "only_in_b": 0}
+    assert d["summary"] == {"cells": 8, "changed": 0, "identical": 8, "only_in_a": 0, "only_in_b": 0,
+                            "not_finished_a": 0, "not_finished_b": 0}  # fmt: skip
+    assert d["warnings"] == [] and d["not_finished_a"] == d["not_finished_b"] == []
     for cell in d["cells"]:
         assert cell["provenance"] == []  # different artifact roots, same command
         assert (cell["state_a"], cell["state_b"]) == ("COMPLETED", "COMPLETED")
@@ -231,3 +233,39 @@ def test_attempts_recorded_before_provenance_are_compared_by_what_the_cells_plan
     assert any(note.startswith("run A: 8 cells without a record") for note in d["notes"])
     assert any(note.startswith("run A: 8 cells without a submission record") for note in d["notes"])
     assert "note: run A: 8 cells without a record" in diff_text(d)
+
+
+def test_a_run_still_going_is_warned_about_and_its_unfinished_cells_are_counted_apart_not_as_differences(lab, run_a):
+    executor = GridExecutor(lab["base"] / "going")
+    going = executor.submit(executor.plan(load_study(lab["study"]), workdir=lab["work"]))  # returns at once
+    try:
+        b = going.manifest
+        unfinished = [c["key"] for c in b["jobs"] if c["state"] not in ("COMPLETED", "FAILED")]
+        assert unfinished  # the reference comparison takes longer than handing the grid over
+        d = diff_runs(run_a, b)
+        assert d["not_finished_b"] == unfinished and d["not_finished_a"] == []
+        assert [c["key"] for c in d["cells"]] == [k for k in ORDER if k not in unfinished]  # compared: the ended ones
+        assert d["summary"]["cells"] == 8 - len(unfinished) and d["summary"]["not_finished_b"] == len(unfinished)
+        assert changed_keys(d) == []  # an unfinished cell is not a difference
+        [warning] = d["warnings"]
+        assert warning.startswith(f"run B is not finished: {len(unfinished)} of 8 cells have not ended (")
+        text = diff_text(d)
+        assert f"warning: {warning}" in text.splitlines()
+        assert text.splitlines()[-1].endswith("not finished in B: not compared")
+        assert f"0 of {8 - len(unfinished)} cells differ" in text and "-/-" not in text
+    finally:
+        going.wait(timeout=180)
+
+
+def test_a_run_against_itself_is_warned_about_and_shows_no_code_note(run_a, capsys):
+    d = diff_runs(run_a, run_a)
+    assert changed_keys(d) == [] and d["notes"] == []
+    [warning] = d["warnings"]
+    assert warning.startswith(f"A and B are the same run (run {run_a['run_id']}, artifact root {run_a['artifact_root']})")
+    assert "nothing can differ" in warning
+    from conftest import run_cli
+
+    assert run_cli("diff", run_a["artifact_root"], run_a["artifact_root"]) == 0
+    assert f"warning: {warning}" in capsys.readouterr().out
+    assert run_cli("diff", run_a["artifact_root"], run_a["artifact_root"], "--json") == 0
+    assert "gridsubmit: warning: A and B are the same run" in capsys.readouterr().err

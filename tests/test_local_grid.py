@@ -352,3 +352,24 @@ def test_switching_backend_while_cells_are_active_is_refused(scripted, tmp_path,
     assert run_cli("submit", "--study", study, "--cluster", slurm, "--artifact-root", root) == 2
     assert "still active on the local backend" in capsys.readouterr().err
     assert run_cli("wait", root, "--quiet") == 0
+
+
+def test_a_metrics_csv_of_neither_shape_is_flagged_in_the_manifest_status_and_report(tmp_path, capsys):
+    write = ("import sys, pathlib; out = pathlib.Path(sys.argv[1]); out.mkdir(parents=True, exist_ok=True); "
+             "(out / 'comparison_metrics.csv').write_text('model,name,value\\npinn,psnr,30.5\\npinn,ssim,0.9\\n')")
+    study = make_study(tmp_path / "study", doses=(1000,), command=["{python}", "-c", write, "{output_dir}"])
+    root = tmp_path / "run"
+    assert run_cli("submit", "--study", study, "--artifact-root", root, "--quiet", "--dose", 1000, "--view", "dense",
+                   "--split", "test") == 0  # fmt: skip
+    manifest = load_manifest(root)
+    jsonschema.validate(manifest, SCHEMA)
+    [cell] = manifest["jobs"]
+    why = "neither tidy nor wide: column value without a 'metric' column, read as metrics named value"
+    assert cell["state"] == "COMPLETED" and cell["metrics_warning"] == why
+    capsys.readouterr()
+    assert run_cli("status", root) == 0
+    assert f"metrics flagged: {why}" in capsys.readouterr().out
+    assert run_cli("status", root, "dose_1000/dense/test") == 0
+    assert f"  metrics flagged: {why}" in capsys.readouterr().out.splitlines()
+    assert run_cli("report", root) == 0
+    assert f"  flagged: dose_1000/dense/test: {why}" in capsys.readouterr().out.splitlines()

@@ -1,6 +1,7 @@
 """The operator's day on the local backend: why a cell failed, its logs, following a run,
 timeouts, filters that match nothing, and read-only views of a run."""
 
+import json
 import os
 import signal
 import subprocess
@@ -115,3 +116,83 @@ def test_ctrl_c_in_a_local_wait_detaches_and_the_run_goes_on_to_the_end(scripted
     for cell in cells(root).values():
         assert cell["state"] == "COMPLETED" and len(cell["attempts"]) == 1
         assert len((Path(cell["output_dir"]) / "runs.log").read_text().splitlines()) == 1
+
+
+def test_plan_argv_without_an_artifact_root_says_its_output_folders_are_placeholders(scripted, tmp_path, capsys,
+                                                                                    monkeypatch):  # fmt: skip
+    study, profile, root = scripted({}, doses=(1000,))
+    monkeypatch.chdir(tmp_path)
+    assert run_cli("plan", "--study", study, "--argv") == 0
+    out = capsys.readouterr().out.splitlines()
+    note = next(i for i, line in enumerate(out) if "placeholders" in line)
+    assert "runs/plan" in out[note] and "--artifact-root" in out[note]
+    assert note < next(i for i, line in enumerate(out) if line.startswith("dose_1000/dense/train"))
+    assert run_cli("plan", "--study", study, "--argv", "--artifact-root", root) == 0
+    out = capsys.readouterr().out
+    assert "placeholders" not in out and str(root / "dose_1000/dense/train") in out
+    assert not (tmp_path / "runs").exists() and not root.exists()
+
+
+def test_logs_of_a_failed_attempt_show_both_streams_under_labels_and_a_completed_one_its_stdout(scripted, capsys):
+    study, profile, root = scripted({"dose_1000/dense/train": "exit:3"}, doses=(1000,))
+    assert run_cli("submit", "--study", study, "--cluster", profile, "--artifact-root", root, "--quiet") == 1
+    capsys.readouterr()
+    assert run_cli("logs", root, "dose_1000/dense/train") == 0
+    assert capsys.readouterr().out == ("==> stdout.log <==\ncell dose_1000/dense/train doing exit:3\n\n"
+                                       "==> stderr.log <==\ncellcmd: failing on purpose with 3\n")  # fmt: skip
+    assert run_cli("logs", root, "dose_1000/dense/train", "--stdout") == 0
+    assert capsys.readouterr().out == "cell dose_1000/dense/train doing exit:3\n"
+    assert run_cli("logs", root, "dose_1000/dense/test") == 0
+    assert capsys.readouterr().out == "cell dose_1000/dense/test doing ok\n"
+
+
+def test_logs_of_an_attempt_that_never_started_say_so_on_stderr_and_exit_1(scripted, capsys):
+    study, profile, root = scripted({"*": "sleep-ok:2"}, doses=(1000,), max_parallel=1)
+    assert run_cli("submit", "--study", study, "--cluster", profile, "--artifact-root", root, "--no-wait") == 0
+    key = "dose_1000/sparse/test"  # the last cell: its attempt waits for the one slot
+    wait_for(lambda: cells(root)[key]["state"] == "PENDING", what="the last cell to be queued")
+    capsys.readouterr()
+    assert run_cli("logs", root, key) == 1
+    out, err = capsys.readouterr()
+    assert out == "" and err.startswith(f"gridsubmit: attempt 1 of {key} has not started yet: PENDING")
+    assert run_cli("cancel", root, "--view", "sparse", "--split", "test") == 0
+    assert run_cli("wait", root, "--quiet") == 1
+    attempt = cells(root)[key]["attempts"][-1]
+    assert attempt["state"] == "CANCELLED" and not (root / attempt["stdout"]).exists()
+    capsys.readouterr()
+    for stream in ((), ("--stderr",), ("--follow",)):
+        assert run_cli("logs", root, key, *stream) == 1
+        out, err = capsys.readouterr()
+        assert out == "" and err.startswith(f"gridsubmit: attempt 1 of {key} never started: CANCELLED"), err
+
+
+def test_status_and_report_show_only_the_cells_their_filters_and_states_select(scripted, tmp_path, capsys):
+    study, profile, root = scripted({"dose_1000/sparse/test": "exit:3"}, doses=(1000, 10000))
+    assert run_cli("submit", "--study", study, "--cluster", profile, "--artifact-root", root, "--quiet") == 1
+    capsys.readouterr()
+    table = lambda out: [line.split()[0] for line in out.splitlines() if line.startswith("dose_")]  # noqa: E731
+    assert run_cli("status", root, "--dose", 1000, "--view", "sparse") == 0
+    out = capsys.readouterr().out
+    assert table(out) == ["dose_1000/sparse/train", "dose_1000/sparse/test"]
+    assert "\n2 cells of 8 selected: COMPLETED 1, FAILED 1" in out
+    assert run_cli("status", root, "--state", "failed") == 0
+    out = capsys.readouterr().out
+    assert table(out) == ["dose_1000/sparse/test"] and "1 cells of 8 selected: FAILED 1" in out
+    assert run_cli("status", root, "--state", "RUNNING") == 0
+    assert "0 cells of 8 selected: none" in capsys.readouterr().out
+    assert run_cli("status", root, "--split", "test", "--json") == 0
+    data = json.loads(capsys.readouterr().out)
+    assert [c["key"] for c in data["jobs"]] == [f"dose_{d}/{v}/test" for d in (1000, 10000) for v in ("dense", "sparse")]
+    assert data["n_jobs"] == 4 and data["counts"] == {"COMPLETED": 3, "FAILED": 1} and data["n_failed"] == 1
+    with pytest.raises(SystemExit) as exc:
+        run_cli("status", root, "--state", "DONE")
+    assert exc.value.code == 2 and "COMPLETED" in capsys.readouterr().err
+    assert run_cli("status", root, "--view", "Dense") == 2
+    assert "--view Dense matches no cell of this run; it has: dense, sparse" in capsys.readouterr().err
+    assert run_cli("report", root, "--dose", 1000, "--csv", tmp_path / "m.csv", "--require-complete") == 1
+    out = capsys.readouterr().out
+    assert "3 of 4 cells contribute metrics" in out and "dose_10000" not in out
+    assert {line.split(",")[0] for line in (tmp_path / "m.csv").read_text().splitlines()[1:]} == {"1000"}
+    assert run_cli("report", root, "--dose", 10000, "--require-complete") == 0
+    assert "4 of 4 cells contribute metrics" in capsys.readouterr().out
+    assert run_cli("report", root, "--split", "train ") == 2

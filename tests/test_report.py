@@ -73,6 +73,23 @@ def test_nan_and_infinity_are_stored_as_none_so_the_manifest_stays_plain_json(tm
     assert read_metrics(tmp_path / "w.csv") == ([row("pinn", "psnr")], None, "1 value(s) NaN or infinite: pinn psnr")
 
 
+@pytest.mark.parametrize("content, warning", [
+    ("model,name,amplitude,phase,value\npinn,psnr,30,25,\npinn,ssim,0.9,0.8,\n",
+     "neither tidy nor wide: columns amplitude, phase, value without a 'metric' column, read as metrics named amplitude, phase"),
+    ("model,metric_name,score\npinn,psnr,30\npinn,ssim,0.9\n",
+     "neither tidy nor wide: model pinn on 2 rows without a 'metric' column (the wide form has one row per model)"),
+    ("model,metric,score\npinn,psnr,30\n",
+     "neither tidy nor wide: a 'metric' column but no amplitude, phase or value column (header model,metric,score): "
+     "no values read"),
+])  # fmt: skip
+def test_a_csv_that_is_neither_tidy_nor_wide_is_read_with_a_warning_saying_so(tmp_path, content, warning):
+    (tmp_path / "m.csv").write_text(content)
+    rows, problem, said = read_metrics(tmp_path / "m.csv")
+    assert problem is None and rows and said == warning
+    (tmp_path / "m.csv").write_text("model,psnr,ssim\npinn,30,0.9\nbaseline,28,\n")  # the wide form itself: no warning
+    assert read_metrics(tmp_path / "m.csv")[2] is None
+
+
 def test_a_missing_file_is_no_metrics_and_a_header_alone_is_an_empty_list(tmp_path):
     assert read_metrics(tmp_path / "absent.csv") == (None, None, None)
     (tmp_path / "m.csv").write_text("model,metric,amplitude,phase,value\n")
@@ -158,6 +175,17 @@ def test_tuple_metrics_come_in_the_preferred_order_with_four_significant_digits(
     assert "0.1235/1235" in text
 
 
+def test_a_cell_in_full_says_an_absent_optional_input_is_absent_not_none():
+    c = {**cell(1000), "argv": ["python", "-m", "x"], "output_dir": "/run/dose_1000/dense/test",
+         "inputs": {"phase_c_npz": "/data/c.npz", "reconstruction": None, "pinn_checkpoint": None},
+         "missing": ["pinn_checkpoint: found through phase_e_manifest, which is absent"]}  # fmt: skip
+    text = report.cell_text(c, Path("/run"))
+    assert "  input reconstruction: absent (optional)" in text.splitlines()
+    assert "  input pinn_checkpoint: absent" in text.splitlines()  # required: the blocked line says why
+    assert "  input phase_c_npz: /data/c.npz" in text.splitlines()
+    assert "None" not in text
+
+
 def test_without_metrics_the_table_says_so_in_one_line():
     assert report.metrics_table(manifest(cell(1000), cell(1000, state="FAILED"))).count("\n") == 0
     assert "no metrics" in report.metrics_table(manifest(cell(1000)))
@@ -181,6 +209,30 @@ def test_the_plot_has_a_line_per_model_and_view_in_amplitude_and_phase_panels(tm
         assert sorted(line.get_label() for line in ax.lines) == ["Baseline (dense)", "PtychoPINN (dense)"]
         assert all(list(line.get_xdata()) == [1000, 10000] for line in ax.lines)
     assert "fly64-test" in fig.get_suptitle()
+
+
+def test_the_plot_breaks_a_line_at_a_dose_without_a_result_and_marks_that_dose(tmp_path):
+    import matplotlib  # noqa: F401  (a test dependency: never skipped)
+    m = manifest(*(cell(dose, metrics=tuple_rows("PtychoPINN", psnr, 0.5)) for dose, psnr in ((1000, 20.0), (100000, 40.0))),
+                 *(cell(dose, view="sparse", metrics=tuple_rows("PtychoPINN", psnr, 0.4)) for dose, psnr in
+                   ((1000, 18.0), (10000, 25.0), (100000, 35.0))))  # fmt: skip
+    m["jobs"].insert(1, cell(10000, state="FAILED"))  # dense has no result at 10000
+    fig = report.plot(m, tmp_path / "p.png", doses=[1000, 10000, 100000, 1000000])  # and nobody at 1e6 (blocked)
+    psnr = fig.axes[0]
+    drawn = {line.get_label(): line for line in psnr.lines}
+    dense, sparse = drawn["PtychoPINN (dense)"], drawn["PtychoPINN (sparse)"]
+    assert list(dense.get_xdata()) == [1000, 10000, 100000, 1000000]
+    y = list(dense.get_ydata())
+    assert y[0] == 20.0 and math.isnan(y[1]) and y[2] == 40.0 and math.isnan(y[3])  # no straight line 1000 -> 100000
+    assert list(sparse.get_ydata())[:3] == [18.0, 25.0, 35.0] and math.isnan(list(sparse.get_ydata())[3])
+    marks = [line for line in psnr.lines if line.get_label() == "_no result"]
+    assert sorted(x for line in marks for x in line.get_xdata()) == [10000, 1000000, 1000000]
+    assert all(line.get_marker() == "x" and list(line.get_ydata()) == [0.0] * len(line.get_xdata()) for line in marks)
+    assert psnr.get_xlim()[1] > 1000000  # the dose nobody has stays on the axis
+    assert "no result at this dose" in [t.get_text() for t in fig.legends[0].get_texts()]
+    full = report.plot(manifest(*m["jobs"][3:]), tmp_path / "q.png")  # sparse alone: every dose has a result
+    assert not [line for ax in full.axes for line in ax.lines if line.get_label() == "_no result"]
+    assert "no result at this dose" not in [t.get_text() for t in full.legends[0].get_texts()]
 
 
 def test_wide_values_are_plotted_in_the_amplitude_column(tmp_path):

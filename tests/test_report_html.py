@@ -117,6 +117,26 @@ def test_the_page_shows_every_cell_and_embeds_its_plot(run, page):
     assert f"{psnr['amplitude']:.4g} {psnr['phase']:.4g}" in parsed.text  # amplitude above phase
 
 
+def test_the_pages_plot_marks_the_dose_of_the_failed_cell_instead_of_bridging_it(run, monkeypatch):
+    from gridsubmit import report
+
+    figures = []
+    drawn = report.plot
+    monkeypatch.setattr(report, "plot", lambda *args, **kw: figures.append(drawn(*args, **kw)) or figures[-1])
+    report_html.render_html(run)
+    gone = copy.deepcopy(run)  # and a dose no cell has a result for
+    for cell in gone["jobs"]:
+        if cell["dose"] == 100000:
+            cell["state"] = "FAILED"
+    report_html.render_html(gone)
+    for fig, expected in zip(figures, ({1000}, {1000, 100000})):
+        psnr = fig.axes[0]  # FAILED is dose_1000/sparse/test: the sparse lines have no point at 1000
+        sparse = [line for line in psnr.lines if line.get_label().endswith("(sparse)")]
+        assert sparse and all(float(line.get_ydata()[0]) != float(line.get_ydata()[0]) for line in sparse)  # NaN
+        marks = [line for line in psnr.lines if line.get_label() == "_no result"]
+        assert {x for line in marks for x in line.get_xdata()} == expected
+
+
 def test_the_page_fetches_nothing_from_anywhere(page):
     parsed = Page(page)
     assert "http://" not in page and "https://" not in page

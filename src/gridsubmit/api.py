@@ -32,6 +32,7 @@ from .jobs import JobKey
 from .preflight import check_commands
 from .progress import Progress
 from .runner import HangUp, Runner, cancel, detach_waiter, existing, exit_status, make_backend, prepare, profile_of
+from .states import JobState
 from .study import Filters, Grid, Study, load_study, plan
 
 ClusterLike = ClusterProfile | str | Path | Mapping[str, Any] | None
@@ -269,19 +270,37 @@ class Run:
         raise UsageError(f"{self.root}: no cell {key!r}; cells are named like {manifest['jobs'][0]['key']!r}"
                          if manifest["jobs"] else f"{self.root}: the run has no cells")  # fmt: skip
 
-    def log_path(self, key: str, attempt: int | None = None, stream: str = "stdout") -> Path:
-        """The stdout or stderr file of one attempt of a cell (default: its last attempt)."""
+    def attempt(self, key: str, attempt: int | None = None) -> dict:
+        """One attempt of a cell as the manifest records it (default: its last attempt)."""
         attempts = self.cell(key)["attempts"]
         if not attempts:
             raise UsageError(f"{self.root}: cell {key} has not been submitted; it has no logs")
         if attempt is not None and not 1 <= attempt <= len(attempts):
             raise UsageError(f"{self.root}: cell {key} has attempts 1 to {len(attempts)}, not {attempt}")
-        return self.root / attempts[(attempt or len(attempts)) - 1][stream]
+        return attempts[(attempt or len(attempts)) - 1]
+
+    def log_path(self, key: str, attempt: int | None = None, stream: str = "stdout") -> Path:
+        """The stdout or stderr file of one attempt of a cell (default: its last attempt);
+        neither exists when the attempt's command never started."""
+        return self.root / self.attempt(key, attempt)[stream]
 
     def cancel(self, filters: Filters = Filters()) -> str:
         """Cancel the selected cells that have not ended or wait for a retry (all by default)."""
         check_filters(existing(self.root), filters, self.root)
         return cancel(self.root, filters)
+
+    def select(self, filters: Filters = Filters(), states: Sequence[str] = ()) -> dict:
+        """The manifest as :attr:`manifest` gives it, with only the cells that ``filters`` and
+        ``states`` (JobState names; none: any) select, its counts derived from those. A filter
+        value the run does not have, or a state that does not exist, is a UsageError."""
+        raw = existing(self.root)
+        manifest = freshness.with_verdict(raw, freshness.judge(raw))
+        check_filters(manifest, filters, self.root)
+        unknown = [state for state in states if state not in JobState.__members__]
+        if unknown:
+            raise UsageError(f"no state {', '.join(map(repr, unknown))}; states are: {', '.join(JobState.__members__)}")
+        jobs = [cell for cell in mf.select(manifest, filters) if not states or cell["state"] in states]
+        return mf.with_results({**manifest, "jobs": jobs})
 
 
 def check_filters(manifest: dict, filters: Filters, root: Path) -> None:

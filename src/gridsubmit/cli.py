@@ -17,10 +17,12 @@ from .api import Detached, GridExecutor, Run, StuckError
 from .runner import HangUp
 from .errors import UsageError
 from .progress import Progress
+from .states import JobState
 from .study import Filters, load_study
 
 ROOT_FLAGS = ("phase_c", "phase_e", "phase_f")
 TIMED_OUT = 3  # `wait --timeout` passed; the run goes on
+PLAN_ROOT = Path("runs/plan")  # `plan` without --artifact-root: where the output folders it shows would be
 STUCK = 4  # `wait --fail-on-held`: a job is held or cannot start by itself; the run goes on
 
 
@@ -61,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("plan", help="show what would run and what is blocked")
     _study_args(p)
-    p.add_argument("--artifact-root", type=Path, default=Path("runs/plan"), help="where outputs would go")
+    p.add_argument("--artifact-root", type=Path, help=f"where outputs would go (default: {PLAN_ROOT}, a placeholder)")
     p.add_argument("--cluster", type=Path, help="cluster profile YAML (for {python})")
     p.add_argument("--argv", action="store_true", help="print each cell's command line")
     _rerun_args(p)
@@ -86,6 +88,10 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "status":
             p.add_argument("cell", nargs="?", help="one cell in full (e.g. dose_1000/dense/train)")
             p.add_argument("--json", action="store_true", help="the whole manifest (or the cell) as JSON")
+            _filters(p)
+            p.add_argument("--state", action="append", default=[], type=str.upper, choices=list(JobState.__members__),
+                           metavar="STATE", help="only the cells in this state (repeatable): "
+                           + ", ".join(JobState.__members__))  # fmt: skip
         if name == "wait":
             p.add_argument("--quiet", action="store_true", help="no progress display")
             p.add_argument("--timeout", type=float, help=f"give up after this many seconds (exit {TIMED_OUT}); the run goes on")
@@ -96,6 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "cancel":
             _filters(p)
         if name == "report":
+            _filters(p)
             p.add_argument("--csv", type=Path, help="write the metrics here")
             p.add_argument("--plot", type=Path, help="write a PNG plot here (needs matplotlib)")
             p.add_argument("--html", type=Path, help="write a self-contained HTML page here: grid, metrics, plots, "
@@ -103,13 +110,18 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--require-complete", action="store_true", help="exit 1 unless every cell COMPLETED, is not "
                            "stale, has its outputs and metrics")
 
-    p = sub.add_parser("logs", help="print (or follow) a cell's stdout or stderr")
+    p = sub.add_parser("logs", help="print (or follow) a cell's stdout or stderr",
+                       description="Print one attempt's output. A COMPLETED attempt: its stdout. Any other: both "
+                       "streams, each under a label (==> stdout.log <==, then ==> stderr.log <==, so the error comes "
+                       "last). --stdout, --stderr or --follow print one stream. For an attempt whose command never "
+                       "started, it says so on stderr and exits 1.")  # fmt: skip
     p.add_argument("artifact_root", type=Path)
     p.add_argument("cell", help="the cell, e.g. dose_1000/dense/train")
     p.add_argument("--attempt", type=int, help="which attempt (default: the last)")
     stream = p.add_mutually_exclusive_group()
-    stream.add_argument("--stdout", dest="stream", action="store_const", const="stdout", help="standard output (default)")
-    stream.add_argument("--stderr", dest="stream", action="store_const", const="stderr", help="standard error")
+    stream.add_argument("--stdout", dest="stream", action="store_const", const="stdout",
+                        help="standard output only (the default with --follow, and for a COMPLETED attempt)")
+    stream.add_argument("--stderr", dest="stream", action="store_const", const="stderr", help="standard error only")
     p.add_argument("-f", "--follow", action="store_true", help="keep printing what is written until the attempt ends")
 
     p = sub.add_parser("diff", help="compare two runs: metric deltas per cell and model, and what their cells ran from")
@@ -181,10 +193,13 @@ def _grid(args, executor: GridExecutor):
 
 
 def cmd_plan(args) -> int:
-    executor = _executor(args, args.artifact_root)
+    executor = _executor(args, args.artifact_root or PLAN_ROOT)
     grid = _grid(args, executor)
     print(f"working directory: {grid.workdir}")
     if mf.load(executor.root) is None:
+        if args.argv and args.artifact_root is None:
+            print(f"output folders below are placeholders under the default root {PLAN_ROOT}: give --artifact-root "
+                  "ROOT (the one you will submit to) to see the real ones")  # fmt: skip
         for job in grid.jobs:
             state = "BLOCKED" if job.blocked else "PLANNED"
             print(f"{str(job.key):<32} {state}" + (f"  {'; '.join(job.missing)}" if job.blocked else ""))
@@ -277,8 +292,14 @@ def _summary(m: dict) -> str:
             f"{cancelled} cancelled, {m['n_blocked']} blocked")
 
 
+def _selected(args) -> Filters:
+    return Filters(tuple(args.dose), tuple(args.view), tuple(args.split))
+
+
 def cmd_status(args) -> int:
     run = Run.open(args.artifact_root)
+    if args.cell and (_selected(args) != Filters() or args.state):
+        raise UsageError("give a cell or --dose/--view/--split/--state, not both")
     if args.cell:
         manifest = run.manifest
         cell = run.cell(args.cell, manifest)
@@ -289,7 +310,7 @@ def cmd_status(args) -> int:
             print(report.cell_text(cell, run.root, cell.get("stale") or [], manifest.get("submissions", [])))
             _print_notes(manifest)
         return 0
-    manifest = run.manifest
+    manifest = run.select(_selected(args), args.state)  # every cell without filters
     if args.json:
         json.dump(manifest, sys.stdout, indent=1)
         print()
@@ -297,14 +318,16 @@ def cmd_status(args) -> int:
     print(f"run {manifest['run_id']} · {manifest['cluster'].get('backend')} ({manifest['cluster'].get('name')}) · {run.root}")
     stale = mf.stale_of(manifest)
     print(report.status_table(manifest, stale))
-    print(f"\n{manifest['n_jobs']} cells: " + ", ".join(f"{k} {v}" for k, v in manifest["counts"].items())
+    everything = run.manifest
+    selected = f" of {everything['n_jobs']} selected" if manifest["n_jobs"] != everything["n_jobs"] else ""
+    print(f"\n{manifest['n_jobs']} cells{selected}: " + (", ".join(f"{k} {v}" for k, v in manifest["counts"].items()) or "none")
           + (f" ({len(stale)} of them stale: `submit --rerun-stale` runs them)" if stale else ""))
     _print_notes(manifest)
-    outage = manifest.get("scheduler_outage")
-    if outage and not mf.finished(manifest):
+    outage = everything.get("scheduler_outage")
+    if outage and not mf.finished(everything):
         print(f"scheduler not answering since {report.local_time(outage['since'])}, {outage['failed_calls']} "
               f"status call(s) failed ({outage.get('last_error')}); nothing is judged lost meanwhile")  # fmt: skip
-    if not mf.finished(manifest):
+    if not mf.finished(everything):
         who = mf.holder(run.root)
         print(f"runner: {mf.describe_holder(run.root)}" if who is not None else
               f"no runner attached: `gridsubmit wait {run.root}` resumes")  # fmt: skip
@@ -322,6 +345,30 @@ def cmd_wait(args) -> int:
 
 def cmd_logs(args) -> int:
     run = Run.open(args.artifact_root)
+    attempt = run.attempt(args.cell, args.attempt)
+    active = attempt["state"] in ("SUBMITTED", "PENDING", "RUNNING")
+    logs = [run.log_path(args.cell, args.attempt, stream) for stream in ("stdout", "stderr")]
+    if not any(path.exists() for path in logs) and not (args.follow and active):
+        why = attempt["state"] + (f": {attempt['error']}" if attempt.get("error") else "")
+        if attempt.get("started_at") is not None or attempt.get("returncode") is not None:
+            what = f"has no log files in {run.root / attempt['dir']} (removed?)"
+        else:
+            what = "has not started yet" if active else "never started"
+            why += "; --follow waits for it" if active else ""
+        print(f"gridsubmit: attempt {attempt['attempt']} of {args.cell} {what}: {why}", file=sys.stderr)
+        return 1
+    if args.stream is None and not args.follow and attempt["state"] != "COMPLETED":  # both, the error last
+        for i, path in enumerate(logs):
+            sys.stdout.buffer.write(b"\n" * (i > 0) + f"==> {path.name} <==\n".encode())
+            tail = b"\n"
+            if path.exists():
+                with open(path, "rb") as fh:
+                    while chunk := fh.read(65536):
+                        sys.stdout.buffer.write(chunk)
+                        tail = chunk[-1:]
+            sys.stdout.buffer.write(b"" if tail == b"\n" else b"\n")
+        sys.stdout.flush()
+        return 0
     path = run.log_path(args.cell, args.attempt, args.stream or "stdout")
     with open(path, "rb") if path.exists() else open(os.devnull, "rb") as fh:
         while True:
@@ -330,7 +377,7 @@ def cmd_logs(args) -> int:
                 sys.stdout.buffer.write(chunk)
                 sys.stdout.flush()
                 continue
-            attempt = run.cell(args.cell)["attempts"][(args.attempt or 0) - 1]
+            attempt = run.attempt(args.cell, args.attempt)
             if not args.follow or attempt["state"] not in ("SUBMITTED", "PENDING", "RUNNING"):
                 return 0
             time.sleep(0.5)
@@ -346,7 +393,7 @@ def cmd_cancel(args) -> int:
 
 def cmd_report(args) -> int:
     run = Run.open(args.artifact_root)
-    manifest = run.manifest
+    manifest = run.select(_selected(args))  # every cell without filters
     stale = mf.stale_of(manifest)
     ok, missing, _ = report.completeness(manifest, stale)
     shown = report.only(manifest, ok)
@@ -357,7 +404,7 @@ def cmd_report(args) -> int:
         n = report.write_csv(shown, args.csv)
         print(f"wrote {n} row(s) to {args.csv}")
     if args.plot:
-        report.plot(shown, args.plot)
+        report.plot(shown, args.plot, doses=[cell["dose"] for cell in manifest["jobs"]])
         print(f"wrote {args.plot}")
     if args.html:
         from .report_html import write_html
@@ -380,6 +427,8 @@ def cmd_diff(args) -> int:
     if args.json:
         json.dump(d, sys.stdout, indent=1)
         print()
+        for warning in d["warnings"]:  # in the JSON too, but seen here
+            print(f"gridsubmit: warning: {warning}", file=sys.stderr)
     else:
         print(diff.diff_text(d, all_cells=args.all))
     if args.csv:

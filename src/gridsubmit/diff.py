@@ -30,6 +30,7 @@ from typing import Any, Iterable
 from . import report
 from .errors import UsageError
 from .metrics import tidy_records
+from .states import JobState
 
 AMOUNTS = ("amplitude", "phase", "value")
 TIMINGS = ("computation_time_s",)  # measured anew by every run: reported, never counted as a change
@@ -44,9 +45,11 @@ HASH_HINT = "content unknown: --hash-inputs records sha256"
 
 def diff_runs(a: dict, b: dict, *, timings: Iterable[str] = TIMINGS) -> dict:
     """Run A against run B (JSON-ready): ``a``/``b`` (run_id, artifact_root), ``only_in_a``,
-    ``only_in_b`` (cell keys), ``cells`` (every cell in both, in run A's order: key, dose, view,
-    split, state_a, state_b, ``provenance`` differences, ``metrics`` deltas, ``changed``),
-    ``summary`` (counts) and ``notes`` (what could not be compared). Deltas are B - A, null
+    ``only_in_b`` (cell keys), ``not_finished_a``/``not_finished_b`` (keys of the cells in both
+    that have not ended in that run: not compared), ``cells`` (every other cell in both, in run
+    A's order: key, dose, view, split, state_a, state_b, ``provenance`` differences, ``metrics``
+    deltas, ``changed``), ``summary`` (counts), ``warnings`` (a run not finished, A and B the
+    same run) and ``notes`` (what could not be compared). Deltas are B - A, null
     when either side has no value. A cell is ``changed`` when its provenance differs, any
     metric not in ``timings`` differs (a non-zero delta, or a value on one side only), or its
     state differs."""
@@ -56,8 +59,9 @@ def diff_runs(a: dict, b: dict, *, timings: Iterable[str] = TIMINGS) -> dict:
     cells_b = {c["key"]: c for c in b.get("jobs") or []}
     notes: list[str] = []
     cells = []
+    going = {"a": _not_ended(a), "b": _not_ended(b)}  # cells that may still change: not compared
     for key, ca in cells_a.items():
-        if key not in cells_b:
+        if key not in cells_b or key in going["a"] or key in going["b"]:
             continue
         cb = cells_b[key]
         prov = _provenance(side_a.ran_from(ca), side_b.ran_from(cb), notes)
@@ -69,17 +73,49 @@ def diff_runs(a: dict, b: dict, *, timings: Iterable[str] = TIMINGS) -> dict:
                       "provenance": prov, "metrics": metrics})  # fmt: skip
     only_a = [k for k in cells_a if k not in cells_b]
     only_b = [k for k in cells_b if k not in cells_a]
+    unfinished = {side: [k for k in going[side] if k in cells_a and k in cells_b] for side in going}
     n_changed = sum(c["changed"] for c in cells)
+    warnings = []
+    for side, manifest in (("a", a), ("b", b)):
+        if going[side]:
+            states = {}
+            for cell in manifest.get("jobs") or []:
+                if cell["key"] in going[side]:
+                    states[cell.get("state")] = states.get(cell.get("state"), 0) + 1
+            warnings.append(f"run {side.upper()} is not finished: {len(going[side])} of {_cells(manifest.get('jobs') or [])} "
+                            f"have not ended ({', '.join(f'{s} {n}' for s, n in states.items())}); they are not compared")  # fmt: skip
+    same = _same_run(a, b)
+    if same:
+        warnings.append(f"A and B are the same run ({same}): each cell is compared with itself, so nothing can differ, "
+                        "not even the code it ran from; `gridsubmit status ROOT CELL` shows each attempt's submission")  # fmt: skip
     return {
         "a": side_a.header(),
         "b": side_b.header(),
         "only_in_a": only_a,
         "only_in_b": only_b,
+        "not_finished_a": unfinished["a"],
+        "not_finished_b": unfinished["b"],
         "cells": cells,
         "summary": {"cells": len(cells), "changed": n_changed, "identical": len(cells) - n_changed,
-                    "only_in_a": len(only_a), "only_in_b": len(only_b)},  # fmt: skip
-        "notes": side_a.notes() + side_b.notes() + list(dict.fromkeys(notes)),
+                    "only_in_a": len(only_a), "only_in_b": len(only_b),
+                    "not_finished_a": len(unfinished["a"]), "not_finished_b": len(unfinished["b"])},  # fmt: skip
+        "warnings": warnings,
+        "notes": [] if same else side_a.notes() + side_b.notes() + list(dict.fromkeys(notes)),
     }
+
+
+def _not_ended(manifest: dict) -> list[str]:
+    """Keys of the cells that have not ended: queued, running, or not submitted yet."""
+    return [c["key"] for c in manifest.get("jobs") or [] if not JobState(c.get("state")).terminal]
+
+
+def _same_run(a: dict, b: dict) -> str | None:
+    """How A and B are one run (the same artifact root, or a copy with the same run id), or None."""
+    if a.get("artifact_root") and a.get("artifact_root") == b.get("artifact_root"):
+        return f"run {a.get('run_id')}, artifact root {a['artifact_root']}"
+    if a.get("run_id") and a.get("run_id") == b.get("run_id"):
+        return f"run id {a['run_id']} in both {a.get('artifact_root')} and {b.get('artifact_root')}: one is a copy of the other"
+    return None
 
 
 class _Side:
@@ -307,6 +343,7 @@ def diff_text(d: dict, all_cells: bool = False) -> str:
     ``all_cells``), and a one-line summary."""
     lines = [f"A: run {d['a'].get('run_id')}  {d['a'].get('artifact_root')}",
              f"B: run {d['b'].get('run_id')}  {d['b'].get('artifact_root')}"]  # fmt: skip
+    lines += [f"warning: {warning}" for warning in d.get("warnings") or []]
     lines += [f"note: {note}" for note in d.get("notes") or []]
     for side in ("a", "b"):
         keys = d[f"only_in_{side}"]
@@ -342,6 +379,9 @@ def diff_text(d: dict, all_cells: bool = False) -> str:
     summary = f"{s['changed']} of {s['cells']} cells differ; {s['identical']} identical"
     if s["only_in_a"] or s["only_in_b"]:
         summary += f" ({s['only_in_a']} only in A, {s['only_in_b']} only in B)"
+    for side in ("a", "b"):
+        if s.get(f"not_finished_{side}"):
+            summary += f"; {_cells(d[f'not_finished_{side}'])} not finished in {side.upper()}: not compared"
     lines.append(summary)
     if timing_moved and not all_cells:
         names = sorted({m["metric"] for c in d["cells"] for m in c["metrics"] if m["timing"] and m["differs"]})
@@ -365,7 +405,7 @@ def _pair(m: dict, prefix: str, fmt) -> str:
 
 
 def write_diff_csv(d: dict, path: str | Path) -> int:
-    """One row per cell x model x metric of the cells in both runs (CSV_FIELDS; null as an
+    """One row per cell x model x metric of the compared cells (CSV_FIELDS; null as an
     empty field); returns the number of rows written."""
     rows = [{"dose": cell["dose"], "view": cell["view"], "split": cell["split"], **m}
             for cell in d["cells"] for m in cell["metrics"]]  # fmt: skip

@@ -8,6 +8,10 @@ Two formats are understood:
   whose non-empty cells are all numbers becomes one tidy row per model with ``value`` set;
   other columns (notes, names) are ignored.
 
+A file that parses but is neither (a 'metric' column without amplitude, phase or value
+columns; amplitude, phase or value columns without a 'metric' column; a model on several rows
+without one) is read as well as it can be, with a warning that says so.
+
 Every row is ``{"model", "metric", "amplitude", "phase", "value"}``; a number is a float, and
 an empty cell, NaN or infinity is None (the manifest is JSON, which has no portable NaN).
 """
@@ -54,6 +58,7 @@ def read_metrics(path: Path) -> tuple[list[dict] | None, str | None, str | None]
             raise _Bad(f"no 'model' column in the header ({','.join(records[0])[:120]})")
         body = records[1 : MAX_ROWS + 1]
         rows = _tidy(header, body) if "metric" in header else _wide(header, [name.strip() for name in records[0]], body)
+        shape = _shape_problem(header, rows, body)
     except _Bad as exc:
         return None, f"{path}: {exc}", None
     except csv.Error as exc:
@@ -65,11 +70,35 @@ def read_metrics(path: Path) -> tuple[list[dict] | None, str | None, str | None]
             if row[name] is not None and not math.isfinite(row[name]):
                 odd.append(f"{row['model']} {row['metric']}" + ("" if name == "value" else f" {name}"))
                 row[name] = None
+    warnings = [shape] if shape else []
     if not rows:
-        return rows, None, "no rows"
+        warnings.append("no rows")
     if odd:
-        return rows, None, f"{len(odd)} value(s) NaN or infinite: {', '.join(odd[:4])}{', ...' if len(odd) > 4 else ''}"
-    return rows, None, None
+        warnings.append(f"{len(odd)} value(s) NaN or infinite: {', '.join(odd[:4])}{', ...' if len(odd) > 4 else ''}")
+    return rows, None, "; ".join(warnings) or None
+
+
+def _shape_problem(header: list[str], rows: list[dict], body: list[list[str]]) -> str | None:
+    """Why a file that parsed is neither the tidy nor the wide form, or None. Tidy: a 'metric'
+    column and amplitude, phase or value columns. Wide: no 'metric' column, one row per model,
+    a column per metric; the tidy amount columns (amplitude, phase, value) are not metric names
+    and a model on several rows is a long table missing its 'metric' column."""
+    if "metric" in header:
+        if body and not any(name in header for name in NUMBERS):
+            return (f"neither tidy nor wide: a 'metric' column but no amplitude, phase or value column "
+                    f"(header {','.join(header)[:120]}): no values read")  # fmt: skip
+        return None
+    amounts = [name for name in NUMBERS if name in header]
+    if amounts and rows:
+        read = [name for name in amounts if any(r["metric"].strip().lower() == name for r in rows)]
+        return (f"neither tidy nor wide: column{'s' * (len(amounts) > 1)} {', '.join(amounts)} without a 'metric' column"
+                + (f", read as metrics named {', '.join(read)}" if read else ""))  # fmt: skip
+    models = [r[header.index("model")].strip() for r in body if header.index("model") < len(r)]
+    repeated = [m for m in dict.fromkeys(models) if models.count(m) > 1]
+    if repeated:
+        return (f"neither tidy nor wide: model {repeated[0]} on {models.count(repeated[0])} rows without a 'metric' "
+                "column (the wide form has one row per model)")  # fmt: skip
+    return None
 
 
 def tidy_records(records: Iterable[dict]) -> list[dict]:

@@ -7,9 +7,10 @@ amplitude, phase, value); a cell whose CSV could not be parsed has ``metrics_err
 from __future__ import annotations
 
 import csv
+import math
 import shlex
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Iterable
 
 from .errors import UsageError
 from .manifest import JOB_FIGURES
@@ -37,6 +38,8 @@ def status_table(manifest: dict, stale: dict[str, list[str]] | None = None) -> s
         last = cell["attempts"][-1] if cell["attempts"] else {}
         elapsed = last.get("elapsed_s")
         note = "; ".join(cell["missing"]) if cell["missing"] else (last.get("error") or "")
+        if not note and cell["state"] == "COMPLETED" and (cell.get("metrics_error") or cell.get("metrics_warning")):
+            note = _metrics_note(cell)
         if stale and cell["key"] in stale:
             note = "stale: " + "; ".join(stale[cell["key"]])
         if cell.get("cancel_requested") and cell["state"] in ("SUBMITTED", "PENDING", "RUNNING"):
@@ -56,9 +59,11 @@ def cell_text(cell: dict, root: Path, stale: list[str] = (), submissions: list[d
     lines = [f"{cell['key']}: {cell['state']}" + (" (stale)" if stale else ""),
              f"  command:    {shlex.join(cell['argv']) if cell['argv'] else '(none)'}",
              f"  output_dir: {cell['output_dir']}"]  # fmt: skip
-    lines += [f"  input {name}: {path}" for name, path in cell["inputs"].items()]
+    lines += [f"  input {name}: {_input_shown(cell, name, path)}" for name, path in cell["inputs"].items()]
     lines += [f"  blocked: {why}" for why in cell["missing"]]
     lines += [f"  stale: {why}" for why in stale]
+    if cell.get("metrics_error") or cell.get("metrics_warning"):
+        lines.append(f"  {_metrics_note(cell)}")
     for a in cell["attempts"]:
         facts = ", ".join(f"{k}={a[k]}" for k in ("job_id", "returncode", "elapsed_s", "cpu_s", "max_rss_bytes", "elapsed",
                                                    "max_rss", "accounting", "node", "gpus", "gpu_name", "gpu_driver") if a.get(k) is not None)  # fmt: skip
@@ -98,9 +103,24 @@ def pack_text(attempt: dict) -> str:
     return text + (f"; the whole job's {figures}" if figures else "")
 
 
+def _metrics_note(cell: dict) -> str:
+    """What is wrong with a cell's metrics file: it could not be read, or what its reading warned."""
+    if cell.get("metrics_error"):
+        return f"metrics not read: {cell['metrics_error']}"
+    return f"metrics flagged: {cell['metrics_warning']}"
+
+
+def _input_shown(cell: dict, name: str, path: str | None) -> str:
+    """An input's path; an absent one is optional unless the cell is blocked for it."""
+    if path is not None:
+        return str(path)
+    return "absent" if any(why.startswith(f"{name}:") for why in cell["missing"]) else "absent (optional)"
+
+
 def completeness(manifest: dict, stale: dict[str, list[str]]) -> tuple[list[str], list[tuple[str, str]], list[tuple[str, str]]]:
     """Which cells the metrics stand on: (keys of contributing cells, [(key, why not)] for
-    the others, [(key, warning)] for contributing cells whose metrics have NaN values).
+    the others, [(key, warning)] for contributing cells whose metrics file was read with a
+    warning: NaN values, neither the tidy nor the wide form).
     A cell contributes when it COMPLETED, is not ``stale``, still has its expected outputs
     and its metrics file was read with rows in it."""
     ok, missing, flagged = [], [], []
@@ -202,12 +222,18 @@ def write_csv(manifest: dict, path: Path) -> int:
     return len(rows)
 
 
-def plot(manifest: dict, path: Path) -> Figure:
+def plot(manifest: dict, path: Path, doses: Iterable[int] | None = None) -> Figure:
     """PSNR, SSIM and MS-SSIM (those present) against dose, amplitude and phase side by side,
     one line per model and view (test split when there is one); saved to ``path`` and returned.
-    A metric with only a value (older wide CSVs) is drawn in the amplitude column."""
+    A metric with only a value (older wide CSVs) is drawn in the amplitude column.
+
+    ``doses``: every dose of the grid (default: those of the manifest's cells). A line is
+    broken at a dose it has no result for, and that dose is marked with an 'x' in the line's
+    colour at the bottom of the panel ("no result" in the legend), never bridged."""
     try:
         from matplotlib.figure import Figure
+        from matplotlib.lines import Line2D
+        from matplotlib.transforms import blended_transform_factory
     except ImportError:
         raise UsageError("--plot needs matplotlib: pip install 'gridsubmit[plot]'") from None
     rows = metric_rows(manifest)
@@ -227,6 +253,8 @@ def plot(manifest: dict, path: Path) -> Figure:
     shown = [(m, label) for m, label in PLOTTED if (m, "amplitude") in points or (m, "phase") in points]
     models = sorted({r["model"] for r in rows})
     views = sorted({r["view"] for r in rows})
+    grid_doses = sorted({*(cell["dose"] for cell in manifest["jobs"]), *(doses or ())})
+    gaps = False
     fig = Figure(figsize=(11, 3 * len(shown) + 0.8), layout="constrained")
     axes = fig.subplots(len(shown), 2, squeeze=False)
     for (metric, label), pair in zip(shown, axes):
@@ -234,16 +262,25 @@ def plot(manifest: dict, path: Path) -> Figure:
             for (model, view, split), xy in sorted(points.get((metric, column), {}).items()):
                 if test_only and split != "test":
                     continue
-                xy.sort()
-                ax.plot([p[0] for p in xy], [p[1] for p in xy], color=f"C{models.index(model) % 10}",
+                ys = dict(sorted(xy))
+                xs = sorted({*ys, *grid_doses})
+                color = f"C{models.index(model) % 10}"
+                ax.plot(xs, [ys.get(x, math.nan) for x in xs], color=color,  # NaN: the line breaks there
                         linestyle=("-", "--", ":", "-.")[views.index(view) % 4], marker="os^Dv"[views.index(view) % 5],
                         label=f"{model} ({view})" if test_only else f"{model} ({view}, {split})")  # fmt: skip
+                absent = [x for x in xs if x not in ys]
+                if absent:  # at the foot of the panel, whatever the values' range
+                    gaps = True
+                    ax.plot(absent, [0.0] * len(absent), transform=blended_transform_factory(ax.transData, ax.transAxes),
+                            linestyle="none", marker="x", markersize=8, markeredgewidth=2, color=color,
+                            clip_on=False, label="_no result")  # fmt: skip
             if not ax.lines:
                 ax.text(0.5, 0.5, f"no {column} values", ha="center", va="center", transform=ax.transAxes, color="gray")
                 ax.set_xticks([])
                 ax.set_yticks([])
             else:
                 ax.set_xscale("log")
+                ax.set_xlim(grid_doses[0] / 1.5, grid_doses[-1] * 1.5)  # a dose without any result stays in view
             ax.set_title(f"{label}, {column}", fontsize=10)
             ax.set_xlabel("dose")
             ax.set_ylabel(label)
@@ -252,6 +289,9 @@ def plot(manifest: dict, path: Path) -> Figure:
     for ax in axes.flat:
         for handle, text in zip(*ax.get_legend_handles_labels()):
             legend.setdefault(text, handle)
+    if gaps:
+        legend["no result at this dose"] = Line2D([], [], linestyle="none", marker="x", markersize=8, markeredgewidth=2,
+                                                  color="gray")  # fmt: skip
     # beside the panels; bbox_inches="tight" makes room for it on any matplotlib >= 3.5
     fig.legend(list(legend.values()), list(legend), loc="upper left", bbox_to_anchor=(1.0, 0.97), fontsize=8)
     split_note = "test split" if test_only else "all splits"

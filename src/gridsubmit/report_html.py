@@ -116,7 +116,7 @@ def _page(manifest: dict, stale: dict[str, list[str]]) -> dict:
         "incomplete": [{"key": key, "reason": reason, "anchor": anchors.get(key)} for key, reason in incomplete],
         "flagged": [{"key": key, "reason": reason, "anchor": anchors.get(key)} for key, reason in flagged],
         "metrics": _metrics(shown, anchors),
-        "plot": _plot(shown),
+        "plot": _plot(shown, [cell["dose"] for cell in jobs]),  # a dose without a result is marked, not bridged
         "submissions": _submissions(manifest),
         "cells": [_cell(manifest, cell, anchor, root) for cell, anchor in zip(jobs, ids)],
         "generated": _when(time.time()),
@@ -172,8 +172,9 @@ def _metrics(manifest: dict, anchors: dict) -> dict:
     return {"columns": metrics, "rows": table, "errors": errors}
 
 
-def _plot(manifest: dict) -> dict:
-    """{"uri": the PNG as a data URI, "none": None} or {"uri": None, "none": why there is no plot}."""
+def _plot(manifest: dict, doses: list[int]) -> dict:
+    """{"uri": the PNG as a data URI, "none": None} or {"uri": None, "none": why there is no plot};
+    ``doses``: every dose of the grid."""
     try:
         import matplotlib
     except ImportError:
@@ -181,7 +182,7 @@ def _plot(manifest: dict) -> dict:
     buffer = io.BytesIO()
     try:
         with matplotlib.rc_context({"savefig.format": "png"}):
-            report.plot(manifest, buffer)  # type: ignore[arg-type]  # savefig takes a file object too
+            report.plot(manifest, buffer, doses)  # type: ignore[arg-type]  # savefig takes a file object too
     except UsageError as exc:
         return {"uri": None, "none": f"no plot: {exc}"}
     except Exception as exc:  # a page without its plot beats no page
