@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import cells, gridsubmit_process, load_manifest, run_cli, sacct_settled, wait_for
+from conftest import cells, gridsubmit_process, job_ids, load_manifest, run_cli, sacct_settled, wait_for
 
 FAKESLURM = Path(__file__).parent / "fakeslurm" / "bin"
 
@@ -309,7 +309,11 @@ def test_slurm_submitter_killed_while_sbatch_is_in_flight_then_wait_runs_each_ce
     for key, cell in cells(root).items():
         counts[key] = runs(cell)
         assert cell["state"] == "COMPLETED" and counts[key] == started_attempts(root, cell) == 1, (key, cell["attempts"])
+        if when == "after":  # the array landed: the submission is rolled forward, not thrown away
+            assert len(cell["attempts"]) == 1, (key, cell["attempts"])
     assert_one_job_per_attempt(root)
+    if when == "after":
+        assert len(job_ids(root)) == len(cells(root))  # one job per cell, none wasted
     report(capsys, "slurm", f"sbatch #{which} in flight ({when}, {'slow' if slow else 'fast'})", counts)
 
 

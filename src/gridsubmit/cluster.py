@@ -7,6 +7,7 @@ profile with a message saying so, rather than silently ignored.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import os
 import re
@@ -369,10 +370,16 @@ def visible_gpus(profile: ClusterProfile) -> tuple[str, ...]:
     env = os.environ.get("CUDA_VISIBLE_DEVICES")
     if env is not None:  # ids or UUIDs, handed on as written
         return tuple(part.strip() for part in env.split(",") if part.strip())
-    if shutil.which("nvidia-smi"):
-        try:
-            out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=10).stdout
-            return tuple(str(i) for i in range(sum(1 for line in out.splitlines() if line.startswith("GPU "))))
-        except (OSError, subprocess.SubprocessError):
-            pass
-    return ()
+    return _nvidia_smi_gpus(shutil.which("nvidia-smi"))
+
+
+@functools.lru_cache(maxsize=4)
+def _nvidia_smi_gpus(smi: str | None) -> tuple[str, ...]:
+    """The GPUs nvidia-smi lists, asked once per command (a profile is read several times)."""
+    if smi is None:
+        return ()
+    try:
+        out = subprocess.run([smi, "-L"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return ()
+    return tuple(str(i) for i in range(sum(1 for line in out.splitlines() if line.startswith("GPU "))))

@@ -5,6 +5,7 @@ The runner is the manifest's only writer; it holds the artifact root's lock whil
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import signal
@@ -54,9 +55,15 @@ def run_context(root: Path, manifest: dict) -> ctx.RunContext:
 
 
 def profile_of(manifest: dict) -> ClusterProfile:
-    """The cluster profile a manifest was run with, re-validated."""
-    raw = {k: v for k, v in manifest["cluster"].items() if k != "source"}
-    return parse_profile(raw, manifest["cluster"]["source"])
+    """The cluster profile a manifest was run with, re-validated (once per command: `wait`
+    and `Run.done` ask for it again and again)."""
+    return _parsed_profile(json.dumps(manifest["cluster"], sort_keys=True), os.environ.get("CUDA_VISIBLE_DEVICES"))
+
+
+@functools.lru_cache(maxsize=8)
+def _parsed_profile(text: str, _visible: str | None) -> ClusterProfile:  # a local profile's GPUs depend on the second
+    cluster = json.loads(text)
+    return parse_profile({k: v for k, v in cluster.items() if k != "source"}, cluster["source"])
 
 
 def prepare(root: Path, grid, profile: ClusterProfile, rerun: mf.Rerun, run_id: str, context: ctx.RunContext) -> dict:
