@@ -406,3 +406,20 @@ def test_wait_started_during_an_outage_after_submit_was_killed_runs_each_command
     for key, cell in cells(root).items():
         assert cell["state"] == "COMPLETED" and len(cell["attempts"]) == 1 and runs(cell) == 1, (key, cell)
     assert len(faults.calls("sbatch")) == 1 and len(sacct_settled(prefix(root), job_ids(root))) == 2
+
+
+def test_a_lost_cell_is_submitted_again_only_once_scancel_of_its_old_job_succeeded(slurm_scripted, faults):
+    args, root = setup(slurm_scripted, faults, {"*": "sleep-once:60"}, grid={"doses": (1000,), "views": ("dense",),
+                                                                             "splits": ("train",)})  # fmt: skip
+    hide = {"do": "hide", "times": -1}  # the scheduler answers, and does not list the job: it looks gone
+    refuse = {"do": "fail", "message": "Socket timed out on send/recv operation", "rc": 1, "times": 2}
+    faults.set({"sacct": [hide], "squeue": [hide], "scancel": [refuse]})
+    rc, out = faults.run("submit", *args, "--quiet", timeout=240)
+    assert rc == 0, out
+    [cell] = cells(root).values()
+    assert [a["state"] for a in cell["attempts"]] == ["LOST", "COMPLETED"], cell["attempts"]
+    scancel = faults.calls("scancel")
+    first_ok = next(e["t"] for e in scancel if e["rc"] == 0)
+    assert len([e for e in scancel if e["fault"]]) == 2  # refused twice: not submitted again meanwhile
+    second_sbatch = faults.calls("sbatch")[1]["t"]
+    assert second_sbatch > first_ok, (scancel, faults.calls("sbatch"))
