@@ -36,11 +36,13 @@ def runs(cell: dict) -> int:
 
 
 def started_attempts(root: Path, cell: dict) -> int:
-    """Attempts whose task claimed the attempt and started the command."""
+    """Attempts whose task claimed the attempt and started the command (a task told to stop
+    after claiming, before the command started, says so in its result: started false)."""
     n = 0
     for attempt in cell["attempts"]:
-        claim = root / attempt["dir"] / "claim.json"
-        if claim.exists() and "gave_up" not in json.loads(claim.read_text()):
+        claim, result = root / attempt["dir"] / "claim.json", root / attempt["dir"] / "result.json"
+        said = json.loads(result.read_text()) if result.exists() else {}
+        if claim.exists() and "gave_up" not in json.loads(claim.read_text()) and said.get("started", True):
             n += 1
     return n
 
