@@ -22,7 +22,7 @@ from .freshness import study_file_record
 from .runlock import STATE_DIR, RunLock, describe_holder, holder  # noqa: F401 (the manifest's lock)
 from .jobs import JobKey
 from .states import TERMINAL, JobState
-from .task import write_text_atomic
+from .fileio import write_text_atomic
 
 SCHEMA_VERSION = 3  # 2: context, pointers, expected_outputs, tidy metrics; 3: provenance, stale, submissions
 MANIFEST = "comparison_manifest.json"
@@ -427,9 +427,7 @@ def save(root: Path, manifest: dict) -> None:
     manifest["updated_at"] = time.time()
     full = with_results(manifest)
     write_text_atomic(manifest_path(root), manifest_text(full))
-    tmp = Path(root) / f".{SUMMARY}.tmp"
-    tmp.write_text(summary_text(full))
-    os.replace(tmp, Path(root) / SUMMARY)
+    write_text_atomic(Path(root) / SUMMARY, summary_text(full), sync=False)  # derived: rewritten at every save
 
 
 def manifest_text(manifest: dict) -> str:
