@@ -208,6 +208,10 @@ def add_attempt(cell: dict, record: dict) -> None:
     cell["state"] = record["state"]
 
 
+class IllegalTransition(RuntimeError):
+    """An observation would move an attempt where no state may go (states.ATTEMPT_MOVES): a bug."""
+
+
 def merge(manifest: dict, observations: Iterable[Observation], cells: dict[str, dict] | None = None) -> bool:
     """Fold observations into the manifest (in place); True if anything changed. ``cells``:
     the manifest's cells by key, where the caller keeps that map."""
@@ -217,6 +221,8 @@ def merge(manifest: dict, observations: Iterable[Observation], cells: dict[str, 
     for obs in observations:
         cell = cells[obs.key]
         attempt = cell["attempts"][obs.attempt - 1]
+        if not JobState(attempt["state"]).may_become(obs.state):
+            raise IllegalTransition(f"{obs.key} attempt {obs.attempt}: {attempt['state']} -> {obs.state.value}")
         update = {"state": obs.state.value, **{k: v for k, v in obs.fields.items() if v is not None}}
         if any(attempt.get(k) != v for k, v in update.items()):
             attempt.update(update)
