@@ -205,9 +205,10 @@ DRIVER = r'''
 import json, os, resource, sys, time
 
 out_path, argv = sys.argv[1], sys.argv[2:]
+import gridsubmit.fileio as fileio
 import gridsubmit.task as task
 
-original = task.read_json
+original = fileio.read_json
 reads = {"result.json": 0, "other json": 0, "log tails": 0, "metrics reads": 0}
 
 
@@ -216,7 +217,7 @@ def read_json(path, *a, **kw):
     return original(path, *a, **kw)
 
 
-task.read_json = read_json  # modules imported from here on bind the counting one
+fileio.read_json = read_json  # modules imported from here on bind the counting one
 import gridsubmit.cli, gridsubmit.runner, gridsubmit.manifest, gridsubmit.backends.base as base
 import gridsubmit.backends.slurm, gridsubmit.backends.local
 

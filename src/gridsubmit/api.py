@@ -28,6 +28,7 @@ from . import provenance as prov
 from .backends.base import check_root
 from .cluster import ClusterProfile, default_local_profile, load_profile, parse_profile
 from .errors import UsageError
+from .gpus import resolve as resolve_gpus
 from .jobs import JobKey
 from .preflight import check_commands
 from .progress import Progress
@@ -46,12 +47,12 @@ JOB_OPTIONS = ("ms_ssim_sigma", "skip_registration", "register_ptychi_only")
 def load_cluster(cluster: ClusterLike = None) -> ClusterProfile:
     """A cluster profile from a YAML path, a mapping, a profile, or None (the local backend)."""
     if cluster is None:
-        return default_local_profile()
+        return resolve_gpus(default_local_profile())
     if isinstance(cluster, ClusterProfile):
-        return cluster
+        return resolve_gpus(cluster)
     if isinstance(cluster, Mapping):
-        return parse_profile(dict(cluster), "cluster mapping")
-    return load_profile(cluster)
+        return resolve_gpus(parse_profile(dict(cluster), "cluster mapping"))
+    return resolve_gpus(load_profile(cluster))
 
 
 class GridExecutor:

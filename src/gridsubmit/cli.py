@@ -13,8 +13,7 @@ from pathlib import Path
 from . import __version__
 from . import manifest as mf
 from . import report
-from .api import Detached, GridExecutor, Run, StuckError
-from .runner import HangUp
+from .api import Detached, GridExecutor, HangUp, Run, StuckError
 from .errors import UsageError
 from .progress import Progress
 from .states import JobState

@@ -7,17 +7,14 @@ profile with a message saying so, rather than silently ignored.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 import os
 import re
-import shutil
-import subprocess
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping
 
-from .errors import ConfigError, expect, unknown_keys
+from .errors import ConfigError, env_names, expect, unknown_keys
 from .jobs import JobKey
 from .states import JobState
 from .yamlio import load_mapping
@@ -315,8 +312,6 @@ def parse_profile(d: dict, src: str) -> ClusterProfile:
         if not isinstance(k, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", k):
             raise ConfigError(src, f"env.{k}", "expected an environment variable name (letters, digits, '_')")
         expect(v, (str, int, float), src, f"env.{k}")
-    from .study import env_names
-
     capture = env_names(d.get("capture_env") or [], src, "capture_env")
     gpus = None
     if d.get("gpus") is not None:
@@ -357,29 +352,6 @@ def parse_profile(d: dict, src: str) -> ClusterProfile:
         max_queued=_positive_int(d.get("max_queued", DEFAULT_MAX_QUEUED), src, "max_queued"),
         raw=d,
     )
-    if profile.resources.gpus_per_job < 0:  # local default: one GPU per job when GPUs are visible, else none
-        profile = replace(profile, resources=replace(resources, gpus_per_job=1 if visible_gpus(profile) else 0))
-    return profile
+    return profile  # a local default gpus_per_job stays -1: gpus.resolve decides it from the GPUs it finds
 
 
-def visible_gpus(profile: ClusterProfile) -> tuple[str, ...]:
-    """GPU ids the local backend may hand out: the profile's list, else CUDA_VISIBLE_DEVICES,
-    else what nvidia-smi lists, else none."""
-    if profile.gpus is not None:
-        return tuple(str(g) for g in profile.gpus)
-    env = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if env is not None:  # ids or UUIDs, handed on as written
-        return tuple(part.strip() for part in env.split(",") if part.strip())
-    return _nvidia_smi_gpus(shutil.which("nvidia-smi"))
-
-
-@functools.lru_cache(maxsize=4)
-def _nvidia_smi_gpus(smi: str | None) -> tuple[str, ...]:
-    """The GPUs nvidia-smi lists, asked once per command (a profile is read several times)."""
-    if smi is None:
-        return ()
-    try:
-        out = subprocess.run([smi, "-L"], capture_output=True, text=True, timeout=10).stdout
-    except (OSError, subprocess.SubprocessError):
-        return ()
-    return tuple(str(i) for i in range(sum(1 for line in out.splitlines() if line.startswith("GPU "))))

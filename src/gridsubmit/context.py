@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Mapping
 
+from .fileio import write_json_atomic
+
 # What a cell needs from the submitting shell to find its interpreter and its code.
 CAPTURED = ("PATH", "PYTHONPATH", "VIRTUAL_ENV", "CONDA_PREFIX", "CONDA_DEFAULT_ENV")
 SECRET = re.compile(r"SECRET|TOKEN|PASS|CREDENTIAL|AUTH|COOKIE|SESSION|(?:^|_)KEY(?:$|_)|APIKEY|_PWD$", re.I)
@@ -54,6 +56,12 @@ def user() -> str:
         return str(os.getuid())
 
 
+def split_secrets(env: Mapping[str, str]) -> tuple[dict[str, str], list[str]]:
+    """(the variables that may be written where others can read them, the names of the
+    secret-looking ones, whose values never leave the 0600 environment file)."""
+    return {k: v for k, v in env.items() if not SECRET.search(k)}, sorted(k for k in env if SECRET.search(k))
+
+
 def redact(env: Mapping[str, str]) -> dict[str, str]:
     return {k: (REDACTED if SECRET.search(k) else v) for k, v in env.items()}
 
@@ -61,12 +69,7 @@ def redact(env: Mapping[str, str]) -> dict[str, str]:
 def save(state_dir: Path, context: RunContext) -> None:
     """The unredacted values, readable by their owner only."""
     state_dir.mkdir(parents=True, exist_ok=True)
-    path = state_dir / ENV_FILE
-    tmp = state_dir / f".{ENV_FILE}.{os.getpid()}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        json.dump(dict(context.env), fh)
-    os.replace(tmp, path)
+    write_json_atomic(state_dir / ENV_FILE, dict(context.env), mode=0o600)
 
 
 def load(state_dir: Path, recorded: Mapping) -> RunContext:

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
+
+
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 class UsageError(Exception):
@@ -30,6 +34,14 @@ def expect(value: Any, expected: type | tuple[type, ...], source: Any, key: str)
     if isinstance(value, bool) and bool not in kinds or not isinstance(value, kinds):
         raise ConfigError(source, key, f"expected {type_name(expected)}, got {value!r}")
     return value
+
+
+def env_names(values: Any, source: Any, key: str) -> list[str]:
+    """A list of environment variable names (``capture_env``)."""
+    for i, value in enumerate(expect(values, list, source, key)):
+        if not isinstance(value, str) or not _ENV_NAME.fullmatch(value):
+            raise ConfigError(source, f"{key}[{i}]", f"expected an environment variable name, got {value!r}")
+    return list(values)
 
 
 def unknown_keys(mapping: dict, allowed: set[str] | dict, source: Any, prefix: str = "") -> None:

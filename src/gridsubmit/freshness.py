@@ -11,12 +11,12 @@ their verdict from :func:`judge`, so they never disagree.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import provenance as prov
 from .errors import ConfigError, UsageError
+from .fileio import file_digest
 from .states import JobState
 
 _COMPLETED = JobState.COMPLETED.value
@@ -26,13 +26,6 @@ _COMPLETED = JobState.COMPLETED.value
 class Freshness:
     stale: dict[str, list[str]] = field(default_factory=dict)  # COMPLETED cell key -> reasons
     notes: list[str] = field(default_factory=list)  # about the run as a whole (the study file changed, ...)
-
-
-def file_digest(path: str | Path) -> str | None:
-    try:
-        return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-    except OSError:
-        return None
 
 
 def study_file_record(study) -> dict | None:

@@ -22,7 +22,7 @@ from .freshness import study_file_record
 from .runlock import STATE_DIR, RunLock, describe_holder, holder  # noqa: F401 (the manifest's lock)
 from .jobs import JobKey
 from .states import TERMINAL, JobState
-from .task import write_text_atomic
+from .fileio import write_text_atomic
 
 SCHEMA_VERSION = 3  # 2: context, pointers, expected_outputs, tidy metrics; 3: provenance, stale, submissions
 MANIFEST = "comparison_manifest.json"
@@ -208,6 +208,10 @@ def add_attempt(cell: dict, record: dict) -> None:
     cell["state"] = record["state"]
 
 
+class IllegalTransition(RuntimeError):
+    """An observation would move an attempt where no state may go (states.ATTEMPT_MOVES): a bug."""
+
+
 def merge(manifest: dict, observations: Iterable[Observation], cells: dict[str, dict] | None = None) -> bool:
     """Fold observations into the manifest (in place); True if anything changed. ``cells``:
     the manifest's cells by key, where the caller keeps that map."""
@@ -217,6 +221,8 @@ def merge(manifest: dict, observations: Iterable[Observation], cells: dict[str, 
     for obs in observations:
         cell = cells[obs.key]
         attempt = cell["attempts"][obs.attempt - 1]
+        if not JobState(attempt["state"]).may_become(obs.state):
+            raise IllegalTransition(f"{obs.key} attempt {obs.attempt}: {attempt['state']} -> {obs.state.value}")
         update = {"state": obs.state.value, **{k: v for k, v in obs.fields.items() if v is not None}}
         if any(attempt.get(k) != v for k, v in update.items()):
             attempt.update(update)
@@ -427,9 +433,7 @@ def save(root: Path, manifest: dict) -> None:
     manifest["updated_at"] = time.time()
     full = with_results(manifest)
     write_text_atomic(manifest_path(root), manifest_text(full))
-    tmp = Path(root) / f".{SUMMARY}.tmp"
-    tmp.write_text(summary_text(full))
-    os.replace(tmp, Path(root) / SUMMARY)
+    write_text_atomic(Path(root) / SUMMARY, summary_text(full), sync=False)  # derived: rewritten at every save
 
 
 def manifest_text(manifest: dict) -> str:

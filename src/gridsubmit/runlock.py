@@ -24,6 +24,7 @@ import uuid
 from pathlib import Path
 
 from .errors import UsageError
+from .fileio import read_json, start_time
 
 STATE_DIR = ".gridsubmit"
 HOLDER = "holder.json"
@@ -32,30 +33,11 @@ STALE_AFTER_S = 120.0  # a holder on another host that has not beaten for this l
 _NO_FLOCK = {errno.ENOSYS, errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL}
 
 
-def process_start(pid: int) -> int | None:
-    """The start time of a process (clock ticks since boot; /proc/PID/stat field 22), or
-    None when it does not exist or has ended (a zombie): with the pid, it names one process."""
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            fields = fh.read().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-    return None if fields[0] in ("Z", "X") else int(fields[19])
-
-
-def _read(path: Path) -> dict | None:
-    try:
-        with open(path) as fh:
-            return json.load(fh)
-    except (OSError, ValueError):
-        return None
-
-
 def _gone(record: dict, mtime: float) -> bool:
     """The holder named by ``record`` provably no longer drives the run."""
     if record.get("host") == socket.gethostname():
         pid = record.get("pid")
-        return not isinstance(pid, int) or process_start(pid) != record.get("start")
+        return not isinstance(pid, int) or start_time(pid) != record.get("start")
     return time.time() - mtime > STALE_AFTER_S
 
 
@@ -112,7 +94,7 @@ class RunLock:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         except FileExistsError:
             return False
-        record = {"pid": os.getpid(), "start": process_start(os.getpid()), "host": socket.gethostname(),
+        record = {"pid": os.getpid(), "start": start_time(os.getpid()), "host": socket.gethostname(),
                   "command": self.command, "since": time.time()}  # fmt: skip
         with os.fdopen(fd, "w") as fh:
             json.dump(record, fh)
@@ -123,7 +105,7 @@ class RunLock:
     def _take_over_if_gone(self) -> bool:
         """Remove the holder file of a holder that is provably gone; True if removed."""
         path = self.dir / HOLDER
-        record = _read(path)
+        record = read_json(path)
         try:
             mtime = path.stat().st_mtime
         except FileNotFoundError:
@@ -152,7 +134,7 @@ class RunLock:
     def release(self) -> None:
         if self._held:
             self._stop.set()
-            record = _read(self.dir / HOLDER) or {}
+            record = read_json(self.dir / HOLDER) or {}
             if record.get("pid") == os.getpid() and record.get("host") == socket.gethostname():
                 (self.dir / HOLDER).unlink(missing_ok=True)
             self._held = False
@@ -172,7 +154,7 @@ def holder(root: Path) -> dict | None:
     """Who holds the run now (None if nobody does); reads only, so it works on a read-only
     copy of a run and on filesystems without flock."""
     path = Path(root) / STATE_DIR / HOLDER
-    record = _read(path)
+    record = read_json(path)
     try:
         mtime = path.stat().st_mtime
     except OSError:

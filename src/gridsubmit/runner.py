@@ -23,11 +23,13 @@ from .crashpoints import point
 from .backends.base import Backend, Handle, SchedulerError, Submission, SubmitError
 from .cluster import ClusterProfile, parse_profile
 from .errors import UsageError
+from .gpus import resolve as resolve_gpus
 from .jobs import JobKey
 from .progress import Progress
 from .states import JobState
 from .study import Filters
-from .task import STDERR, STDOUT, read_json
+from .fileio import read_json, write_json_atomic
+from .task import STDERR, STDOUT
 
 CANCEL_DIR = "cancel-requests"
 # While running, the manifest is rewritten at most this often (unless a cell fails; and at
@@ -63,7 +65,7 @@ def profile_of(manifest: dict) -> ClusterProfile:
 @functools.lru_cache(maxsize=8)
 def _parsed_profile(text: str, _visible: str | None) -> ClusterProfile:  # a local profile's GPUs depend on the second
     cluster = json.loads(text)
-    return parse_profile({k: v for k, v in cluster.items() if k != "source"}, cluster["source"])
+    return resolve_gpus(parse_profile({k: v for k, v in cluster.items() if k != "source"}, cluster["source"]))
 
 
 def prepare(root: Path, grid, profile: ClusterProfile, rerun: mf.Rerun, run_id: str, context: ctx.RunContext) -> dict:
@@ -517,9 +519,7 @@ def request_cancel(root: Path, filters: Filters) -> Path:
     folder = Path(root) / mf.STATE_DIR / CANCEL_DIR
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{uuid.uuid4().hex}.json"
-    tmp = folder / f".{path.name}.tmp"
-    tmp.write_text(json.dumps({"filters": filters.as_dict(), "at": time.time()}))
-    tmp.rename(path)
+    write_json_atomic(path, {"filters": filters.as_dict(), "at": time.time()})
     return path
 
 

@@ -28,6 +28,12 @@ class JobState(str, Enum):
     def terminal(self) -> bool:
         return self in TERMINAL
 
+    final = terminal  # an attempt in a final state never changes again
+
+    def may_become(self, new: "JobState") -> bool:
+        """Whether an attempt in this state may be observed in ``new`` next (see ATTEMPT_MOVES)."""
+        return new in ATTEMPT_MOVES[self]
+
     @property
     def active(self) -> bool:
         return self in (JobState.SUBMITTED, JobState.PENDING, JobState.RUNNING)
@@ -63,6 +69,19 @@ IMPOSED = frozenset(
         JobState.LOST,  # the backend knows the job never reached the scheduler
     }
 )
+
+# How an attempt's state may move, in one place; manifest.merge refuses anything else (a
+# bug, not a fate). Queued and running go both ways: SLURM requeues preempted jobs. A final
+# state stays as it is. PLANNED and BLOCKED are cells' states, never an attempt's.
+_ENDS = TERMINAL - {JobState.BLOCKED}
+ATTEMPT_MOVES: dict[JobState, frozenset[JobState]] = {
+    JobState.PLANNED: frozenset(),
+    JobState.BLOCKED: frozenset(),
+    JobState.SUBMITTED: frozenset({JobState.SUBMITTED, JobState.PENDING, JobState.RUNNING} | _ENDS),
+    JobState.PENDING: frozenset({JobState.PENDING, JobState.RUNNING} | _ENDS),
+    JobState.RUNNING: frozenset({JobState.RUNNING, JobState.PENDING} | _ENDS),
+    **{state: frozenset({state}) for state in _ENDS},
+}
 
 _SLURM = {
     "PENDING": JobState.PENDING,

@@ -19,8 +19,8 @@ from typing import Any, Mapping, Sequence
 
 import yaml
 
-from .errors import ConfigError, expect, unknown_keys
-from .freshness import file_digest
+from .errors import ConfigError, env_names, expect, unknown_keys
+from .fileio import file_digest
 from .jobs import Cell, JobKey, check_placeholders, placeholders, render, render_argv
 from .yamlio import load_mapping
 
@@ -301,13 +301,6 @@ def _no_repeats(values: list, src: str, key: str) -> None:
         if value in seen:
             raise ConfigError(src, f"{key}[{i}]", f"{value!r} is listed twice")
         seen.add(value)
-
-
-def env_names(values: Any, src: str, key: str) -> list[str]:
-    for i, value in enumerate(expect(values, list, src, key)):
-        if not isinstance(value, str) or not _NAME.fullmatch(value):
-            raise ConfigError(src, f"{key}[{i}]", f"expected an environment variable name, got {value!r}")
-    return list(values)
 
 
 def _input_spec(spec: Any, known: set[str], views: list[str], src: str, key: str) -> InputSpec:

@@ -28,6 +28,8 @@ import sys
 import time
 from pathlib import Path
 
+from .fileio import read_json, start_time, write_json_atomic
+
 RESULT = "result.json"
 CLAIM = "claim.json"  # whoever creates it first runs the attempt (or gives it up)
 CANCEL = "cancel.json"  # a cell of a pack cancelled before its turn: skipped
@@ -39,33 +41,6 @@ STDERR = "stderr.log"
 _FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR2)
 _ENDING = (signal.SIGTERM, signal.SIGINT)  # after these, the child gets kill_grace_s to exit
 _SCHEDULER_ENV = ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID", "SLURM_JOB_GPUS", "SLURM_JOB_PARTITION")
-
-
-def write_json_atomic(path: Path, data: dict, sync: bool = True) -> None:
-    write_text_atomic(path, json.dumps(data, indent=1), sync)
-
-
-def write_text_atomic(path: Path, text: str, sync: bool = True) -> None:
-    """Whole or not at all; ``sync``: on the disk, too, before it is renamed into place."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "w") as fh:
-            fh.write(text)
-            if sync:
-                fh.flush()
-                os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:  # interrupted half-way: leave no temporary file behind
-        if tmp.exists():
-            tmp.unlink()
-
-
-def read_json(path: Path) -> dict | None:
-    try:
-        with open(path) as fh:
-            return json.load(fh)
-    except (FileNotFoundError, json.JSONDecodeError):
-        return None
 
 
 class _Signals:
@@ -126,19 +101,6 @@ class _Signals:
 def job_id() -> str:
     """This job's id as its runner knows it: the task's own pid."""
     return str(os.getpid())
-
-
-def start_time(pid: int | str = "self", living: bool = True) -> int | None:
-    """When a process started (clock ticks since boot, field 22 of /proc/PID/stat): with its
-    pid, what tells it apart from a later process that was given the same pid. None when the
-    process is gone, is a zombie (unless not ``living``), or /proc cannot say."""
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            fields = fh.read().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-    # after the command name: state is field 3, starttime field 22
-    return None if living and fields[0] in ("Z", "X") else int(fields[19])
 
 
 def _claim(folder: Path, record: dict) -> bool:

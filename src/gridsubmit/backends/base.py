@@ -23,7 +23,8 @@ from .. import context as ctx
 from ..manifest import STATE_DIR, Observation, job_fields
 from ..metrics import read_metrics
 from ..states import JobState, fate
-from ..task import CANCEL, CLAIM, RESULT, STDERR, STDOUT, read_json, write_json_atomic
+from ..fileio import read_json, write_json_atomic
+from ..task import CANCEL, CLAIM, RESULT, STDERR, STDOUT
 
 DONE_DIR = "done"  # one empty file per ended attempt, named by done_name()
 TAIL_LINES = 50
@@ -97,11 +98,11 @@ class Backend(ABC):
         """What the node-side task needs to run one attempt (see task.run_task). Secret-looking
         variables never travel in it (it is written beside the run, readable by all): the task reads
         them from the run's environment file, which only its owner can read."""
-        plain = {k: v for k, v in self.captured.items() if not ctx.SECRET.search(k)}
+        plain, secrets = ctx.split_secrets(self.captured)
         return {"argv": list(sub.argv), "cwd": str(self.workdir), "output_dir": str(sub.output_dir),
                 "attempt_dir": str(sub.attempt_dir), "env": {**plain, **self.profile.env},
                 "env_file": str(self.root / STATE_DIR / ctx.ENV_FILE),
-                "env_names": sorted(k for k in self.captured if ctx.SECRET.search(k)),
+                "env_names": secrets,
                 "done": str(self.done_dir / done_name(sub.key, sub.attempt))}  # fmt: skip
 
     # --- what each backend implements ----------------------------------------------------------

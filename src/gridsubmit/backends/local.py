@@ -32,11 +32,13 @@ from collections import deque
 from pathlib import Path
 from typing import Sequence
 
-from ..cluster import ClusterProfile, Resources, visible_gpus
+from ..cluster import ClusterProfile, Resources
+from ..gpus import visible_gpus
 from ..crashpoints import point
 from ..errors import UsageError
 from ..states import JobState
-from ..task import CLAIM, RESULT, read_json, start_time, write_json_atomic
+from ..fileio import read_json, start_time, write_json_atomic
+from ..task import CLAIM, RESULT
 from .base import Backend, Handle, Submission
 
 KILL_GRACE_S = 10  # SIGTERM, then SIGKILL this long after (timeouts and cancels)

@@ -293,7 +293,7 @@ class SlurmBackend(Backend):
             extra["signal"] = p.warn_signal
         if p.array_parallelism:
             params["array_parallelism"] = p.array_parallelism
-        plain = {k: v for k, v in self.captured.items() if not ctx.SECRET.search(k)}
+        plain, _ = ctx.split_secrets(self.captured)
         exports = [f"export {k}={shlex.quote(str(v))}" for k, v in {**plain, **p.env}.items()]
         if exports or p.setup:
             params["setup"] = [*exports, *p.setup]
