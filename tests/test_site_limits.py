@@ -6,6 +6,7 @@ import pytest
 from gridsubmit.backends.slurm_limits import (BACKOFF_FIRST_S, BACKOFF_MAX_S, SUBMIT_TRIES, SiteLimits, SubmitLimit,
                                               backoff_s, gpus_of, lookup, parse_assoc, parse_qos, parse_queue,
                                               sbatch_failure, site_limits)  # fmt: skip
+from gridsubmit.backends.slurm import refused_cap
 from gridsubmit.pending import REASONS, explain
 from gridsubmit.report import status_table
 
@@ -119,3 +120,10 @@ def test_the_status_table_shows_the_reason_a_job_waits_explained():
     cell = {"key": "dose_1000/dense/train", "state": "PENDING", "attempts": [attempt], "missing": []}
     text = status_table({"jobs": [cell]})
     assert "waiting: QOSMaxGRESPerUser: your QOS (normal) allows 2 GPUs at once" in text
+
+
+def test_after_a_refusal_for_a_limit_half_the_refused_wave_is_tried_and_a_single_job_waits_for_one_of_the_runs_own():
+    assert refused_cap(ours=0, refused=10) == 5
+    assert refused_cap(ours=3, refused=2) == 4
+    assert refused_cap(ours=4, refused=1) == 4  # room only when one of the run's four ends
+    assert refused_cap(ours=0, refused=1) == 0  # the user's other jobs fill the queue: asked again later

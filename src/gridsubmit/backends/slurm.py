@@ -52,7 +52,7 @@ PACK_KILL_GRACE_S = 10  # a packed cell past its own limit: SIGTERM, then SIGKIL
 LINGER_MAX_S = 120.0  # an ended job the scheduler keeps listing stops counting against max_queued then
 PENDING_REASONS_EVERY_S = 60.0  # squeue for why queued jobs wait (held, bad account, ...)
 ACCOUNTING_WAIT_S = 15.0  # at the end of a run, how long to wait for sacct's word on jobs that left no result
-LIMIT_RETRY_S = 60.0  # after sbatch refused a wave for a limit with none of the run's jobs queued: ask again then
+LIMIT_RETRY_S = 60.0  # after sbatch refused a wave for a limit, a lower queue cap holds this long
 GHOST_SETTLE_S = 10.0  # a chunk sbatch may have queued while failing: looked for this long before it is let go
 SACCT_FIELDS = "JobID,JobName,State,ExitCode,NodeList,MaxRSS,Elapsed"
 # what an attempt holds of a sacct or squeue row (besides node)
@@ -158,8 +158,8 @@ class SlurmBackend(Backend):
     @property
     def queue_cap(self) -> int:  # type: ignore[override]
         """``max_queued``, or less where the site leaves less (read once per run, when the
-        first wave is planned); after sbatch refused a wave for a limit, the run's jobs then
-        queued, until LIMIT_RETRY_S has passed."""
+        first wave is planned); after sbatch refused a wave for a limit, less (refused_cap),
+        until LIMIT_RETRY_S has passed since the last refusal."""
         if self._site_cap is None:
             site = self.site_limits()
             self._site_cap, binding = site.cap(self.profile.max_queued)
@@ -271,7 +271,7 @@ class SlurmBackend(Backend):
             ours = self._queued_last + len({h.job_id for h in accepted})
             tries = f" (after {retry + 1} tries)" if retry else ""
             if kind == "limit" or kind == "policy" and ours:  # room comes as the run's jobs end
-                self._refused = (time.monotonic(), ours)
+                self._refused = (time.monotonic(), refused_cap(ours, len(packs)))
                 self._notes.append(f"sbatch refused {len(packs)} job(s) for a limit ({message}); {ours} job(s) of this "
                                    "run are queued: the rest is submitted as they end")  # fmt: skip
                 raise QueueFull(f"sbatch refused {len(packs)} job(s) for a limit: {message}", accepted)
@@ -297,14 +297,15 @@ class SlurmBackend(Backend):
         caps = [value for value, where in self._site.gpus if where == f"QOS {qos}"]
         return {"gpu_cap": {"gpus": caps[0], "qos": qos}} if caps else {}
 
-    def _chase_ghosts(self, force: bool = False) -> None:
+    def _chase_ghosts(self, closing: bool = False) -> None:
         """Jobs that may be queued but can never run their cells (sbatch reported a failure,
         and the lookup failed too; a discard whose scancel failed): each would hold its
         allocation for a minute waiting for a folder that never comes. Looked up by name
         (squeue, at most once per poll_min_s) and cancelled as soon as the scheduler answers;
-        let go once squeue no longer lists them, GHOST_SETTLE_S after they were noted."""
+        let go once squeue no longer lists them, GHOST_SETTLE_S after they were noted (at
+        once when ``closing``: the last look there is)."""
         now = time.monotonic()
-        if not self._ghosts or not force and now - self._ghosts_at < self.profile.poll_min_s:
+        if not self._ghosts or not closing and now - self._ghosts_at < self.profile.poll_min_s:
             return
         self._ghosts_at = now
         try:
@@ -322,9 +323,11 @@ class SlurmBackend(Backend):
                 try:
                     run_command(["scancel", *listed[name]], timeout=30)
                     log.info("cancelled %s (%s): it could never run its cells", name, ", ".join(listed[name]))
+                    if closing:  # cancelled: nothing more to follow
+                        del self._ghosts[name]
                 except SchedulerError:
                     pass
-            elif now - ghost["since"] >= GHOST_SETTLE_S:
+            elif closing or now - ghost["since"] >= GHOST_SETTLE_S:
                 del self._ghosts[name]
 
     def sleep(self, seconds: float) -> None:
@@ -335,11 +338,11 @@ class SlurmBackend(Backend):
 
     def close(self, finished: bool) -> None:
         if self._ghosts:
-            self._chase_ghosts(force=True)
-        if self._ghosts:
+            self._chase_ghosts(closing=True)
+        if self._ghosts:  # the scheduler did not answer, or would not cancel them
             names = ",".join(sorted(self._ghosts))
-            log.warning("jobs named %s may still be queued and could not be cancelled; they end by themselves within "
-                        "a minute without running anything (or: scancel --name %s)", names, names)  # fmt: skip
+            log.warning("jobs named %s may be queued and could not be cancelled; they end by themselves within a "
+                        "minute without running anything (or: scancel --name %s)", names, names)  # fmt: skip
 
     def _stage(self, name: str, cells: dict[int, list[dict]]) -> Path:
         """Each job's cells, as the node task reads them, in a folder that takes the chunk's
@@ -781,6 +784,14 @@ def _clean(exc: Exception) -> str:
     lines = [line for line in text.splitlines() if line.strip()]
     errors = [line for line in lines if "error" in line.lower()]
     return " / ".join(errors or lines[-3:])
+
+
+def refused_cap(ours: int, refused: int) -> int:
+    """The queue cap after sbatch refused ``refused`` jobs for a limit while ``ours`` of the
+    run's were queued: the site allows fewer than ``ours + refused``. Half of the refused wave
+    is tried next; a single job waits until one of the run's own ends (with none queued, until
+    LIMIT_RETRY_S has passed)."""
+    return ours + refused // 2
 
 
 def find_by_name_or_none(names: list[str], since: str) -> dict[tuple[str, int | None], str] | None:
