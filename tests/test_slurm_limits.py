@@ -15,6 +15,7 @@ import threading
 import time
 from pathlib import Path
 
+import jsonschema
 import pytest
 
 from conftest import cells, gridsubmit_process, job_ids, load_manifest, sacct_jobs, sacct_settled
@@ -27,6 +28,7 @@ REAL_BIN = os.path.dirname(shutil.which("sbatch") or "/usr/bin/sbatch")
 POLL = {"min": 1, "max": 2}
 FORTY = {"doses": tuple(1000 * (i + 1) for i in range(10)), "views": ("dense", "sparse"), "splits": ("train", "test")}
 TWO_CELLS = {"doses": (1000,), "views": ("dense", "sparse"), "splits": ("train",)}
+SCHEMA = json.loads((Path(__file__).parents[1] / "docs" / "manifest.schema.json").read_text())
 
 
 def prefix(root: Path) -> str:
@@ -132,6 +134,7 @@ def test_forty_cells_in_a_qos_of_five_queued_jobs_never_have_more_than_five_queu
     # the GPU cap explains why the others waited
     waited = [a for cell in c.values() for a in cell["attempts"] if a.get("gpu_cap")]
     assert waited and waited[0]["gpu_cap"] == {"gpus": 2, "qos": QOS}
+    jsonschema.validate(load_manifest(root), SCHEMA)
 
 
 def test_dry_run_says_what_the_site_allows_counting_the_users_jobs_already_queued(slurm_scripted, cleanup):
@@ -174,6 +177,7 @@ def test_when_the_limits_cannot_be_read_a_wave_refused_for_a_limit_waits_for_roo
     c = assert_every_cell_ran_once(root)
     assert all(len(cell["attempts"]) == 1 for cell in c.values())  # a refused wave left no attempt behind
     assert sampler.most_in_qos <= 5
+    print(f"\nrefused wave, then waves: most jobs of the user queued in {QOS} at once: {sampler.most_in_qos}\n{out}")
 
 
 # --- 3: transient sbatch failures are retried, after a lookup by name --------------------------

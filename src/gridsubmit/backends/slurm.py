@@ -272,8 +272,8 @@ class SlurmBackend(Backend):
             tries = f" (after {retry + 1} tries)" if retry else ""
             if kind == "limit" or kind == "policy" and ours:  # room comes as the run's jobs end
                 self._refused = (time.monotonic(), refused_cap(ours, len(packs)))
-                self._notes.append(f"sbatch refused {len(packs)} job(s) for a limit ({message}); {ours} job(s) of this "
-                                   "run are queued: the rest is submitted as they end")  # fmt: skip
+                self._notes.append(f"sbatch refused {len(packs)} job(s) for a limit ({message}); {ours} of this run's "
+                                   "jobs queued: the rest waits for room and goes out in smaller waves")  # fmt: skip
                 raise QueueFull(f"sbatch refused {len(packs)} job(s) for a limit: {message}", accepted)
             raise SubmitError(f"sbatch refused {len(packs)} job(s) for partition "
                               f"{res.partition or '(default)'}: {message}{tries}", accepted)  # fmt: skip
