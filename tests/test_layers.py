@@ -11,7 +11,8 @@ SRC = Path(__file__).parents[1] / "src" / "gridsubmit"
 # Lowest first. A module may import modules of lower layers only (and, within backends/, the
 # base). Kept in step with the table in docs/design.md.
 LAYERS = [
-    {"errors", "fileio", "states", "jobs", "crashpoints", "metrics", "provenance", "preflight"},  # pure, or stdlib edges
+    {"errors", "fileio", "states", "jobs", "crashpoints", "metrics", "provenance", "preflight", "pending",
+     "backends.slurm_limits"},  # pure, or stdlib edges
     {"task", "yamlio", "context", "runlock"},  # the node task; files and processes
     {"study", "cluster"},  # YAML -> Grid of cells / ClusterProfile
     {"freshness", "gpus", "demo.generate", "demo.compare"},  # the one judgement of stale cells

@@ -182,12 +182,12 @@ def test_an_array_sbatch_queued_while_reporting_failure_is_cancelled_and_its_cel
 # --- 3 ------------------------------------------------------------------------------------------
 
 
-def test_an_sbatch_that_fails_outright_exits_2_with_its_message_and_leaves_nothing_active_or_queued(
+def test_an_sbatch_that_keeps_failing_exits_2_after_its_bounded_retries_with_its_message_and_leaves_nothing_active_or_queued(
         slurm_scripted, faults):  # fmt: skip
     args, root = setup(slurm_scripted, faults, {"*": "ok"})
     message = "Batch job submission failed: Socket timed out on send/recv operation"
-    faults.set({"sbatch": [{"do": "fail", "message": message, "rc": 1}]})
-    rc, out = faults.run("submit", *args, "--quiet", timeout=40)
+    faults.set({"sbatch": [{"do": "fail", "message": message, "rc": 1, "times": -1}]})
+    rc, out = faults.run("submit", *args, "--quiet", timeout=60)
     assert rc == 2, out
     assert "sbatch" in out and message in out, out
     assert "Traceback" not in out, out
@@ -197,7 +197,8 @@ def test_an_sbatch_that_fails_outright_exits_2_with_its_message_and_leaves_nothi
         assert cell["state"] == "PLANNED" or not cell["attempts"], (key, cell)
         assert all(a["state"] not in ACTIVE for a in cell["attempts"]), (key, cell["attempts"])
         assert runs(cell) == 0, key
-    assert len(faults.calls("sbatch")) == 1
+    assert len(faults.calls("sbatch")) == 5  # a transient failure is asked again, 5 tries in all
+    assert "(after 5 tries)" in out, out
     time.sleep(1)
     assert squeue_rows(prefix(root)) == []
     assert sacct_jobs(prefix(root)) == []

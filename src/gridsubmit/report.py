@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Iterable
 
 from .errors import UsageError
 from .manifest import JOB_FIGURES
+from .pending import explain
 from .provenance import local_time
 from .metrics import tidy_records
 
@@ -45,7 +46,7 @@ def status_table(manifest: dict, stale: dict[str, list[str]] | None = None) -> s
         if cell.get("cancel_requested") and cell["state"] in ("SUBMITTED", "PENDING", "RUNNING"):
             note = "cancelling: asked to stop, not ended yet"
         elif cell["state"] == "PENDING" and last.get("pending_reason"):
-            note = ("held or stuck: " if last.get("stuck") else "waiting: ") + last["pending_reason"]
+            note = ("held or stuck: " if last.get("stuck") else "waiting: ") + explain(last["pending_reason"], last.get("gpu_cap"))
         rows.append([cell["key"], cell["state"], len(cell["attempts"]) or "", last.get("job_id") or "",
                      "" if last.get("returncode") is None else last["returncode"],
                      "" if elapsed is None else f"{elapsed:.1f}", last.get("node") or "",

@@ -20,7 +20,7 @@ from . import freshness
 from . import manifest as mf
 from . import provenance as prov
 from .crashpoints import point
-from .backends.base import Backend, Handle, SchedulerError, Submission, SubmitError
+from .backends.base import Backend, Handle, QueueFull, SchedulerError, Submission, SubmitError
 from .cluster import ClusterProfile, parse_profile
 from .errors import UsageError
 from .gpus import resolve as resolve_gpus
@@ -316,6 +316,8 @@ class Runner:
         room = None
         if due and self.backend.queue_cap is not None:  # waves: at most queue_cap jobs queued at once
             room = max(0, self.backend.queue_cap - self.backend.queued_jobs(list(self.handles.values())))
+            for note in self.backend.take_notes():  # the site's limits, as found
+                self.progress.note(note)
             self.held_back = max(0, len(due) - room * self.profile.cells_per_job)
             due = due[: len(due) - self.held_back]  # only what may fit is planned
         if self.backend.holding:  # their old job may still run: not again until it is known gone
@@ -355,6 +357,11 @@ class Runner:
                     cell["state"] = cell["attempts"][-1]["state"] if cell["attempts"] else JobState.PLANNED.value
             self._due = None  # refused cells are due again
             self.save()
+            for note in self.backend.take_notes():
+                self.progress.note(note)
+            if isinstance(exc, QueueFull):  # a limit: submitted again as the run's jobs end
+                self.held_back += len(submissions) - len(accepted)
+                return True
             if accepted:
                 exc.args = (f"{exc.args[0]}\n{len(accepted)} job(s) submitted before the refusal are recorded in the "
                             f"manifest: `gridsubmit wait {self.root}` collects them, `gridsubmit cancel {self.root}` stops them",)  # fmt: skip

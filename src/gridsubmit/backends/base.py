@@ -44,6 +44,11 @@ class SubmitError(UsageError):
         self.handles = handles
 
 
+class QueueFull(SubmitError):
+    """The scheduler refused some attempts for a limit on the user's queued jobs: they are
+    due again, and are submitted when the run's jobs end (``handles``: those accepted before)."""
+
+
 @dataclass
 class Submission:
     """One attempt the runner wants run."""
@@ -169,6 +174,11 @@ class Backend(ABC):
 
     def close(self, finished: bool) -> None:
         """The runner stops (``finished``: nothing of the run is left to follow)."""
+
+    def take_notes(self) -> list[str]:
+        """What the user should know about the scheduler since the last call (the site's
+        limits, a wave refused), once each."""
+        return []
 
     def job_log(self, h: Handle) -> Path | None:
         """The stderr of the attempt's job itself (the wrapper, not the command), if it has one."""

@@ -43,7 +43,8 @@ from ..crashpoints import point
 from ..manifest import ACCOUNTING_PENDING, STATE_DIR
 from ..states import JobState, from_slurm
 from ..task import RESULT, TASKS_DIR, run_pack
-from .base import Backend, Handle, SchedulerError, Submission, SubmitError, check_root, never_runs
+from .base import Backend, Handle, QueueFull, SchedulerError, Submission, SubmitError, check_root, never_runs
+from .slurm_limits import SUBMIT_TRIES, SiteLimits, backoff_s, lookup, sbatch_failure
 
 DEFAULT_MAX_ARRAY_SIZE = 1001  # SLURM's own default
 log = logging.getLogger(__name__)
@@ -51,6 +52,8 @@ PACK_KILL_GRACE_S = 10  # a packed cell past its own limit: SIGTERM, then SIGKIL
 LINGER_MAX_S = 120.0  # an ended job the scheduler keeps listing stops counting against max_queued then
 PENDING_REASONS_EVERY_S = 60.0  # squeue for why queued jobs wait (held, bad account, ...)
 ACCOUNTING_WAIT_S = 15.0  # at the end of a run, how long to wait for sacct's word on jobs that left no result
+LIMIT_RETRY_S = 60.0  # after sbatch refused a wave for a limit, a lower queue cap holds this long
+GHOST_SETTLE_S = 10.0  # a chunk sbatch may have queued while failing: looked for this long before it is let go
 SACCT_FIELDS = "JobID,JobName,State,ExitCode,NodeList,MaxRSS,Elapsed"
 # what an attempt holds of a sacct or squeue row (besides node)
 ROW_FIELDS = ("scheduler_state", "scheduler_exit_code", "elapsed", "max_rss", "pending_reason", "stuck")
@@ -94,7 +97,13 @@ class SlurmBackend(Backend):
         self._by_id: dict[str, tuple[JobState | None, dict]] = {}  # the last answer, by job id
         self._last_query = -math.inf
         self._query_every = profile.poll_min_s
-        self.queue_cap = profile.max_queued
+        self._site: SiteLimits | None = None  # the site's limits, read once per run (queue_cap)
+        self._site_cap: int | None = None
+        self._refused: tuple[float, int] | None = None  # a wave refused for a limit: (when, the run's jobs queued then)
+        self._queued_last = 0  # the run's jobs in the queue when the runner last planned a wave
+        self._ghosts: dict[str, dict] = {}  # chunk name -> {tasks, since}: jobs that may be queued, known by name only
+        self._ghosts_at = -math.inf
+        self._notes: list[str] = []
         self._reasons_at = -math.inf
         self._lingering: dict[str, tuple[Handle, float]] = {}  # job id -> (an ended attempt of it, since)
         self._accounted: dict[str, dict] = {}  # job id -> sacct's final record of it
@@ -140,9 +149,49 @@ class SlurmBackend(Backend):
 
     def queued_jobs(self, handles: Sequence[Handle]) -> int:
         """Jobs of these attempts, plus jobs whose cells have ended but that the scheduler
-        still lists (the task is still writing its files): they hold a place in the queue."""
-        return len({h.job_id or (h.extra.get("job_name"), h.extra.get("array_task_id"), h.key) for h in handles}
-                   | set(self._lingering))  # fmt: skip
+        still lists (the task is still writing its files), plus ghosts (jobs sbatch may have
+        queued while reporting a failure, or that could not be cancelled): they hold a place
+        in the queue."""
+        self._chase_ghosts()
+        names = {h.extra.get("job_name") for h in handles}
+        ghosts = sum(g["tasks"] for name, g in self._ghosts.items() if name not in names)
+        self._queued_last = ghosts + len({h.job_id or (h.extra.get("job_name"), h.extra.get("array_task_id"), h.key)
+                                          for h in handles} | set(self._lingering))  # fmt: skip
+        return self._queued_last
+
+    @property
+    def queue_cap(self) -> int:  # type: ignore[override]
+        """``max_queued``, or less where the site leaves less (read once per run, when the
+        first wave is planned); after sbatch refused a wave for a limit, less (refused_cap),
+        until LIMIT_RETRY_S has passed since the last refusal."""
+        if self._site_cap is None:
+            site = self.site_limits()
+            self._site_cap, binding = site.cap(self.profile.max_queued)
+            if binding is not None or site.problems:  # said when it matters (--dry-run says it all)
+                self._notes += site.describe(self.profile.max_queued)
+        cap = self._site_cap
+        if self._refused is not None:
+            at, queued = self._refused
+            if time.monotonic() - at < LIMIT_RETRY_S:  # room opens as the run's own jobs end
+                cap = min(cap, queued)
+            else:
+                self._refused = None
+        return cap
+
+    def site_limits(self) -> SiteLimits:
+        """The submit limits of the user's association and of the QOS the run's jobs use, the
+        GPU caps per user, and the user's other jobs queued: asked once (sacctmgr, squeue)."""
+        if self._site is None:
+            res = self.profile.resources
+            asked = {res.qos} | {o.changes["qos"] for o in self.profile.overrides if "qos" in o.changes}
+            accounts = {res.account} | {o.changes["account"] for o in self.profile.overrides if "account" in o.changes}
+            self._site = lookup(lambda argv: run_command(argv, timeout=30), ctx.user(), sorted(accounts - {None}, key=str)[0]
+                                if accounts - {None} else None, sorted(asked, key=str), f"gs-{self.run_id}-")  # fmt: skip
+        return self._site
+
+    def take_notes(self) -> list[str]:
+        notes, self._notes = self._notes, []
+        return notes
 
     def assign(self, submissions: Sequence[Submission]) -> None:
         for chunk in self.chunks(submissions):
@@ -169,26 +218,20 @@ class SlurmBackend(Backend):
             except OSError as exc:  # nothing reached the scheduler: these attempts never existed
                 raise SubmitError(f"cannot write the cells of {len(packs)} job(s) under {self.tasks}: "
                                   f"{exc.strerror or exc}", handles) from None  # fmt: skip
-            executor = self._chunk_executor(list(packs.values()), name)
-            try:
-                with executor.batch():
-                    jobs = [executor.submit(run_pack, specs) for specs in cells.values()]
-            except Exception as exc:  # sbatch's own message is the useful part
-                shutil.rmtree(staged, ignore_errors=True)
-                queued = self._queued_despite(name, subs)
-                if queued is None:
-                    raise SubmitError(f"sbatch refused {len(packs)} job(s) for partition "
-                                      f"{res.partition or '(default)'}: {_clean(exc)}", handles) from None  # fmt: skip
-                handles += queued
+            sent = self._sbatch(name, staged, packs, cells, handles)
+            if isinstance(sent, list):  # sbatch reported a failure but queued it: discarded
+                handles += sent
                 continue
+            name, staged, jobs = sent
             chunk = []
             for pack, job in zip(packs.values(), jobs):
                 array_id = job.job_id.split("_")[0]
                 script = JobPaths(self.folder, job_id=array_id).submission_file
                 for sub in pack:
+                    record = {"array_job_id": array_id, "script": str(script), "job_name": name,
+                              **self._gpu_cap(res)}  # the name changes when sbatch was asked again
                     h = sub.handle(job_id=job.job_id, state=JobState.PENDING,
-                                   extra={"job_name": name, "pack": sub.record.get("pack"),
-                                          "record": {"array_job_id": array_id, "script": str(script)}})  # fmt: skip
+                                   extra={"job_name": name, "pack": sub.record.get("pack"), "record": record})  # fmt: skip
                     chunk.append(h)
             try:
                 os.rename(staged, self.tasks / name)  # the jobs find their cells from now on
@@ -197,6 +240,113 @@ class SlurmBackend(Backend):
             handles += chunk
             point("sbatch-returned")
         return handles
+
+    def _sbatch(self, name: str, staged: Path, packs: dict[int | None, list[Submission]], cells: dict[int, list[dict]],
+                accepted: list[Handle]) -> tuple[str, Path, list] | list[Handle]:  # fmt: skip
+        """sbatch for one chunk: (its name, its staged cells, submitit's jobs), or the attempts
+        (discarded) of a chunk sbatch queued while reporting a failure. A transient failure is
+        asked again, up to SUBMIT_TRIES times with a growing pause, each time under a new name
+        (the cells' folder is renamed with it), after the chunk was looked up by its name: a
+        chunk found is discarded, and one that could not be looked up is chased as a ghost, so
+        nothing runs twice. A refusal for a limit raises QueueFull; any other, SubmitError."""
+        subs = [sub for pack in packs.values() for sub in pack]
+        res = subs[0].resources
+        for retry in range(SUBMIT_TRIES):
+            executor = self._chunk_executor(list(packs.values()), name)
+            try:
+                with executor.batch():
+                    jobs = [executor.submit(run_pack, specs) for specs in cells.values()]
+                return name, staged, jobs
+            except Exception as exc:  # sbatch's own message is the useful part
+                said, message = str(exc), _clean(exc)
+            found = find_by_name_or_none([name], self._since([]))
+            if found:  # queued all the same: its jobs can never run (their folder was never named)
+                shutil.rmtree(staged, ignore_errors=True)
+                return self._queued_despite(name, subs, found)
+            kind = sbatch_failure(said)
+            if found is None or kind == "transient":  # it may still show up: looked for until it is gone
+                self._ghosts[name] = {"tasks": len(packs), "since": time.monotonic()}
+            if kind == "transient" and retry + 1 < SUBMIT_TRIES:
+                log.warning("sbatch failed (%s); asking again (%d of %d tries)", message, retry + 2, SUBMIT_TRIES)
+                time.sleep(backoff_s(retry))
+                name, staged = self._renamed(name, staged, subs)
+                continue
+            shutil.rmtree(staged, ignore_errors=True)
+            ours = self._queued_last + len({h.job_id for h in accepted})
+            tries = f" (after {retry + 1} tries)" if retry else ""
+            if kind == "limit" or kind == "policy" and ours:  # room comes as the run's jobs end
+                self._refused = (time.monotonic(), refused_cap(ours, len(packs)))
+                self._notes.append(f"sbatch refused {len(packs)} job(s) for a limit ({message}); {ours} of this run's "
+                                   "jobs queued: the rest waits for room and goes out in smaller waves")  # fmt: skip
+                raise QueueFull(f"sbatch refused {len(packs)} job(s) for a limit: {message}", accepted)
+            raise SubmitError(f"sbatch refused {len(packs)} job(s) for partition "
+                              f"{res.partition or '(default)'}: {message}{tries}", accepted)  # fmt: skip
+        raise AssertionError("unreachable")
+
+    def _renamed(self, name: str, staged: Path, subs: list[Submission]) -> tuple[str, Path]:
+        """A chunk's new name before sbatch is asked again: jobs queued under the old one
+        (unbeknown) never find cells to run."""
+        new = f"gs-{self.run_id}-{uuid.uuid4().hex[:6]}"
+        moved = staged.with_name(f".{new}")
+        os.rename(staged, moved)
+        for sub in subs:
+            sub.record["job_name"] = new
+        return new, moved
+
+    def _gpu_cap(self, res: Resources) -> dict:
+        """The GPU cap per user of the job's QOS, for the reason a job waits (QOSMaxGRESPerUser)."""
+        if not res.gpus_per_job or self._site is None:
+            return {}
+        qos = res.qos or self._site.default_qos or "normal"
+        caps = [value for value, where in self._site.gpus if where == f"QOS {qos}"]
+        return {"gpu_cap": {"gpus": caps[0], "qos": qos}} if caps else {}
+
+    def _chase_ghosts(self, closing: bool = False) -> None:
+        """Jobs that may be queued but can never run their cells (sbatch reported a failure,
+        and the lookup failed too; a discard whose scancel failed): each would hold its
+        allocation for a minute waiting for a folder that never comes. Looked up by name
+        (squeue, at most once per poll_min_s) and cancelled as soon as the scheduler answers;
+        let go once squeue no longer lists them, GHOST_SETTLE_S after they were noted (at
+        once when ``closing``: the last look there is)."""
+        now = time.monotonic()
+        if not self._ghosts or not closing and now - self._ghosts_at < self.profile.poll_min_s:
+            return
+        self._ghosts_at = now
+        try:
+            out = run_command(["squeue", "-h", "-r", "-o", "%i|%j", "--name", ",".join(sorted(self._ghosts))], timeout=30)
+        except SchedulerError:
+            return  # counted against max_queued until the scheduler answers
+        listed: dict[str, list[str]] = defaultdict(list)
+        for line in out.splitlines():
+            job_id, _, name = line.strip().partition("|")
+            if name in self._ghosts:
+                listed[name] += expand_job_id(job_id)
+        for name, ghost in list(self._ghosts.items()):
+            if listed.get(name):
+                ghost["tasks"] = len(listed[name])
+                try:
+                    run_command(["scancel", *listed[name]], timeout=30)
+                    log.info("cancelled %s (%s): it could never run its cells", name, ", ".join(listed[name]))
+                    if closing:  # cancelled: nothing more to follow
+                        del self._ghosts[name]
+                except SchedulerError:
+                    pass
+            elif closing or now - ghost["since"] >= GHOST_SETTLE_S:
+                del self._ghosts[name]
+
+    def sleep(self, seconds: float) -> None:
+        """Between poll cycles: ghosts are chased on the way."""
+        started = time.monotonic()
+        self._chase_ghosts()
+        time.sleep(max(0.0, seconds - (time.monotonic() - started)))
+
+    def close(self, finished: bool) -> None:
+        if self._ghosts:
+            self._chase_ghosts(closing=True)
+        if self._ghosts:  # the scheduler did not answer, or would not cancel them
+            names = ",".join(sorted(self._ghosts))
+            log.warning("jobs named %s may be queued and could not be cancelled; they end by themselves within a "
+                        "minute without running anything (or: scancel --name %s)", names, names)  # fmt: skip
 
     def _stage(self, name: str, cells: dict[int, list[dict]]) -> Path:
         """Each job's cells, as the node task reads them, in a folder that takes the chunk's
@@ -228,23 +378,16 @@ class SlurmBackend(Backend):
         # the job's limit covers the whole pack; each cell keeps its own, enforced by the task
         return [{**self._spec(sub), "time_limit_s": sub.resources.time_s, "kill_grace_s": PACK_KILL_GRACE_S} for sub in pack]
 
-    def _queued_despite(self, name: str, chunk: list[Submission]) -> list[Handle] | None:
-        """sbatch failed: did it queue the array all the same (a timeout, a lost reply)? Then
-        its tasks have no cells to run (their folder was never named): cancel them, and hand
-        back their attempts as LOST so they are submitted again. None when nothing was queued."""
-        for _ in range(3):
-            found = find_by_name([name], self._since([]))
-            if found:
-                break
-            time.sleep(1)
-        else:
-            return None
+    def _queued_despite(self, name: str, chunk: list[Submission], found: dict) -> list[Handle]:
+        """sbatch failed but queued the array all the same (a timeout, a lost reply; ``found``:
+        its jobs by name): its tasks have no cells to run (their folder was never named):
+        cancel them, and hand back their attempts as LOST so they are submitted again."""
         handles = []
         for sub in chunk:
             h = sub.handle(state=JobState.PENDING, extra={"job_name": name, "array_task_id": sub.record["array_task_id"]})
             job_id = found.get((name, sub.record["array_task_id"]))
             h.job_id = job_id
-            h.extra["record"] = {"array_job_id": job_id.split("_")[0]} if job_id else {}
+            h.extra["record"] = {"job_name": name, **({"array_job_id": job_id.split("_")[0]} if job_id else {})}
             handles.append(h)
         self._discard(handles, "sbatch reported a failure but queued it")
         return handles
@@ -256,8 +399,10 @@ class SlurmBackend(Backend):
         if ids:
             try:
                 self.cancel(handles)
-            except SchedulerError:
-                pass  # they fail on their own within a minute, without running the command
+            except SchedulerError:  # they give up within a minute without running anything; until then,
+                for name in {h.extra.get("job_name") for h in handles if h.job_id} - {None}:  # ghosts
+                    tasks = len({h.job_id for h in handles if h.extra.get("job_name") == name and h.job_id})
+                    self._ghosts[name] = {"tasks": tasks, "since": time.monotonic()}
         for h in handles:
             h.extra["discarded"] = f"{why}; job {h.job_id or '?'} was cancelled and the cell is submitted again"
 
@@ -303,8 +448,9 @@ class SlurmBackend(Backend):
         return executor
 
     def describe(self, submissions: Sequence[Submission]) -> str:
-        """The exact sbatch script of each array chunk (nothing is submitted)."""
-        parts = []
+        """The site's limits as found, then the exact sbatch script of each array chunk
+        (nothing is submitted)."""
+        parts = ["\n".join(f"# {line}" for line in self.site_limits().describe(self.profile.max_queued))]
         for chunk in self.chunks(submissions):
             executor = self._chunk_executor(chunk, f"gs-{self.run_id}-<chunk>")
             if len(chunk) > 1:
@@ -715,3 +861,30 @@ def _clean(exc: Exception) -> str:
     lines = [line for line in text.splitlines() if line.strip()]
     errors = [line for line in lines if "error" in line.lower()]
     return " / ".join(errors or lines[-3:])
+
+
+def refused_cap(ours: int, refused: int) -> int:
+    """The queue cap after sbatch refused ``refused`` jobs for a limit while ``ours`` of the
+    run's were queued: the site allows fewer than ``ours + refused``. Half of the refused wave
+    is tried next; a single job waits until one of the run's own ends (with none queued, until
+    LIMIT_RETRY_S has passed)."""
+    return ours + refused // 2
+
+
+def find_by_name_or_none(names: list[str], since: str) -> dict[tuple[str, int | None], str] | None:
+    """Like find_by_name, but None when neither squeue nor sacct answered (the chunks may
+    be queued all the same), rather than nothing found."""
+    found: dict[tuple[str, int | None], str] = {}
+    answered = False
+    for argv in (["squeue", "-h", "-r", "-t", "all", "-o", "%i|%j", "--name", ",".join(names)],
+                 ["sacct", "-n", "-P", "-X", "-o", "JobID,JobName", "-S", since, "--name", ",".join(names)]):  # fmt: skip
+        try:
+            out = run_command(argv, timeout=30)
+        except SchedulerError:
+            continue
+        answered = True
+        for line in out.splitlines():
+            job_id, _, name = line.strip().partition("|")
+            for jid in expand_job_id(job_id):
+                found[(name, int(jid.split("_")[1]) if "_" in jid else None)] = jid
+    return found if answered else None
