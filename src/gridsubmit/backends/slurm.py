@@ -153,9 +153,9 @@ class SlurmBackend(Backend):
         queued while reporting a failure, or that could not be cancelled): they hold a place
         in the queue."""
         self._chase_ghosts()
-        names = {h.extra.get("job_name") for h in handles}
+        names = {h.job_name for h in handles}
         ghosts = sum(g["tasks"] for name, g in self._ghosts.items() if name not in names)
-        self._queued_last = ghosts + len({h.job_id or (h.extra.get("job_name"), h.extra.get("array_task_id"), h.key)
+        self._queued_last = ghosts + len({h.job_id or (h.job_name, h.array_task_id, h.key)
                                           for h in handles} | set(self._lingering))  # fmt: skip
         return self._queued_last
 
@@ -231,7 +231,7 @@ class SlurmBackend(Backend):
                     record = {"array_job_id": array_id, "script": str(script), "job_name": name,
                               **self._gpu_cap(res)}  # the name changes when sbatch was asked again
                     h = sub.handle(job_id=job.job_id, state=JobState.PENDING,
-                                   extra={"job_name": name, "pack": sub.record.get("pack"), "record": record})  # fmt: skip
+                                   job_name=name, pack=sub.record.get("pack"), record=record)  # fmt: skip
                     chunk.append(h)
             try:
                 os.rename(staged, self.tasks / name)  # the jobs find their cells from now on
@@ -384,10 +384,10 @@ class SlurmBackend(Backend):
         cancel them, and hand back their attempts as LOST so they are submitted again."""
         handles = []
         for sub in chunk:
-            h = sub.handle(state=JobState.PENDING, extra={"job_name": name, "array_task_id": sub.record["array_task_id"]})
+            h = sub.handle(state=JobState.PENDING, job_name=name, array_task_id=sub.record["array_task_id"])
             job_id = found.get((name, sub.record["array_task_id"]))
             h.job_id = job_id
-            h.extra["record"] = {"job_name": name, **({"array_job_id": job_id.split("_")[0]} if job_id else {})}
+            h.record = {"job_name": name, **({"array_job_id": job_id.split("_")[0]} if job_id else {})}
             handles.append(h)
         self._discard(handles, "sbatch reported a failure but queued it")
         return handles
@@ -400,11 +400,11 @@ class SlurmBackend(Backend):
             try:
                 self.cancel(handles)
             except SchedulerError:  # they give up within a minute without running anything; until then,
-                for name in {h.extra.get("job_name") for h in handles if h.job_id} - {None}:  # ghosts
-                    tasks = len({h.job_id for h in handles if h.extra.get("job_name") == name and h.job_id})
+                for name in {h.job_name for h in handles if h.job_id} - {None}:  # ghosts
+                    tasks = len({h.job_id for h in handles if h.job_name == name and h.job_id})
                     self._ghosts[name] = {"tasks": tasks, "since": time.monotonic()}
         for h in handles:
-            h.extra["discarded"] = f"{why}; job {h.job_id or '?'} was cancelled and the cell is submitted again"
+            h.discarded = f"{why}; job {h.job_id or '?'} was cancelled and the cell is submitted again"
 
     def _spec(self, sub: Submission) -> dict:
         # the captured variables and the profile's env are exported in the script, before the
@@ -473,9 +473,9 @@ class SlurmBackend(Backend):
         list yet, or for all when sacct fails), when asked; the answer is kept by job id in
         between. Attempts known by name only are looked up by name on the same cadence."""
         if ask:
-            orphans = [h for h in handles if not h.job_id and h.extra.get("job_name")]
+            orphans = [h for h in handles if not h.job_id and h.job_name]
             unfound = self._adopt_by_name(orphans)
-            with_ids = [h for h in handles if h.job_id and not h.extra.get("discarded")]
+            with_ids = [h for h in handles if h.job_id and not h.discarded]
             with_ids += [h for h, _ in self._lingering.values()]
             silent_ids, calls = self._ask(with_ids, time.monotonic()) if with_ids else (set(), 0)
             calls += 2 if orphans else 0
@@ -486,8 +486,8 @@ class SlurmBackend(Backend):
             self._unseen = any(not h.job_id or h.job_id not in self._by_id for h in handles)
         rows: dict = {}
         for h in handles:
-            if h.extra.get("discarded"):
-                rows[h.key] = (JobState.LOST, {"error": h.extra["discarded"]})
+            if h.discarded:
+                rows[h.key] = (JobState.LOST, {"error": h.discarded})
             elif h.job_id in self._by_id:
                 rows[h.key] = self._by_id[h.job_id]
         return rows
@@ -500,8 +500,8 @@ class SlurmBackend(Backend):
         about, how many calls it made). A failed call is no evidence that a job is gone:
         only sacct's answer is (squeue forgets ended jobs), or squeue's when sacct answered."""
         ids = sorted({h.job_id.split("_")[0] for h in handles})
-        names = sorted({h.extra["job_name"] for h in handles if h.extra.get("job_name")})
-        cancelled = [h for h in handles if h.extra.get("cancel_sent")]
+        names = sorted({h.job_name for h in handles if h.job_name})
+        cancelled = [h for h in handles if h.cancel_sent]
         failures = []
         try:
             by_id = self._sacct(ids, names, handles)
@@ -584,7 +584,7 @@ class SlurmBackend(Backend):
     def on_end(self, h: Handle, state: JobState) -> None:
         if h.job_id and not (self._by_id.get(h.job_id, (None,))[0] or JobState.PENDING).terminal:
             self._lingering.setdefault(h.job_id, (h, time.monotonic()))
-        if state is JobState.LOST and h.job_id and not h.extra.get("discarded") and not h.extra.get("pack_ended"):
+        if state is JobState.LOST and h.job_id and not h.discarded and not h.pack_ended:
             self._lost.append(h)
 
     def poll_interval(self, previous: float | None, changed: bool) -> float:
@@ -592,7 +592,7 @@ class SlurmBackend(Backend):
 
     @staticmethod
     def _since(handles: Sequence[Handle]) -> str:
-        first = min(((h.extra.get("submitted_at") or time.time()) for h in handles), default=time.time())
+        first = min(((h.submitted_at or time.time()) for h in handles), default=time.time())
         return time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(first - 300))
 
     def _spent(self, calls: int) -> None:
@@ -619,7 +619,7 @@ class SlurmBackend(Backend):
         (``wait``, ``submit``). Attempts that left no result are waited for, up to
         ACCOUNTING_WAIT_S, as the scheduler's word is all there is about their end."""
         jobs = {h.job_id for h in handles if h.job_id}
-        unreported = {h.job_id for h in handles if h.job_id and not h.extra.get("reported")}
+        unreported = {h.job_id for h in handles if h.job_id and not h.reported}
         deadline = time.monotonic() + ACCOUNTING_WAIT_S
         asked = False
         while missing := jobs - self._accounted.keys():
@@ -630,7 +630,7 @@ class SlurmBackend(Backend):
             ask = [h for h in handles if h.job_id in missing]
             try:
                 self._sacct(sorted({j.split("_")[0] for j in missing}),
-                            sorted({h.extra["job_name"] for h in ask if h.extra.get("job_name")}), ask)  # fmt: skip
+                            sorted({h.job_name for h in ask if h.job_name}), ask)  # fmt: skip
             except SchedulerError as exc:
                 log.warning("sacct for the run's accounting failed: %s", exc)
             self._spent(1)
@@ -647,15 +647,15 @@ class SlurmBackend(Backend):
         packed cell is marked so its task skips it; its job is cancelled only when the cell
         has started (its pack-mates that had not ended then run again) or all of the job's
         cells are asked to go."""
-        ids = [h.job_id for h in handles if h.job_id and not h.extra.get("pack")]
+        ids = [h.job_id for h in handles if h.job_id and not h.pack]
         by_job: dict[str, list[Handle]] = defaultdict(list)
         for h in handles:
-            h.extra.update(cancel_asked=True, looked=False)  # looked at again in the next cycle
-            if h.job_id and h.extra.get("pack"):
+            h.cancel_asked, h.looked = True, False  # looked at again in the next cycle
+            if h.job_id and h.pack:
                 by_job[h.job_id].append(h)
         for job_id, mine in by_job.items():  # marked, then looked for a claim: see never_runs
             started = [h for h in mine if not never_runs(h) and not (h.attempt_dir / RESULT).exists()]
-            if started or len(mine) == mine[0].extra["pack"]["size"]:
+            if started or len(mine) == mine[0].pack["size"]:
                 ids.append(job_id)
         if ids:
             for attempt in range(3):
@@ -668,7 +668,7 @@ class SlurmBackend(Backend):
                     time.sleep(1)
         for h in handles:
             if h.job_id in ids:
-                h.extra["cancel_sent"] = True
+                h.cancel_sent = True
         self._last_query = -math.inf  # ask again at once
 
     # --- re-attach -----------------------------------------------------------------------------
@@ -678,10 +678,10 @@ class SlurmBackend(Backend):
         self._unseen = bool(records)
         for cell, attempt in records:
             h = self.handle_from_record(cell, attempt)
-            h.extra.update(job_name=attempt.get("job_name"), submitted_at=attempt.get("submitted_at"),
-                           array_task_id=attempt.get("array_task_id"))  # fmt: skip
+            h.job_name, h.submitted_at = attempt.get("job_name"), attempt.get("submitted_at")
+            h.array_task_id = attempt.get("array_task_id")
             handles.append(h)
-        self._adopt_by_name([h for h in handles if h.job_id is None and h.extra.get("job_name")])
+        self._adopt_by_name([h for h in handles if h.job_id is None and h.job_name])
         return handles
 
     def _adopt_by_name(self, orphans: Sequence[Handle]) -> list[Handle]:
@@ -692,20 +692,20 @@ class SlurmBackend(Backend):
         until the grace period. Returns the orphans the scheduler gave no answer about."""
         if not orphans:
             return []
-        found, answered = lookup_by_name(sorted({h.extra["job_name"] for h in orphans}), self._since(orphans))
+        found, answered = lookup_by_name(sorted({h.job_name for h in orphans}), self._since(orphans))
         if not answered:
             self._outage(["sacct: no answer to the lookup by name"])
         adopted = []
         for h in orphans:
-            job_id = found.get((h.extra["job_name"], h.extra.get("array_task_id")))
+            job_id = found.get((h.job_name, h.array_task_id))
             if job_id:
                 h.job_id = job_id
-                h.extra["record"] = {"array_job_id": job_id.split("_")[0], "adopted": True}
+                h.record = {"array_job_id": job_id.split("_")[0], "adopted": True}
                 adopted.append(h)
-        cut_short = [h for h in adopted if not (self.tasks / h.extra["job_name"]).is_dir()]
-        for name in {h.extra["job_name"] for h in cut_short}:
+        cut_short = [h for h in adopted if not (self.tasks / h.job_name).is_dir()]
+        for name in {h.job_name for h in cut_short}:
             if self._roll_forward(name):
-                cut_short = [h for h in cut_short if h.extra["job_name"] != name]
+                cut_short = [h for h in cut_short if h.job_name != name]
         if cut_short:
             self._discard(cut_short, "its submission was cut short before its cells were written")
         return [h for h in orphans if not h.job_id] if not answered else []
