@@ -3,7 +3,7 @@
 
 from gridsubmit import manifest as mf
 from gridsubmit.backends.base import tail
-from gridsubmit.backends.slurm import expand_job_id, parse_sacct, parse_squeue
+from gridsubmit.backends.slurm_commands import expand_job_id, parse_sacct, parse_squeue
 from gridsubmit.cluster import Retry
 from gridsubmit.states import JobState as S
 

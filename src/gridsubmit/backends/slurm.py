@@ -24,9 +24,7 @@ import logging
 import math
 import os
 import re
-import shlex
 import shutil
-import subprocess
 import time
 import uuid
 from collections import defaultdict
@@ -41,10 +39,13 @@ from .. import context as ctx
 from ..cluster import ClusterProfile, Resources
 from ..crashpoints import point
 from ..manifest import ACCOUNTING_PENDING, STATE_DIR
-from ..states import JobState, from_slurm
+from ..states import JobState
 from ..task import RESULT, TASKS_DIR, run_pack
 from .base import Backend, Handle, QueueFull, SchedulerError, Submission, SubmitError, check_root, never_runs
+from .slurm_commands import (ROW_FIELDS, clean_error, expand_job_id, find_by_name_or_none, lookup_by_name, run_command,
+                             sacct, squeue)
 from .slurm_limits import SUBMIT_TRIES, SiteLimits, backoff_s, lookup, sbatch_failure
+from .slurm_script import executor_for
 
 DEFAULT_MAX_ARRAY_SIZE = 1001  # SLURM's own default
 log = logging.getLogger(__name__)
@@ -54,32 +55,6 @@ PENDING_REASONS_EVERY_S = 60.0  # squeue for why queued jobs wait (held, bad acc
 ACCOUNTING_WAIT_S = 15.0  # at the end of a run, how long to wait for sacct's word on jobs that left no result
 LIMIT_RETRY_S = 60.0  # after sbatch refused a wave for a limit, a lower queue cap holds this long
 GHOST_SETTLE_S = 10.0  # a chunk sbatch may have queued while failing: looked for this long before it is let go
-SACCT_FIELDS = "JobID,JobName,State,ExitCode,NodeList,MaxRSS,Elapsed"
-# what an attempt holds of a sacct or squeue row (besides node)
-ROW_FIELDS = ("scheduler_state", "scheduler_exit_code", "elapsed", "max_rss", "pending_reason", "stuck")
-
-
-def run_command(argv: list[str], timeout: float = 60) -> str:
-    try:
-        proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise SchedulerError(f"{argv[0]}: {exc}") from None
-    if proc.returncode != 0:
-        raise SchedulerError(f"{argv[0]} exited {proc.returncode}: {(proc.stderr or proc.stdout).strip()}")
-    return proc.stdout
-
-
-class NodeTaskExecutor(submitit.SlurmExecutor):
-    """submitit's SLURM executor whose jobs run gridsubmit's node task (stdlib only) on the
-    cells' JSON spec: ``cells`` is a folder of one file per array index, or one file."""
-
-    def __init__(self, folder: Path, python: str | None, cells: Path):
-        super().__init__(folder=folder, python=python)
-        self.cells = cells
-
-    @property
-    def _submitit_command_str(self) -> str:
-        return f"{self.python} -m gridsubmit.task {shlex.quote(str(self.cells))}"
 
 
 class SlurmBackend(Backend):
@@ -258,7 +233,7 @@ class SlurmBackend(Backend):
                     jobs = [executor.submit(run_pack, specs) for specs in cells.values()]
                 return name, staged, jobs
             except Exception as exc:  # sbatch's own message is the useful part
-                said, message = str(exc), _clean(exc)
+                said, message = str(exc), clean_error(exc)
             found = find_by_name_or_none([name], self._since([]))
             if found:  # queued all the same: its jobs can never run (their folder was never named)
                 shutil.rmtree(staged, ignore_errors=True)
@@ -413,39 +388,7 @@ class SlurmBackend(Backend):
         return {**self.task_spec(sub), "env": {}, "forward_usr2": bool(self.profile.warn_signal)}
 
     def _executor(self, res: Resources, name: str, cells: Path) -> submitit.SlurmExecutor:
-        p = self.profile
-        # the interpreter goes into the script as it is: quote it (a path may hold spaces)
-        executor = NodeTaskExecutor(self.folder, shlex.quote(p.python) if p.python else None, cells)
-        params: dict = {"job_name": name, "time": max(1, math.ceil(res.time_s / 60)), "use_srun": p.use_srun,
-                        "stderr_to_stdout": False, "signal_delay_s": 0}  # fmt: skip
-        for key in ("partition", "cpus_per_task", "account", "qos", "constraint"):
-            if getattr(res, key) is not None:
-                params[key] = getattr(res, key)
-        if res.mem_mb:
-            params["mem"] = f"{res.mem_mb}M"
-        # gridsubmit owns every retry: a job SLURM requeued after a node failure would run
-        # the cell again beside the new attempt
-        extra = {"no-requeue": True, **p.sbatch_extra}
-        if res.gpus_per_job:
-            count = f"{res.gpu_type}:{res.gpus_per_job}" if res.gpu_type else str(res.gpus_per_job)
-            if p.gpu_request == "gres":
-                params["gres"] = f"gpu:{count}"
-            elif p.gpu_request == "gpus-per-node":
-                params["gpus_per_node"] = count
-            else:
-                extra["gpus"] = count
-        if p.warn_signal:  # a warning before the limit, forwarded to the command
-            extra["signal"] = p.warn_signal
-        if p.array_parallelism:
-            params["array_parallelism"] = p.array_parallelism
-        plain, _ = ctx.split_secrets(self.captured)
-        exports = [f"export {k}={shlex.quote(str(v))}" for k, v in {**plain, **p.env}.items()]
-        if exports or p.setup:
-            params["setup"] = [*exports, *p.setup]
-        if extra:
-            params["additional_parameters"] = extra
-        executor.update_parameters(**params)
-        return executor
+        return executor_for(self.profile, self.folder, res, name, cells, self.captured)
 
     def describe(self, submissions: Sequence[Submission]) -> str:
         """The site's limits as found, then the exact sbatch script of each array chunk
@@ -724,144 +667,6 @@ class SlurmBackend(Backend):
         log.info("rolled forward the submission of %s: its cells' folder is named", name)
         return True
 
-# --- parsing scheduler output (pure) -------------------------------------------------------------
-
-
-def expand_job_id(text: str) -> list[str]:
-    """``123_[0-2,5%4]`` -> ``123_0 123_1 123_2 123_5``; ``123_4`` and ``124`` as they are."""
-    m = re.fullmatch(r"(\d+)_\[([^\]]+)\]", text)
-    if not m:
-        return [text]
-    base, spec = m.group(1), m.group(2).split("%")[0]
-    ids = []
-    for part in spec.split(","):
-        lo, _, hi = part.partition("-")
-        ids += [f"{base}_{i}" for i in range(int(lo), int(hi or lo) + 1)]
-    return ids
-
-
-def parse_sacct(text: str) -> dict[str, tuple[JobState | None, dict]]:
-    """Rows of ``sacct -n -P -o JobID,JobName,State,ExitCode,NodeList,MaxRSS`` by job id;
-    MaxRSS comes from the step rows (``.batch``, ``.0``)."""
-    jobs: dict[str, tuple[JobState | None, dict]] = {}
-    rss: dict[str, str] = {}
-    for line in text.splitlines():
-        parts = line.split("|")
-        if len(parts) < 6:
-            continue
-        job_id, _name, state, exit_code, nodes, max_rss, elapsed = (parts + [""])[:7]
-        base, dot, _step = job_id.partition(".")
-        if dot:
-            if max_rss and _rss_bytes(max_rss) > _rss_bytes(rss.get(base, "")):
-                rss[base] = max_rss
-            continue
-        info = {"scheduler_state": state, "scheduler_exit_code": exit_code}
-        if elapsed:
-            info["elapsed"] = elapsed
-        if nodes and nodes not in ("None assigned", "(null)"):
-            info["node"] = nodes
-        for jid in expand_job_id(base):
-            jobs[jid] = (_mapped(state), dict(info))
-    for jid, value in rss.items():
-        if jid in jobs:
-            jobs[jid][1]["max_rss"] = value
-    return jobs
-
-
-# Pending reasons that never clear by themselves: the job waits until someone acts.
-STUCK_REASONS = ("JobHeld", "Invalid", "ReqNodeNotAvail", "PartitionDown", "PartitionInactive", "AccountNotAllowed",
-                 "QOSNotAllowed", "DependencyNeverSatisfied", "launch failed requeued held")  # fmt: skip
-
-
-def parse_squeue(text: str) -> dict[str, tuple[JobState | None, dict]]:
-    """Rows of ``squeue -h -r -o %i|%T|%N|%r``: a queued job's reason says why it waits;
-    a held job, or one whose reason never clears by itself, is marked ``stuck``."""
-    jobs = {}
-    for line in text.splitlines():
-        parts = line.strip().split("|")
-        if len(parts) < 3:
-            continue
-        info: dict = {"scheduler_state": parts[1]}
-        if parts[2]:
-            info["node"] = parts[2]
-        reason = parts[3].strip() if len(parts) > 3 else ""
-        waits = _mapped(parts[1]) is JobState.PENDING and reason not in ("", "None")
-        info["pending_reason"] = reason if waits else ""
-        info["stuck"] = waits and (parts[1] in ("REQUEUE_HOLD", "SPECIAL_EXIT") or reason.startswith(STUCK_REASONS))
-        for jid in expand_job_id(parts[0]):
-            jobs[jid] = (_mapped(parts[1]), info)
-    return jobs
-
-
-def _mapped(text: str) -> JobState | None:
-    """A state we do not know is taken for still running until SLURM says otherwise: an
-    unknown word must never end (or resubmit) a live job."""
-    state = from_slurm(text)
-    if state is None and text.strip():
-        log.warning("unknown SLURM state %r: taken as still running", text)
-        return JobState.RUNNING
-    return state
-
-
-def _rss_bytes(text: str) -> float:
-    m = re.fullmatch(r"([\d.]+)([KMGT]?)", text.strip())
-    if not m:
-        return 0.0
-    return float(m.group(1)) * {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}[m.group(2)]
-
-
-def sacct(ids: list[str], names: list[str], since: str) -> dict:
-    argv = ["sacct", "-n", "-P", "-o", SACCT_FIELDS, "-S", since, "-j", ",".join(ids)]
-    if names:
-        argv += ["--name", ",".join(names)]
-    return parse_sacct(run_command(argv))
-
-
-def squeue(ids: list[str], names: list[str]) -> dict:
-    argv = ["squeue", "-h", "-r", "-t", "all", "-o", "%i|%T|%N|%r", "-j", ",".join(ids)]
-    if names:  # job ids are reused when a cluster is reset: only this run's jobs
-        argv += ["--name", ",".join(names)]
-    try:
-        return parse_squeue(run_command(argv))
-    except SchedulerError as exc:
-        if "invalid job id" in str(exc).lower():
-            return {}  # an answer: every id purged or unknown (the result files and the grace period decide)
-        raise  # no answer (a timeout, a controller that does not respond): no evidence either way
-
-
-def find_by_name(names: list[str], since: str) -> dict[tuple[str, int | None], str]:
-    """Job ids of the runs' chunks, by (job name, array index), from squeue and sacct."""
-    return lookup_by_name(names, since)[0]
-
-
-def lookup_by_name(names: list[str], since: str) -> tuple[dict[tuple[str, int | None], str], bool]:
-    """(job ids by (job name, array index), whether a job not found is known not to exist:
-    sacct answered, as squeue forgets ended jobs)."""
-    found: dict[tuple[str, int | None], str] = {}
-    outputs = []
-    answered = False
-    for argv in (["squeue", "-h", "-r", "-t", "all", "-o", "%i|%j", "--name", ",".join(names)],
-                 ["sacct", "-n", "-P", "-X", "-o", "JobID,JobName", "-S", since, "--name", ",".join(names)]):  # fmt: skip
-        try:
-            outputs.append(run_command(argv))
-            answered = argv[0] == "sacct"
-        except SchedulerError:
-            continue
-    for out in outputs:
-        for line in out.splitlines():
-            job_id, _, name = line.strip().partition("|")
-            for jid in expand_job_id(job_id):
-                index = int(jid.split("_")[1]) if "_" in jid else None
-                found[(name, index)] = jid
-    return found, answered
-
-
-def _clean(exc: Exception) -> str:
-    text = str(exc).strip()
-    lines = [line for line in text.splitlines() if line.strip()]
-    errors = [line for line in lines if "error" in line.lower()]
-    return " / ".join(errors or lines[-3:])
-
 
 def refused_cap(ours: int, refused: int) -> int:
     """The queue cap after sbatch refused ``refused`` jobs for a limit while ``ours`` of the
@@ -869,22 +674,3 @@ def refused_cap(ours: int, refused: int) -> int:
     is tried next; a single job waits until one of the run's own ends (with none queued, until
     LIMIT_RETRY_S has passed)."""
     return ours + refused // 2
-
-
-def find_by_name_or_none(names: list[str], since: str) -> dict[tuple[str, int | None], str] | None:
-    """Like find_by_name, but None when neither squeue nor sacct answered (the chunks may
-    be queued all the same), rather than nothing found."""
-    found: dict[tuple[str, int | None], str] = {}
-    answered = False
-    for argv in (["squeue", "-h", "-r", "-t", "all", "-o", "%i|%j", "--name", ",".join(names)],
-                 ["sacct", "-n", "-P", "-X", "-o", "JobID,JobName", "-S", since, "--name", ",".join(names)]):  # fmt: skip
-        try:
-            out = run_command(argv, timeout=30)
-        except SchedulerError:
-            continue
-        answered = True
-        for line in out.splitlines():
-            job_id, _, name = line.strip().partition("|")
-            for jid in expand_job_id(job_id):
-                found[(name, int(jid.split("_")[1]) if "_" in jid else None)] = jid
-    return found if answered else None
