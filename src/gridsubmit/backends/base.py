@@ -296,6 +296,8 @@ class Backend(ABC):
                 fields.update(gpu_name=", ".join(dict.fromkeys(g["name"] for g in gpus)), gpu_driver=gpus[0]["driver"])
             if not result.get("started", True):  # the task says why (a signal, no runner left)
                 fields["error"] = result.get("error") or "never started"
+        elif state is JobState.CANCELLED and result is None and not (h.attempt_dir / CLAIM).exists():
+            fields["error"] = "cancelled before its command started"  # no task ever took the attempt
         elif state.terminal and result is None and not fields.get("error"):
             fields["error"] = f"no result.json: the job ended as {state.value} before the command finished"
             log = self.job_log(h)
