@@ -18,6 +18,7 @@ LAYERS = [
     {"freshness", "gpus", "demo.generate", "demo.compare"},  # the one judgement of stale cells
     {"manifest"},  # build, merge, load, save
     {"progress", "backends.base"},
+    {"backends.slurm_commands", "backends.slurm_script"},  # SLURM's parts: its commands, its script
     {"backends.local", "backends.slurm"},
     {"runner"},  # plan -> submit -> evidence -> decision -> merge
     {"api"},  # the public Python API

@@ -3,7 +3,7 @@
 
 from gridsubmit import manifest as mf
 from gridsubmit.backends.base import tail
-from gridsubmit.backends.slurm import expand_job_id, parse_sacct, parse_squeue
+from gridsubmit.backends.slurm_commands import expand_job_id, parse_sacct, parse_squeue
 from gridsubmit.cluster import Retry
 from gridsubmit.states import JobState as S
 
@@ -177,8 +177,8 @@ def test_a_packed_cells_scheduler_rows_while_it_runs_are_the_packs(tmp_path):
 
     backend = Quiet(parse_profile({"backend": "local", "time": "5:00"}, "test.yaml"), tmp_path, tmp_path, {})
     packed = Handle("dose_1000/dense/train", 1, tmp_path / "a", tmp_path / "o", job_id="41_0",
-                    extra={"pack": {"size": 2, "position": 1}, "looked": True})  # fmt: skip
-    alone = Handle("dose_1000/dense/test", 1, tmp_path / "b", tmp_path / "p", job_id="42", extra={"looked": True})
+                    pack={"size": 2, "position": 1}, looked=True)  # fmt: skip
+    alone = Handle("dose_1000/dense/test", 1, tmp_path / "b", tmp_path / "p", job_id="42", looked=True)
     by_key = {o.key: o.fields for o in backend.poll([packed, alone])}
     assert by_key["dose_1000/dense/test"]["elapsed"] == "00:01:00"
     fields = by_key["dose_1000/dense/train"]

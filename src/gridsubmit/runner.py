@@ -189,7 +189,7 @@ class Runner:
             pending = [(cell, a) for cell in self.manifest["jobs"] for a in cell["attempts"]
                        if a.get("accounting") == mf.ACCOUNTING_PENDING]  # fmt: skip
             for h in self.backend.reattach(pending) if pending else []:
-                h.extra["reported"] = True
+                h.reported = True
                 self.ended.append(h)
             self._attached = True
 
@@ -376,9 +376,9 @@ class Runner:
         for h in handles:
             self.handles[h.key] = h
             cell = self.cells[h.key]
-            cell["attempts"][-1].update(job_id=h.job_id, state=h.state.value, **h.extra.get("record", {}))
+            cell["attempts"][-1].update(job_id=h.job_id, state=h.state.value, **h.record)
             cell["state"] = h.state.value
-            h.extra["submitted_at"] = cell["attempts"][-1]["submitted_at"]
+            h.submitted_at = cell["attempts"][-1]["submitted_at"]
 
     # --- cancel ------------------------------------------------------------------------------
 

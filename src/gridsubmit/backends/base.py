@@ -63,24 +63,43 @@ class Submission:
     record: dict[str, Any] = field(default_factory=dict)  # backend fields saved before submitting
 
     def handle(self, **kw) -> "Handle":
-        h = Handle(self.key, self.attempt, self.attempt_dir, self.output_dir, expected_outputs=self.expected_outputs, **kw)
-        h.extra["looked"] = True  # submitted just now: its end shows in the done folder, or by the scheduler
-        return h
+        # submitted just now: its end shows in the done folder, or by the scheduler
+        return Handle(self.key, self.attempt, self.attempt_dir, self.output_dir, expected_outputs=self.expected_outputs,
+                      looked=True, **kw)
 
 
 @dataclass
 class Handle:
-    """A submitted attempt, as far as the backend tracks it; rebuilt from the manifest on re-attach."""
+    """A followed attempt: what was submitted, what has been seen of it, what was asked of it.
+    Rebuilt from the manifest on re-attach; the runner and the backends share it."""
 
+    # what was submitted
     key: str
     attempt: int
     attempt_dir: Path
     output_dir: Path
     job_id: str | None = None
-    state: JobState = JobState.SUBMITTED
-    undecided_since: float | None = None
     expected_outputs: tuple[str, ...] = ()
-    extra: dict[str, Any] = field(default_factory=dict)
+    job_name: str | None = None  # SLURM: the chunk's name, to find its jobs by (adoption)
+    array_task_id: int | None = None
+    pack: dict | None = None  # SLURM cells_per_job: {size, position} in its job
+    submitted_at: float | None = None
+    record: dict[str, Any] = field(default_factory=dict)  # fields for the manifest's attempt, once submitted
+    # what has been seen
+    state: JobState = JobState.SUBMITTED
+    undecided_since: float | None = None  # since when the evidence is inconclusive (see states.fate)
+    looked: bool = False  # its result file was looked for at least once
+    seen: dict | None = None  # the scheduler's last row about it, as last reported
+    reported: bool = False  # its own result.json gave its end: the node's figures stand
+    pack_ended: bool = False  # its pack's job ended before its turn
+    # what was asked of it
+    cancel_asked: bool = False
+    cancel_sent: bool = False  # scancel went through
+    discarded: str | None = None  # its job can never run it (why): LOST, submitted again
+    # the local backend's own: the queued submission, the process (ours, or adopted by pid and start)
+    submission: "Submission | None" = None
+    process: Any = None
+    cancelled: bool = False
 
     def __post_init__(self) -> None:
         self.done_name = done_name(self.key, self.attempt)
@@ -199,12 +218,12 @@ class Backend(ABC):
         done = self._done_names()
         ask = self.asks(handles)
         if not ask:  # the scheduler's last answer stands: the others are as they were
-            handles = [h for h in handles if h.done_name in done or h.undecided_since is not None or not h.extra.get("looked")]
+            handles = [h for h in handles if h.done_name in done or h.undecided_since is not None or not h.looked]
         results = {}
         for h in handles:
-            if h.done_name in done or not h.extra.get("looked"):
+            if h.done_name in done or not h.looked:
                 results[h.key] = read_json(h.attempt_dir / RESULT)
-                h.extra["looked"] = True
+                h.looked = True
             else:
                 results[h.key] = None
         # A result that settles the attempt on its own needs no scheduler query.
@@ -218,15 +237,15 @@ class Backend(ABC):
             if results[h.key] is None and (scheduled.terminal if scheduled is not None else unlisted_for >= self.grace_s):
                 results[h.key] = read_json(h.attempt_dir / RESULT)  # it ended without its mark
             result = results[h.key]
-            if result is None and h.extra.get("pack") and (scheduled is not None and scheduled.terminal
-                                                           or h.extra.get("cancel_asked")) and never_runs(h):  # fmt: skip
+            if result is None and h.pack and (scheduled is not None and scheduled.terminal
+                                                           or h.cancel_asked) and never_runs(h):  # fmt: skip
                 # a packed cell whose job ended before its turn, or that was cancelled before it
-                if h.extra.get("cancel_asked"):
+                if h.cancel_asked:
                     scheduled, why = JobState.CANCELLED, "cancelled before its turn in its pack"
                 else:
                     scheduled, why = JobState.LOST, (f"its job ended ({info.get('scheduler_state', '?')}) before this "
                                                      "cell's turn in its pack; it runs again")  # fmt: skip
-                h.extra["pack_ended"] = True
+                h.pack_ended = True
                 info = {**info, "error": why}
             # a job the scheduler lists as queued or running, or that it could not be asked
             # about: nothing to judge yet (the grace period starts once it answers)
@@ -243,22 +262,22 @@ class Backend(ABC):
             if state is None:
                 state = scheduled if scheduled is not None and scheduled.active else h.state
             if result is not None and state.terminal:
-                h.extra["reported"] = True  # the node's own figures stand for this attempt
+                h.reported = True  # the node's own figures stand for this attempt
                 if h.done_name in done:  # read: the folder listed every cycle stays as small as what runs
                     self._forget_done(h.done_name)
             if state.terminal:
                 self.on_end(h, state)
             # only what changed: nothing new about an attempt that runs on is the usual case
-            seen = h.extra.get("seen")
+            seen = h.seen
             if result is not None or state is not h.state or info is not seen and info != seen:
-                h.extra["seen"] = info
+                h.seen = info
                 observations.append(self._observe(h, state, result, info))
             h.state = state
         return observations
 
     def _observe(self, h: Handle, state: JobState, result: dict | None, info: dict) -> Observation:
         # a packed cell's scheduler figures are its whole job's: kept as the pack's
-        fields: dict[str, Any] = {"job_id": h.job_id, **h.extra.get("record", {}), **job_fields(info, h.extra.get("pack"))}
+        fields: dict[str, Any] = {"job_id": h.job_id, **h.record, **job_fields(info, h.pack)}
         if result is not None and state.terminal:
             fields.update(
                 started_at=result.get("started_at"),
@@ -277,6 +296,8 @@ class Backend(ABC):
                 fields.update(gpu_name=", ".join(dict.fromkeys(g["name"] for g in gpus)), gpu_driver=gpus[0]["driver"])
             if not result.get("started", True):  # the task says why (a signal, no runner left)
                 fields["error"] = result.get("error") or "never started"
+        elif state is JobState.CANCELLED and result is None and not (h.attempt_dir / CLAIM).exists():
+            fields["error"] = "cancelled before its command started"  # no task ever took the attempt
         elif state.terminal and result is None and not fields.get("error"):
             fields["error"] = f"no result.json: the job ended as {state.value} before the command finished"
             log = self.job_log(h)
@@ -299,7 +320,7 @@ class Backend(ABC):
         return Handle(key=cell["key"], attempt=attempt["attempt"], attempt_dir=self.root / attempt["dir"],
                       output_dir=Path(cell["output_dir"]), job_id=attempt.get("job_id"), state=JobState(attempt["state"]),
                       expected_outputs=tuple(cell.get("expected_outputs", ())),
-                      extra={"pack": attempt.get("pack"), "cancel_asked": bool(cell.get("cancel_requested"))})  # fmt: skip
+                      pack=attempt.get("pack"), cancel_asked=bool(cell.get("cancel_requested")))  # fmt: skip
 
     def _forget_done(self, name: str) -> None:
         try:

@@ -81,8 +81,8 @@ class LocalBackend(Backend):
         self.queue: deque[Handle] = deque()  # accepted, no process yet
         self.running: dict[str, tuple[Handle, list[str]]] = {}  # key -> attempt holding a slot, its GPU ids
         self.children: list[subprocess.Popen] = []  # processes this runner started that it has not reaped
-        # per handle: extra["process"] is our Popen, or (pid, start time) of a process we follow;
-        # extra["cancelled"] marks an attempt cancel() was asked for
+        # per handle: .process is our Popen, or (pid, start time) of a process we follow;
+        # .cancelled marks an attempt cancel() was asked for
 
     # --- protocol ----------------------------------------------------------------------------
 
@@ -91,7 +91,7 @@ class LocalBackend(Backend):
         handles = []
         for sub in submissions:
             h = sub.handle(state=JobState.PENDING)
-            h.extra["submission"] = sub
+            h.submission = sub
             handles.append(h)
             self.queue.append(h)
         if self.granting:
@@ -107,20 +107,20 @@ class LocalBackend(Backend):
             self._schedule()
         states = {}
         for h in handles:
-            if h.extra.get("cancelled"):  # CANCELLED once its result is written, or its process is gone
+            if h.cancelled:  # CANCELLED once its result is written, or its process is gone
                 stopping = self._alive(h) and not (h.attempt_dir / RESULT).exists()
                 states[h.key] = (JobState.RUNNING if stopping else JobState.CANCELLED, {})
             elif h.key in self.running and self.running[h.key][0] is h:
                 if self._alive(h):
                     states[h.key] = (JobState.RUNNING, {"job_id": h.job_id})
-            elif "submission" in h.extra:  # waits for a slot
+            elif h.submission is not None:  # waits for a slot
                 states[h.key] = (JobState.PENDING, {})
             # else: its process is gone without a result (judged LOST after the grace period)
         return states
 
     def cancel(self, handles: Sequence[Handle]) -> None:
         for h in handles:
-            h.extra["cancelled"] = True
+            h.cancelled = True
             if h in self.queue:
                 self.queue.remove(h)
             else:  # the task forwards it to the command's group, waits its grace period, writes its result
@@ -140,7 +140,7 @@ class LocalBackend(Backend):
                     h.job_id = str(claim["pid"])
                     self._follow(h, (int(claim["pid"]), claim.get("start")), claim.get("gpus"))
                 elif recorded is None:  # accepted by a runner that died before starting it
-                    h.extra["submission"] = Submission(h.key, h.attempt, cell["argv"], h.output_dir, h.attempt_dir,
+                    h.submission = Submission(h.key, h.attempt, cell["argv"], h.output_dir, h.attempt_dir,
                                                        Resources(**attempt["resources"]), h.expected_outputs)  # fmt: skip
                     self.queue.append(h)
                 # else: its process ended without claiming the attempt: it never ran (LOST, then retried)
@@ -159,7 +159,7 @@ class LocalBackend(Backend):
 
     def _follow(self, h: Handle, process: tuple[int, int | None], gpus: str | None) -> None:
         """Follow a process this runner did not start; its GPUs stay taken while it runs."""
-        h.extra["process"] = process
+        h.process = process
         taken = [g for g in (gpus or "").split(",") if g in self.free_gpus]
         self.free_gpus = [g for g in self.free_gpus if g not in taken]
         self.running[h.key] = (h, taken)
@@ -180,7 +180,7 @@ class LocalBackend(Backend):
         if claim is None or str(claim.get("pid")) == h.job_id or not self._process_alive(claim["pid"], claim.get("start")):
             return False
         h.job_id = str(claim["pid"])
-        h.extra["process"] = (int(claim["pid"]), claim.get("start"))
+        h.process = (int(claim["pid"]), claim.get("start"))
         return True
 
     def _schedule(self) -> None:
@@ -189,7 +189,7 @@ class LocalBackend(Backend):
             self._start(self.queue.popleft())
 
     def _start(self, h: Handle) -> None:
-        sub: Submission = h.extra.pop("submission")
+        sub, h.submission = h.submission, None
         gpus, self.free_gpus = self.free_gpus[: self.gpus_per_job], self.free_gpus[self.gpus_per_job :]
         self.running[h.key] = (h, gpus)
         visible = ",".join(gpus)
@@ -210,12 +210,12 @@ class LocalBackend(Backend):
             return
         self.children.append(proc)
         h.job_id = str(proc.pid)
-        h.extra["process"] = proc
-        h.extra["record"] = {"process_start": start_time(proc.pid, living=False), "gpus": visible}  # not reaped yet
+        h.process = proc
+        h.record = {"process_start": start_time(proc.pid, living=False), "gpus": visible}  # not reaped yet
         point("process-started")
 
     def _alive(self, h: Handle) -> bool:
-        proc = h.extra.get("process")
+        proc = h.process
         if proc is None:
             return False
         if isinstance(proc, subprocess.Popen):
@@ -239,7 +239,7 @@ class LocalBackend(Backend):
 
     def _signal(self, h: Handle, sig: int) -> None:
         if self._alive(h):
-            proc = h.extra["process"]
+            proc = h.process
             try:
                 os.kill(proc.pid if isinstance(proc, subprocess.Popen) else int(proc[0]), sig)
             except ProcessLookupError:

@@ -24,9 +24,7 @@ import logging
 import math
 import os
 import re
-import shlex
 import shutil
-import subprocess
 import time
 import uuid
 from collections import defaultdict
@@ -41,10 +39,13 @@ from .. import context as ctx
 from ..cluster import ClusterProfile, Resources
 from ..crashpoints import point
 from ..manifest import ACCOUNTING_PENDING, STATE_DIR
-from ..states import JobState, from_slurm
+from ..states import JobState
 from ..task import RESULT, TASKS_DIR, run_pack
 from .base import Backend, Handle, QueueFull, SchedulerError, Submission, SubmitError, check_root, never_runs
+from .slurm_commands import (ROW_FIELDS, clean_error, expand_job_id, find_by_name_or_none, lookup_by_name, run_command,
+                             sacct, squeue)
 from .slurm_limits import SUBMIT_TRIES, SiteLimits, backoff_s, lookup, sbatch_failure
+from .slurm_script import executor_for
 
 DEFAULT_MAX_ARRAY_SIZE = 1001  # SLURM's own default
 log = logging.getLogger(__name__)
@@ -54,32 +55,6 @@ PENDING_REASONS_EVERY_S = 60.0  # squeue for why queued jobs wait (held, bad acc
 ACCOUNTING_WAIT_S = 15.0  # at the end of a run, how long to wait for sacct's word on jobs that left no result
 LIMIT_RETRY_S = 60.0  # after sbatch refused a wave for a limit, a lower queue cap holds this long
 GHOST_SETTLE_S = 10.0  # a chunk sbatch may have queued while failing: looked for this long before it is let go
-SACCT_FIELDS = "JobID,JobName,State,ExitCode,NodeList,MaxRSS,Elapsed"
-# what an attempt holds of a sacct or squeue row (besides node)
-ROW_FIELDS = ("scheduler_state", "scheduler_exit_code", "elapsed", "max_rss", "pending_reason", "stuck")
-
-
-def run_command(argv: list[str], timeout: float = 60) -> str:
-    try:
-        proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise SchedulerError(f"{argv[0]}: {exc}") from None
-    if proc.returncode != 0:
-        raise SchedulerError(f"{argv[0]} exited {proc.returncode}: {(proc.stderr or proc.stdout).strip()}")
-    return proc.stdout
-
-
-class NodeTaskExecutor(submitit.SlurmExecutor):
-    """submitit's SLURM executor whose jobs run gridsubmit's node task (stdlib only) on the
-    cells' JSON spec: ``cells`` is a folder of one file per array index, or one file."""
-
-    def __init__(self, folder: Path, python: str | None, cells: Path):
-        super().__init__(folder=folder, python=python)
-        self.cells = cells
-
-    @property
-    def _submitit_command_str(self) -> str:
-        return f"{self.python} -m gridsubmit.task {shlex.quote(str(self.cells))}"
 
 
 class SlurmBackend(Backend):
@@ -153,9 +128,9 @@ class SlurmBackend(Backend):
         queued while reporting a failure, or that could not be cancelled): they hold a place
         in the queue."""
         self._chase_ghosts()
-        names = {h.extra.get("job_name") for h in handles}
+        names = {h.job_name for h in handles}
         ghosts = sum(g["tasks"] for name, g in self._ghosts.items() if name not in names)
-        self._queued_last = ghosts + len({h.job_id or (h.extra.get("job_name"), h.extra.get("array_task_id"), h.key)
+        self._queued_last = ghosts + len({h.job_id or (h.job_name, h.array_task_id, h.key)
                                           for h in handles} | set(self._lingering))  # fmt: skip
         return self._queued_last
 
@@ -231,7 +206,7 @@ class SlurmBackend(Backend):
                     record = {"array_job_id": array_id, "script": str(script), "job_name": name,
                               **self._gpu_cap(res)}  # the name changes when sbatch was asked again
                     h = sub.handle(job_id=job.job_id, state=JobState.PENDING,
-                                   extra={"job_name": name, "pack": sub.record.get("pack"), "record": record})  # fmt: skip
+                                   job_name=name, pack=sub.record.get("pack"), record=record)  # fmt: skip
                     chunk.append(h)
             try:
                 os.rename(staged, self.tasks / name)  # the jobs find their cells from now on
@@ -258,7 +233,7 @@ class SlurmBackend(Backend):
                     jobs = [executor.submit(run_pack, specs) for specs in cells.values()]
                 return name, staged, jobs
             except Exception as exc:  # sbatch's own message is the useful part
-                said, message = str(exc), _clean(exc)
+                said, message = str(exc), clean_error(exc)
             found = find_by_name_or_none([name], self._since([]))
             if found:  # queued all the same: its jobs can never run (their folder was never named)
                 shutil.rmtree(staged, ignore_errors=True)
@@ -384,10 +359,10 @@ class SlurmBackend(Backend):
         cancel them, and hand back their attempts as LOST so they are submitted again."""
         handles = []
         for sub in chunk:
-            h = sub.handle(state=JobState.PENDING, extra={"job_name": name, "array_task_id": sub.record["array_task_id"]})
+            h = sub.handle(state=JobState.PENDING, job_name=name, array_task_id=sub.record["array_task_id"])
             job_id = found.get((name, sub.record["array_task_id"]))
             h.job_id = job_id
-            h.extra["record"] = {"job_name": name, **({"array_job_id": job_id.split("_")[0]} if job_id else {})}
+            h.record = {"job_name": name, **({"array_job_id": job_id.split("_")[0]} if job_id else {})}
             handles.append(h)
         self._discard(handles, "sbatch reported a failure but queued it")
         return handles
@@ -400,11 +375,11 @@ class SlurmBackend(Backend):
             try:
                 self.cancel(handles)
             except SchedulerError:  # they give up within a minute without running anything; until then,
-                for name in {h.extra.get("job_name") for h in handles if h.job_id} - {None}:  # ghosts
-                    tasks = len({h.job_id for h in handles if h.extra.get("job_name") == name and h.job_id})
+                for name in {h.job_name for h in handles if h.job_id} - {None}:  # ghosts
+                    tasks = len({h.job_id for h in handles if h.job_name == name and h.job_id})
                     self._ghosts[name] = {"tasks": tasks, "since": time.monotonic()}
         for h in handles:
-            h.extra["discarded"] = f"{why}; job {h.job_id or '?'} was cancelled and the cell is submitted again"
+            h.discarded = f"{why}; job {h.job_id or '?'} was cancelled and the cell is submitted again"
 
     def _spec(self, sub: Submission) -> dict:
         # the captured variables and the profile's env are exported in the script, before the
@@ -413,39 +388,7 @@ class SlurmBackend(Backend):
         return {**self.task_spec(sub), "env": {}, "forward_usr2": bool(self.profile.warn_signal)}
 
     def _executor(self, res: Resources, name: str, cells: Path) -> submitit.SlurmExecutor:
-        p = self.profile
-        # the interpreter goes into the script as it is: quote it (a path may hold spaces)
-        executor = NodeTaskExecutor(self.folder, shlex.quote(p.python) if p.python else None, cells)
-        params: dict = {"job_name": name, "time": max(1, math.ceil(res.time_s / 60)), "use_srun": p.use_srun,
-                        "stderr_to_stdout": False, "signal_delay_s": 0}  # fmt: skip
-        for key in ("partition", "cpus_per_task", "account", "qos", "constraint"):
-            if getattr(res, key) is not None:
-                params[key] = getattr(res, key)
-        if res.mem_mb:
-            params["mem"] = f"{res.mem_mb}M"
-        # gridsubmit owns every retry: a job SLURM requeued after a node failure would run
-        # the cell again beside the new attempt
-        extra = {"no-requeue": True, **p.sbatch_extra}
-        if res.gpus_per_job:
-            count = f"{res.gpu_type}:{res.gpus_per_job}" if res.gpu_type else str(res.gpus_per_job)
-            if p.gpu_request == "gres":
-                params["gres"] = f"gpu:{count}"
-            elif p.gpu_request == "gpus-per-node":
-                params["gpus_per_node"] = count
-            else:
-                extra["gpus"] = count
-        if p.warn_signal:  # a warning before the limit, forwarded to the command
-            extra["signal"] = p.warn_signal
-        if p.array_parallelism:
-            params["array_parallelism"] = p.array_parallelism
-        plain, _ = ctx.split_secrets(self.captured)
-        exports = [f"export {k}={shlex.quote(str(v))}" for k, v in {**plain, **p.env}.items()]
-        if exports or p.setup:
-            params["setup"] = [*exports, *p.setup]
-        if extra:
-            params["additional_parameters"] = extra
-        executor.update_parameters(**params)
-        return executor
+        return executor_for(self.profile, self.folder, res, name, cells, self.captured)
 
     def describe(self, submissions: Sequence[Submission]) -> str:
         """The site's limits as found, then the exact sbatch script of each array chunk
@@ -473,9 +416,9 @@ class SlurmBackend(Backend):
         list yet, or for all when sacct fails), when asked; the answer is kept by job id in
         between. Attempts known by name only are looked up by name on the same cadence."""
         if ask:
-            orphans = [h for h in handles if not h.job_id and h.extra.get("job_name")]
+            orphans = [h for h in handles if not h.job_id and h.job_name]
             unfound = self._adopt_by_name(orphans)
-            with_ids = [h for h in handles if h.job_id and not h.extra.get("discarded")]
+            with_ids = [h for h in handles if h.job_id and not h.discarded]
             with_ids += [h for h, _ in self._lingering.values()]
             silent_ids, calls = self._ask(with_ids, time.monotonic()) if with_ids else (set(), 0)
             calls += 2 if orphans else 0
@@ -486,8 +429,8 @@ class SlurmBackend(Backend):
             self._unseen = any(not h.job_id or h.job_id not in self._by_id for h in handles)
         rows: dict = {}
         for h in handles:
-            if h.extra.get("discarded"):
-                rows[h.key] = (JobState.LOST, {"error": h.extra["discarded"]})
+            if h.discarded:
+                rows[h.key] = (JobState.LOST, {"error": h.discarded})
             elif h.job_id in self._by_id:
                 rows[h.key] = self._by_id[h.job_id]
         return rows
@@ -500,8 +443,8 @@ class SlurmBackend(Backend):
         about, how many calls it made). A failed call is no evidence that a job is gone:
         only sacct's answer is (squeue forgets ended jobs), or squeue's when sacct answered."""
         ids = sorted({h.job_id.split("_")[0] for h in handles})
-        names = sorted({h.extra["job_name"] for h in handles if h.extra.get("job_name")})
-        cancelled = [h for h in handles if h.extra.get("cancel_sent")]
+        names = sorted({h.job_name for h in handles if h.job_name})
+        cancelled = [h for h in handles if h.cancel_sent]
         failures = []
         try:
             by_id = self._sacct(ids, names, handles)
@@ -584,7 +527,7 @@ class SlurmBackend(Backend):
     def on_end(self, h: Handle, state: JobState) -> None:
         if h.job_id and not (self._by_id.get(h.job_id, (None,))[0] or JobState.PENDING).terminal:
             self._lingering.setdefault(h.job_id, (h, time.monotonic()))
-        if state is JobState.LOST and h.job_id and not h.extra.get("discarded") and not h.extra.get("pack_ended"):
+        if state is JobState.LOST and h.job_id and not h.discarded and not h.pack_ended:
             self._lost.append(h)
 
     def poll_interval(self, previous: float | None, changed: bool) -> float:
@@ -592,7 +535,7 @@ class SlurmBackend(Backend):
 
     @staticmethod
     def _since(handles: Sequence[Handle]) -> str:
-        first = min(((h.extra.get("submitted_at") or time.time()) for h in handles), default=time.time())
+        first = min(((h.submitted_at or time.time()) for h in handles), default=time.time())
         return time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(first - 300))
 
     def _spent(self, calls: int) -> None:
@@ -619,7 +562,7 @@ class SlurmBackend(Backend):
         (``wait``, ``submit``). Attempts that left no result are waited for, up to
         ACCOUNTING_WAIT_S, as the scheduler's word is all there is about their end."""
         jobs = {h.job_id for h in handles if h.job_id}
-        unreported = {h.job_id for h in handles if h.job_id and not h.extra.get("reported")}
+        unreported = {h.job_id for h in handles if h.job_id and not h.reported}
         deadline = time.monotonic() + ACCOUNTING_WAIT_S
         asked = False
         while missing := jobs - self._accounted.keys():
@@ -630,7 +573,7 @@ class SlurmBackend(Backend):
             ask = [h for h in handles if h.job_id in missing]
             try:
                 self._sacct(sorted({j.split("_")[0] for j in missing}),
-                            sorted({h.extra["job_name"] for h in ask if h.extra.get("job_name")}), ask)  # fmt: skip
+                            sorted({h.job_name for h in ask if h.job_name}), ask)  # fmt: skip
             except SchedulerError as exc:
                 log.warning("sacct for the run's accounting failed: %s", exc)
             self._spent(1)
@@ -647,15 +590,15 @@ class SlurmBackend(Backend):
         packed cell is marked so its task skips it; its job is cancelled only when the cell
         has started (its pack-mates that had not ended then run again) or all of the job's
         cells are asked to go."""
-        ids = [h.job_id for h in handles if h.job_id and not h.extra.get("pack")]
+        ids = [h.job_id for h in handles if h.job_id and not h.pack]
         by_job: dict[str, list[Handle]] = defaultdict(list)
         for h in handles:
-            h.extra.update(cancel_asked=True, looked=False)  # looked at again in the next cycle
-            if h.job_id and h.extra.get("pack"):
+            h.cancel_asked, h.looked = True, False  # looked at again in the next cycle
+            if h.job_id and h.pack:
                 by_job[h.job_id].append(h)
         for job_id, mine in by_job.items():  # marked, then looked for a claim: see never_runs
             started = [h for h in mine if not never_runs(h) and not (h.attempt_dir / RESULT).exists()]
-            if started or len(mine) == mine[0].extra["pack"]["size"]:
+            if started or len(mine) == mine[0].pack["size"]:
                 ids.append(job_id)
         if ids:
             for attempt in range(3):
@@ -668,7 +611,7 @@ class SlurmBackend(Backend):
                     time.sleep(1)
         for h in handles:
             if h.job_id in ids:
-                h.extra["cancel_sent"] = True
+                h.cancel_sent = True
         self._last_query = -math.inf  # ask again at once
 
     # --- re-attach -----------------------------------------------------------------------------
@@ -678,10 +621,10 @@ class SlurmBackend(Backend):
         self._unseen = bool(records)
         for cell, attempt in records:
             h = self.handle_from_record(cell, attempt)
-            h.extra.update(job_name=attempt.get("job_name"), submitted_at=attempt.get("submitted_at"),
-                           array_task_id=attempt.get("array_task_id"))  # fmt: skip
+            h.job_name, h.submitted_at = attempt.get("job_name"), attempt.get("submitted_at")
+            h.array_task_id = attempt.get("array_task_id")
             handles.append(h)
-        self._adopt_by_name([h for h in handles if h.job_id is None and h.extra.get("job_name")])
+        self._adopt_by_name([h for h in handles if h.job_id is None and h.job_name])
         return handles
 
     def _adopt_by_name(self, orphans: Sequence[Handle]) -> list[Handle]:
@@ -692,20 +635,20 @@ class SlurmBackend(Backend):
         until the grace period. Returns the orphans the scheduler gave no answer about."""
         if not orphans:
             return []
-        found, answered = lookup_by_name(sorted({h.extra["job_name"] for h in orphans}), self._since(orphans))
+        found, answered = lookup_by_name(sorted({h.job_name for h in orphans}), self._since(orphans))
         if not answered:
             self._outage(["sacct: no answer to the lookup by name"])
         adopted = []
         for h in orphans:
-            job_id = found.get((h.extra["job_name"], h.extra.get("array_task_id")))
+            job_id = found.get((h.job_name, h.array_task_id))
             if job_id:
                 h.job_id = job_id
-                h.extra["record"] = {"array_job_id": job_id.split("_")[0], "adopted": True}
+                h.record = {"array_job_id": job_id.split("_")[0], "adopted": True}
                 adopted.append(h)
-        cut_short = [h for h in adopted if not (self.tasks / h.extra["job_name"]).is_dir()]
-        for name in {h.extra["job_name"] for h in cut_short}:
+        cut_short = [h for h in adopted if not (self.tasks / h.job_name).is_dir()]
+        for name in {h.job_name for h in cut_short}:
             if self._roll_forward(name):
-                cut_short = [h for h in cut_short if h.extra["job_name"] != name]
+                cut_short = [h for h in cut_short if h.job_name != name]
         if cut_short:
             self._discard(cut_short, "its submission was cut short before its cells were written")
         return [h for h in orphans if not h.job_id] if not answered else []
@@ -724,144 +667,6 @@ class SlurmBackend(Backend):
         log.info("rolled forward the submission of %s: its cells' folder is named", name)
         return True
 
-# --- parsing scheduler output (pure) -------------------------------------------------------------
-
-
-def expand_job_id(text: str) -> list[str]:
-    """``123_[0-2,5%4]`` -> ``123_0 123_1 123_2 123_5``; ``123_4`` and ``124`` as they are."""
-    m = re.fullmatch(r"(\d+)_\[([^\]]+)\]", text)
-    if not m:
-        return [text]
-    base, spec = m.group(1), m.group(2).split("%")[0]
-    ids = []
-    for part in spec.split(","):
-        lo, _, hi = part.partition("-")
-        ids += [f"{base}_{i}" for i in range(int(lo), int(hi or lo) + 1)]
-    return ids
-
-
-def parse_sacct(text: str) -> dict[str, tuple[JobState | None, dict]]:
-    """Rows of ``sacct -n -P -o JobID,JobName,State,ExitCode,NodeList,MaxRSS`` by job id;
-    MaxRSS comes from the step rows (``.batch``, ``.0``)."""
-    jobs: dict[str, tuple[JobState | None, dict]] = {}
-    rss: dict[str, str] = {}
-    for line in text.splitlines():
-        parts = line.split("|")
-        if len(parts) < 6:
-            continue
-        job_id, _name, state, exit_code, nodes, max_rss, elapsed = (parts + [""])[:7]
-        base, dot, _step = job_id.partition(".")
-        if dot:
-            if max_rss and _rss_bytes(max_rss) > _rss_bytes(rss.get(base, "")):
-                rss[base] = max_rss
-            continue
-        info = {"scheduler_state": state, "scheduler_exit_code": exit_code}
-        if elapsed:
-            info["elapsed"] = elapsed
-        if nodes and nodes not in ("None assigned", "(null)"):
-            info["node"] = nodes
-        for jid in expand_job_id(base):
-            jobs[jid] = (_mapped(state), dict(info))
-    for jid, value in rss.items():
-        if jid in jobs:
-            jobs[jid][1]["max_rss"] = value
-    return jobs
-
-
-# Pending reasons that never clear by themselves: the job waits until someone acts.
-STUCK_REASONS = ("JobHeld", "Invalid", "ReqNodeNotAvail", "PartitionDown", "PartitionInactive", "AccountNotAllowed",
-                 "QOSNotAllowed", "DependencyNeverSatisfied", "launch failed requeued held")  # fmt: skip
-
-
-def parse_squeue(text: str) -> dict[str, tuple[JobState | None, dict]]:
-    """Rows of ``squeue -h -r -o %i|%T|%N|%r``: a queued job's reason says why it waits;
-    a held job, or one whose reason never clears by itself, is marked ``stuck``."""
-    jobs = {}
-    for line in text.splitlines():
-        parts = line.strip().split("|")
-        if len(parts) < 3:
-            continue
-        info: dict = {"scheduler_state": parts[1]}
-        if parts[2]:
-            info["node"] = parts[2]
-        reason = parts[3].strip() if len(parts) > 3 else ""
-        waits = _mapped(parts[1]) is JobState.PENDING and reason not in ("", "None")
-        info["pending_reason"] = reason if waits else ""
-        info["stuck"] = waits and (parts[1] in ("REQUEUE_HOLD", "SPECIAL_EXIT") or reason.startswith(STUCK_REASONS))
-        for jid in expand_job_id(parts[0]):
-            jobs[jid] = (_mapped(parts[1]), info)
-    return jobs
-
-
-def _mapped(text: str) -> JobState | None:
-    """A state we do not know is taken for still running until SLURM says otherwise: an
-    unknown word must never end (or resubmit) a live job."""
-    state = from_slurm(text)
-    if state is None and text.strip():
-        log.warning("unknown SLURM state %r: taken as still running", text)
-        return JobState.RUNNING
-    return state
-
-
-def _rss_bytes(text: str) -> float:
-    m = re.fullmatch(r"([\d.]+)([KMGT]?)", text.strip())
-    if not m:
-        return 0.0
-    return float(m.group(1)) * {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}[m.group(2)]
-
-
-def sacct(ids: list[str], names: list[str], since: str) -> dict:
-    argv = ["sacct", "-n", "-P", "-o", SACCT_FIELDS, "-S", since, "-j", ",".join(ids)]
-    if names:
-        argv += ["--name", ",".join(names)]
-    return parse_sacct(run_command(argv))
-
-
-def squeue(ids: list[str], names: list[str]) -> dict:
-    argv = ["squeue", "-h", "-r", "-t", "all", "-o", "%i|%T|%N|%r", "-j", ",".join(ids)]
-    if names:  # job ids are reused when a cluster is reset: only this run's jobs
-        argv += ["--name", ",".join(names)]
-    try:
-        return parse_squeue(run_command(argv))
-    except SchedulerError as exc:
-        if "invalid job id" in str(exc).lower():
-            return {}  # an answer: every id purged or unknown (the result files and the grace period decide)
-        raise  # no answer (a timeout, a controller that does not respond): no evidence either way
-
-
-def find_by_name(names: list[str], since: str) -> dict[tuple[str, int | None], str]:
-    """Job ids of the runs' chunks, by (job name, array index), from squeue and sacct."""
-    return lookup_by_name(names, since)[0]
-
-
-def lookup_by_name(names: list[str], since: str) -> tuple[dict[tuple[str, int | None], str], bool]:
-    """(job ids by (job name, array index), whether a job not found is known not to exist:
-    sacct answered, as squeue forgets ended jobs)."""
-    found: dict[tuple[str, int | None], str] = {}
-    outputs = []
-    answered = False
-    for argv in (["squeue", "-h", "-r", "-t", "all", "-o", "%i|%j", "--name", ",".join(names)],
-                 ["sacct", "-n", "-P", "-X", "-o", "JobID,JobName", "-S", since, "--name", ",".join(names)]):  # fmt: skip
-        try:
-            outputs.append(run_command(argv))
-            answered = argv[0] == "sacct"
-        except SchedulerError:
-            continue
-    for out in outputs:
-        for line in out.splitlines():
-            job_id, _, name = line.strip().partition("|")
-            for jid in expand_job_id(job_id):
-                index = int(jid.split("_")[1]) if "_" in jid else None
-                found[(name, index)] = jid
-    return found, answered
-
-
-def _clean(exc: Exception) -> str:
-    text = str(exc).strip()
-    lines = [line for line in text.splitlines() if line.strip()]
-    errors = [line for line in lines if "error" in line.lower()]
-    return " / ".join(errors or lines[-3:])
-
 
 def refused_cap(ours: int, refused: int) -> int:
     """The queue cap after sbatch refused ``refused`` jobs for a limit while ``ours`` of the
@@ -869,22 +674,3 @@ def refused_cap(ours: int, refused: int) -> int:
     is tried next; a single job waits until one of the run's own ends (with none queued, until
     LIMIT_RETRY_S has passed)."""
     return ours + refused // 2
-
-
-def find_by_name_or_none(names: list[str], since: str) -> dict[tuple[str, int | None], str] | None:
-    """Like find_by_name, but None when neither squeue nor sacct answered (the chunks may
-    be queued all the same), rather than nothing found."""
-    found: dict[tuple[str, int | None], str] = {}
-    answered = False
-    for argv in (["squeue", "-h", "-r", "-t", "all", "-o", "%i|%j", "--name", ",".join(names)],
-                 ["sacct", "-n", "-P", "-X", "-o", "JobID,JobName", "-S", since, "--name", ",".join(names)]):  # fmt: skip
-        try:
-            out = run_command(argv, timeout=30)
-        except SchedulerError:
-            continue
-        answered = True
-        for line in out.splitlines():
-            job_id, _, name = line.strip().partition("|")
-            for jid in expand_job_id(job_id):
-                found[(name, int(jid.split("_")[1]) if "_" in jid else None)] = jid
-    return found if answered else None
