@@ -32,6 +32,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import socket
 import time
@@ -84,14 +85,11 @@ def reuse_fingerprint(record: dict, output_dir: str, artifact_root: str) -> str:
     output folder and artifact root replaced by placeholders in its command, and inputs by
     path, size and modification time (a sha256 one side recorded and the other did not
     does not matter)."""
-    subs = [(str(output_dir).rstrip(os.sep), "{output_dir}"), (str(artifact_root).rstrip(os.sep), "{artifact_root}")]
-    argv = []
-    for item in record.get("argv") or []:
-        item = str(item)
-        for path, name in subs:
-            if path:
-                item = item.replace(path, name)
-        argv.append(item)
+    argv = [str(item) for item in record.get("argv") or []]
+    for path, name in ((str(output_dir).rstrip(os.sep), "{output_dir}"), (str(artifact_root).rstrip(os.sep), "{artifact_root}")):
+        if path:  # whole path parts only: root /runs/b is not the start of /runs/behaviours.json
+            pattern = re.compile(r"(?<![\w.\-/])" + re.escape(path) + r"(?![\w.\-])")
+            argv = [pattern.sub(name, item) for item in argv]
     inputs = {n: None if i is None else {k: i.get(k) for k in ("path", "size", "mtime")}
               for n, i in (record.get("inputs") or {}).items()}  # fmt: skip
     parts = {"argv": argv, "workdir": record.get("workdir"), "options": record.get("options"), "inputs": inputs}
