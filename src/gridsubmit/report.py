@@ -310,9 +310,11 @@ def plot(manifest: dict | None, path: Path, doses: Iterable[int] | None = None,
                 color = f"C{models.index(model) % 10}"
                 style = run if several else views.index(view)  # one line style per run, else per view
                 name = f"{model} ({view})" if test_only else f"{model} ({view}, {split})"
+                # a later run's markers are hollow and larger: where two runs agree, both stay visible
+                hollow = {"markerfacecolor": "none", "markersize": 6 + 3 * run, "markeredgewidth": 1.5} if several and run else {}
                 ax.plot(xs, [ys.get(x, math.nan) for x in xs], color=color,  # NaN: the line breaks there
                         linestyle=("-", "--", ":", "-.")[style % 4], marker="os^Dv"[views.index(view) % 5],
-                        label=f"{name} · {labels[run]}" if several else name)  # fmt: skip
+                        label=f"{name} · {labels[run]}" if several else name, **hollow)  # fmt: skip
                 absent = [x for x in xs if x not in ys]
                 if absent:  # at the foot of the panel, whatever the values' range
                     gaps = True
@@ -338,11 +340,13 @@ def plot(manifest: dict | None, path: Path, doses: Iterable[int] | None = None,
         legend["no result at this dose"] = Line2D([], [], linestyle="none", marker="x", markersize=8, markeredgewidth=2,
                                                   color="gray")  # fmt: skip
     # beside the panels; bbox_inches="tight" makes room for it on any matplotlib >= 3.5
-    fig.legend(list(legend.values()), list(legend), loc="upper left", bbox_to_anchor=(1.0, 0.97), fontsize=8)
+    fig.legend(list(legend.values()), list(legend), loc="upper left", bbox_to_anchor=(1.0, 0.97), fontsize=8,
+               handlelength=4.5 if several else 2.0)  # long enough to show each run's dashes around its marker
     split_note = "test split" if test_only else "all splits"
     if several:
         fig.suptitle(f"metrics by dose ({split_note}), line style per run: "
-                     + ", ".join(f"{label} {('solid', 'dashed', 'dotted', 'dash-dot')[i % 4]}" for i, label in enumerate(labels)))  # fmt: skip
+                     + ", ".join(f"{label} {('solid', 'dashed', 'dotted', 'dash-dot')[i % 4]}{', hollow markers' if i else ''}"
+                                 for i, label in enumerate(labels)))  # fmt: skip
     else:
         fig.suptitle(f"{manifests[0]['study'].get('name', 'study')}: metrics by dose ({split_note})")
     try:
