@@ -3,7 +3,6 @@
 import json
 import os
 
-import pytest
 import yaml
 
 from conftest import CELLCMD, cells, load_manifest, run_cli, wait_for
@@ -81,8 +80,7 @@ def test_runs_of_a_folder_that_does_not_exist_is_a_usage_error(tmp_path, capsys)
     assert "not a folder" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("depth_ok", [True])
-def test_runs_defaults_to_the_current_directory(tmp_path, capsys, monkeypatch, depth_ok):
+def test_runs_defaults_to_the_current_directory(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert run_cli("runs") == 0
     assert "no artifact roots" in capsys.readouterr().out
