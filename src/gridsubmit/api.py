@@ -22,21 +22,24 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from . import context as ctx
+from . import knobs as kn
 from . import manifest as mf
 from . import freshness
 from . import provenance as prov
+from . import reuse
 from .backends.base import check_root
 from .cluster import ClusterProfile, default_local_profile, load_profile, parse_profile
 from .errors import UsageError
 from .gpus import resolve as resolve_gpus
 from .jobs import JobKey
 from .preflight import check_commands
-from .progress import Progress
+from .progress import ProgressLike, progress_of
 from .runner import HangUp, Runner, cancel, detach_waiter, existing, exit_status, make_backend, prepare, profile_of
 from .states import JobState
 from .study import Filters, Grid, Study, load_study, plan
 
 ClusterLike = ClusterProfile | str | Path | Mapping[str, Any] | None
+KnobsLike = kn.Knobs | Mapping[str, Any] | None
 FOLLOW_EVERY_S = 0.5  # how often a second waiter re-reads the manifest of a run another process drives
 
 # The fields of the study's ComparisonJob, and the built-in study's names for them.
@@ -58,10 +61,10 @@ def load_cluster(cluster: ClusterLike = None) -> ClusterProfile:
 class GridExecutor:
     """Runs grids into one artifact root on one cluster profile (like submitit's executors)."""
 
-    def __init__(self, artifact_root: str | Path, cluster: ClusterLike = None, *, progress: Progress | None = None):
+    def __init__(self, artifact_root: str | Path, cluster: ClusterLike = None, *, progress: ProgressLike = None):
         self.root = Path(artifact_root).expanduser().resolve()
         self.profile = load_cluster(cluster)
-        self.progress = progress or Progress(quiet=True)
+        self.progress = progress_of(progress)
 
     def recorded_context(self) -> ctx.RunContext | None:
         """The working directory and environment of this root's run, if it has one."""
@@ -106,7 +109,8 @@ class GridExecutor:
 
     def submit(self, grid: Grid, *, rerun_failed: bool = False, rerun_stale: bool = True, rerun_all: bool = False,
                rerun: Sequence[str] = (), hash_inputs: bool = False, wait: bool = False,
-               timeout: float | None = None, command: str | None = None) -> "Run":  # fmt: skip
+               timeout: float | None = None, command: str | None = None, reuse_from: Sequence[str | Path] = (),
+               knobs: KnobsLike = None, progress: ProgressLike = None) -> "Run":  # fmt: skip
         """Record the grid in the root's manifest and submit its due cells: cells never run,
         and those ended before that ``rerun_failed`` / ``rerun_stale`` / ``rerun_all`` /
         ``rerun`` (cell keys) pick. The grid is the truth: a COMPLETED cell whose record
@@ -114,11 +118,22 @@ class GridExecutor:
         and counts as failed (``error: "stale: …"``) in ``execution_results``, never as a
         success. Other COMPLETED cells never run again. ``hash_inputs``: record each input's sha256 (else size and mtime). ``wait``:
         poll to the end here (``timeout`` seconds at most, then TimeoutError). Without
-        ``wait`` a local run is handed to a background runner, since local cells need one."""
+        ``wait`` a local run is handed to a background runner, since local cells need one.
+        ``reuse_from``: artifact roots of earlier runs whose COMPLETED cells are copied instead
+        of run where they ran from the same thing (see :mod:`gridsubmit.reuse`). ``knobs``:
+        ``{"max_parallel", "time", "partition", "cells_per_job"}`` (or a
+        :class:`gridsubmit.knobs.Knobs`) over the profile for this run, recorded in the
+        submission. ``progress``: a callable given each :class:`gridsubmit.progress.ProgressEvent`
+        while it waits (default: this executor's)."""
         selection = mf.Rerun(rerun_failed, rerun_stale, rerun_all, tuple(rerun))
+        knob = kn.Knobs.of(knobs)
+        kn.check(knob, self.profile.backend)
+        profile = kn.apply(self.profile, knob)
+        progress = self.progress if progress is None else progress_of(progress)
         context = self.context_for(grid)
         run_id = mf.new_run_id()
-        prepare(self.root, grid, self.profile, selection, run_id, context)  # refuses before anything is written
+        prepare(self.root, grid, profile, selection, run_id, context)  # refuses before anything is written
+        sources = reuse.load_sources(reuse_from, self.root) if reuse_from else []
         check_root(self.root, self.profile.backend)
         try:
             self.root.mkdir(parents=True, exist_ok=True)
@@ -129,18 +144,23 @@ class GridExecutor:
         hung_up = False
         with mf.RunLock(self.root, "submit"):
             old = mf.load(self.root)
-            manifest = prepare(self.root, grid, self.profile, selection, run_id, context)
+            manifest = prepare(self.root, grid, profile, selection, run_id, context)
             if old is None or not old.get("context"):  # a new run, or one from before contexts were kept
                 ctx.save(self.root / mf.STATE_DIR, context)
                 manifest["context"] = context.as_manifest()
             manifest["schema_version"] = mf.SCHEMA_VERSION
-            due = [cell["key"] for cell in mf.due_cells(manifest, self.profile.retry)]
+            reused = None
+            if sources:  # copied, not run: under this root's lock, before the due cells are counted
+                reused = reuse.apply(manifest, sources, mf.due_cells(manifest, profile.retry), backend=profile.backend,
+                                     workdir=str(context.workdir), submission=len(manifest.get("submissions", [])) + 1)  # fmt: skip
+            due = [cell["key"] for cell in mf.due_cells(manifest, profile.retry)]
             who = {"user": ctx.user(), "host": socket.gethostname(), "cwd": os.getcwd(),
                    "command": command or shlex.join(sys.argv)}  # fmt: skip
             entry = mf.submission_record(manifest, selection, hash_inputs, due, prov.git_state(context.workdir), who)
+            entry.update({k: v for k, v in (("knobs", knob.as_dict()), ("reuse", reused)) if v})
             manifest["submissions"] = [*manifest.get("submissions", []), entry]
-            backend = make_backend(self.profile, self.root, manifest)
-            runner = Runner(self.root, manifest, self.profile, backend, self.progress)
+            backend = make_backend(profile, self.root, manifest)
+            runner = Runner(self.root, manifest, profile, backend, progress)
             if not wait and not backend.runs_unattended:
                 runner.save()
             else:
@@ -208,20 +228,34 @@ class Run:
         """0: every runnable cell completed; 1: any did not."""
         return exit_status(existing(self.root))
 
-    def wait(self, timeout: float | None = None, progress: Progress | None = None, fail_on_stuck: bool = False,
-             cancel_on_interrupt: bool = False) -> dict:  # fmt: skip
+    def wait(self, timeout: float | None = None, progress: ProgressLike = None, fail_on_stuck: bool = False,
+             cancel_on_interrupt: bool = False, knobs: KnobsLike = None) -> dict:  # fmt: skip
         """Drive the run to its end, or follow the process that drives it and take over when
         it stops. Raises TimeoutError after ``timeout`` seconds, leaving the run going, and
         with ``fail_on_stuck`` StuckError once a job waits for someone to act (held, ...).
         Interrupted (Ctrl-C), it detaches: a local run is handed to a background runner,
-        unless ``cancel_on_interrupt``."""
-        progress = progress or Progress(quiet=True)
+        unless ``cancel_on_interrupt``. ``progress``: a callable given each
+        :class:`gridsubmit.progress.ProgressEvent` (an attempt ended; the counts), or a
+        :class:`gridsubmit.progress.Progress`; by default events go to the ``gridsubmit``
+        logger only. ``knobs`` (as for ``GridExecutor.submit``) apply from now on and are
+        recorded in the last submission; they need this call to drive the run."""
+        progress = progress_of(progress)
+        knob = kn.Knobs.of(knobs)
+        if knob:
+            kn.check(knob, profile_of(existing(self.root)).backend)
         deadline = None if timeout is None else time.monotonic() + timeout
         lock = mf.RunLock(self.root, "wait")
+        following = False
         while True:
             if lock.acquire():
                 try:
                     manifest = existing(self.root)
+                    if knob:
+                        if not manifest.get("submissions"):
+                            raise UsageError(f"{self.root}: this run has no submission history to record "
+                                             f"{', '.join(kn.FLAGS[k][0] for k in knob.as_dict())} in; submit it again")  # fmt: skip
+                        last = manifest["submissions"][-1]
+                        last["knobs"] = {**(last.get("knobs") or {}), **knob.as_dict()}
                     profile = profile_of(manifest)
                     backend = make_backend(profile, self.root, manifest)
                     runner = Runner(self.root, manifest, profile, backend, progress)
@@ -247,7 +281,14 @@ class Run:
                     raise StuckError(f"{self.root}: {len(stuck)} job(s) wait for someone to act: " + "; ".join(
                         f"{key} job {a['job_id']} ({a['pending_reason']})" for key, a in stuck) + "; the run goes on")
                 break
+            if knob:
+                raise UsageError(f"{self.root}: {', '.join(kn.FLAGS[k][0] for k in knob.as_dict())} apply to a runner "
+                                 f"this wait starts, and {mf.describe_holder(self.root)} drives the run; wait for it "
+                                 "to end, or cancel and submit again")  # fmt: skip
             try:
+                if not following:  # what ended before is not news
+                    progress.seen(existing(self.root))
+                    following = True
                 progress.update(existing(self.root))  # another process drives it: follow
                 if deadline is not None and time.monotonic() >= deadline:
                     break
@@ -315,7 +356,8 @@ def check_filters(manifest: dict, filters: Filters, root: Path) -> None:
 def execute_comparison_jobs(jobs: Iterable[Any], artifact_root: str | Path, *, cluster: ClusterLike = None,
                             workdir: str | Path | None = None, study: Study | str | Path | Mapping | None = None,
                             rerun_failed: bool = False, rerun_stale: bool = True,
-                            timeout: float | None = None) -> dict:  # fmt: skip
+                            timeout: float | None = None, reuse_from: Sequence[str | Path] = (),
+                            progress: ProgressLike = None, knobs: KnobsLike = None) -> dict:  # fmt: skip
     """Run the study's ComparisonJob objects and return the manifest, as the study's own
     executor does: ``execution_results`` (dose, view, split, returncode, log_path, and the
     job's inputs), ``n_jobs``, ``n_executed``, ``n_success``, ``n_failed``.
@@ -328,7 +370,13 @@ def execute_comparison_jobs(jobs: Iterable[Any], artifact_root: str | Path, *, c
 
     Called again into the same root, the jobs given are the truth: a cell that COMPLETED
     from other inputs, options or command runs again (``rerun_stale=False``: it is counted
-    as failed, ``error: "stale: …"``, with its reasons in ``stale``)."""
+    as failed, ``error: "stale: …"``, with its reasons in ``stale``).
+
+    ``reuse_from``: artifact roots of earlier runs to copy matching COMPLETED cells from
+    instead of running them. ``progress``: a callable given each
+    :class:`gridsubmit.progress.ProgressEvent` (``kind`` ``"ended"`` per attempt, ``"summary"``
+    with the counts); default: events logged to the ``gridsubmit`` logger. ``knobs``: as for
+    :meth:`GridExecutor.submit`."""
     given = []
     seen: set[JobKey] = set()
     for i, job in enumerate(jobs):
@@ -352,7 +400,8 @@ def execute_comparison_jobs(jobs: Iterable[Any], artifact_root: str | Path, *, c
     problems = executor.check(grid)
     if problems:  # nothing could start: one clear error, not a grid of failures
         raise UsageError("the comparison command cannot start:\n  " + "\n  ".join(problems))
-    run = executor.submit(grid, rerun_failed=rerun_failed, rerun_stale=rerun_stale, wait=True, timeout=timeout)
+    run = executor.submit(grid, rerun_failed=rerun_failed, rerun_stale=rerun_stale, wait=True, timeout=timeout,
+                          reuse_from=reuse_from, knobs=knobs, progress=progress)  # fmt: skip
     return study_manifest(run.manifest, {str(key) for key in seen})
 
 

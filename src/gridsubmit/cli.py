@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 from . import __version__
+from . import knobs as kn
 from . import manifest as mf
 from . import report
 from .api import Detached, GridExecutor, HangUp, Run, StuckError
@@ -51,6 +52,19 @@ def _rerun_args(p: argparse.ArgumentParser) -> None:
                    "dose_1000/dense/train (repeatable)")
 
 
+def _knob_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("knobs", "override the cluster profile for this run (recorded in the manifest's last "
+                             "submission; they change how cells run, not what they compute, so no cell turns stale)")  # fmt: skip
+    g.add_argument("--max-parallel", type=int, metavar="N", help="local: at most N cells at once")
+    g.add_argument("--time", metavar="LIMIT", help="every cell's time limit ('30', '1:30:00', '2-00:00:00')")
+    g.add_argument("--partition", metavar="NAME", help="SLURM: the partition of every cell")
+    g.add_argument("--cells-per-job", type=int, metavar="K", help="SLURM: run K cells one after another in one job")
+
+
+def _knobs(args) -> kn.Knobs:
+    return kn.Knobs(args.max_parallel, args.time, args.partition, args.cells_per_job)
+
+
 def _rerun(args) -> "mf.Rerun":
     return mf.Rerun(args.rerun_failed, args.rerun_stale, args.rerun_all, tuple(args.rerun))
 
@@ -76,14 +90,21 @@ def build_parser() -> argparse.ArgumentParser:
     _rerun_args(p)
     p.add_argument("--hash-inputs", action="store_true", help="record each input's sha256 (default: size and mtime; "
                    "hashing multi-GB checkpoints takes a while)")
+    p.add_argument("--reuse-from", action="append", default=[], type=Path, metavar="ROOT",
+                   help="artifact root of an earlier run: a cell that ran there from the same command, working "
+                   "directory, options and inputs, and whose outputs are unchanged, is copied, not run (repeatable)")  # fmt: skip
     p.add_argument("--dry-run", action="store_true", help="print what would be submitted; submit nothing")
     p.add_argument("--quiet", action="store_true", help="no progress display")
+    _knob_args(p)
 
     for name, text in (("status", "show the state of every cell (read-only)"),
                        ("wait", "re-attach to a run and poll it to the end"),
                        ("cancel", "cancel cells of a run"), ("report", "metrics table, CSV and plot")):  # fmt: skip
         p = sub.add_parser(name, help=text)
-        p.add_argument("artifact_root", type=Path)
+        if name == "report":
+            p.add_argument("artifact_root", type=Path, nargs="+", help="one run, or several: one table with a run column")
+        else:
+            p.add_argument("artifact_root", type=Path)
         if name == "status":
             p.add_argument("cell", nargs="?", help="one cell in full (e.g. dose_1000/dense/train)")
             p.add_argument("--json", action="store_true", help="the whole manifest (or the cell) as JSON")
@@ -98,6 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
                            "(default: Ctrl-C detaches and a background runner goes on)")
             p.add_argument("--fail-on-held", action="store_true", help=f"stop (exit {STUCK}) once a SLURM job is held or "
                            "waits for a reason that never clears by itself (bad account, ...); the run goes on")
+            _knob_args(p)
         if name == "cancel":
             _filters(p)
         if name == "report":
@@ -130,6 +152,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--csv", type=Path, help="write one row per cell x model x metric here")
     p.add_argument("--all", action="store_true", help="show identical cells too")
 
+    p = sub.add_parser("runs", help="every run under a folder, one line each (read-only)")
+    p.add_argument("folder", type=Path, nargs="?", default=Path("."),
+                   help="where to look (default: here); artifact roots up to 3 levels below it are found")
+    p.add_argument("--json", action="store_true", help="the listing as JSON")
+
+    p = sub.add_parser("clean", help="remove the folders and logs of superseded attempts",
+                       description="Remove the attempt folders (logs, results) of attempts that a later attempt of "
+                       "the same cell replaced: failed, cancelled, lost or rerun ones. The last attempt of each cell, "
+                       "attempts that have not ended and output folders are never touched; the manifest keeps every "
+                       "attempt's record and says what was removed.")  # fmt: skip
+    p.add_argument("artifact_root", type=Path)
+    p.add_argument("--dry-run", action="store_true", help="show what would be removed and how much space; remove nothing")
+    p.add_argument("--json", action="store_true", help="what was (or would be) removed, as JSON")
+
     p = sub.add_parser("demo", help="the whole loop on a synthetic study")
     p.add_argument("--artifact-root", type=Path, help="default: gridsubmit-demo/<time>")
     p.add_argument("--cluster", type=Path, help="cluster profile YAML (default: local backend)")
@@ -160,7 +196,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\ngridsubmit: interrupted. SLURM jobs keep running and `gridsubmit wait <artifact-root>` re-attaches; "
               "local jobs were cancelled (`gridsubmit submit ... --rerun-failed` runs them again)", file=sys.stderr)  # fmt: skip
-        manifest = mf.load(Path(args.artifact_root).expanduser().resolve()) if getattr(args, "artifact_root", None) else None
+        root = getattr(args, "artifact_root", None)
+        manifest = mf.load(Path(root).expanduser().resolve()) if isinstance(root, Path) else None
         if manifest is not None:
             print(f"gridsubmit: {_summary(mf.with_results(manifest))}", file=sys.stderr)
         return 130
@@ -225,6 +262,8 @@ def cmd_plan(args) -> int:
 
 def cmd_submit(args) -> int:
     executor = _executor(args, args.artifact_root, quiet=args.quiet)
+    knobs = _knobs(args)
+    executor.profile = kn.apply(executor.profile, knobs)  # refuses one the backend does not have; shown by --dry-run
     grid = _grid(args, executor)
     root = executor.root
     if not grid.runnable:
@@ -249,7 +288,8 @@ def cmd_submit(args) -> int:
     before = Run(root).ended()
     run = executor.submit(grid, rerun_failed=args.rerun_failed, rerun_stale=args.rerun_stale, rerun_all=args.rerun_all,
                           rerun=args.rerun, hash_inputs=args.hash_inputs, wait=args.wait,
-                          command=args.command_line)  # fmt: skip
+                          command=args.command_line, reuse_from=args.reuse_from, knobs=knobs)  # fmt: skip
+    _print_reuse(run)
     if not args.wait:
         print(f"submitted; `gridsubmit status {root}` shows progress, `gridsubmit wait {root}` waits")
         later = run.manifest["counts"].get("PLANNED", 0)
@@ -261,19 +301,34 @@ def cmd_submit(args) -> int:
     return run.exit_status
 
 
+def _print_reuse(run: Run) -> None:
+    """What the last submission reused from other runs, and what it could not, and why."""
+    entry = (run.manifest.get("submissions") or [{}])[-1].get("reuse")
+    if not entry:
+        return
+    print(f"reused {len(entry['reused'])} cell(s) from {', '.join(entry['from'])} (copied, not run)")
+    if entry["refused"]:
+        print(f"{len(entry['refused'])} cell(s) matched a cell there but were run, not reused:")
+        for key, why in entry["refused"].items():
+            print(f"  {key}: {why}")
+
+
 def _print_outcome(run: Run, before: set[tuple[str, int]]) -> None:
     """Every cell's state, and which attempts ended in this command (the others ended before)."""
     m = run.manifest
     print("\n" + report.status_table(m, mf.stale_of(m)))
     print(f"\n{_summary(m)}")
-    now = {key for key, _ in run.ended() - before}
+    copied = {c["key"] for c in m["jobs"] if c["attempts"] and c["attempts"][-1].get("reused")}
+    now = {key for key, _ in run.ended() - before} - copied
+    reused = {key for key, n in run.ended() - before if key in copied}
     states: dict[str, int] = {}
     for cell in m["jobs"]:
         if cell["key"] in now:
             states[cell["state"]] = states.get(cell["state"], 0) + 1
     ended_before = sum(1 for c in m["jobs"] if c["key"] not in now and c["attempts"])
+    ended_before -= len(reused)
     print(f"ran now: {len(now)}" + (f" ({', '.join(f'{n} {s}' for s, n in states.items())})" if states else "")
-          + f"; ended before this command: {ended_before}")
+          + (f"; reused from other runs: {len(reused)}" if reused else "") + f"; ended before this command: {ended_before}")
     _print_notes(m)
 
 
@@ -337,7 +392,7 @@ def cmd_wait(args) -> int:
     run = Run.open(args.artifact_root)
     before = run.ended()
     run.wait(timeout=args.timeout, progress=Progress(quiet=args.quiet), fail_on_stuck=args.fail_on_held,
-             cancel_on_interrupt=args.cancel_on_interrupt)  # fmt: skip
+             cancel_on_interrupt=args.cancel_on_interrupt, knobs=_knobs(args))  # fmt: skip
     _print_outcome(run, before)
     return run.exit_status
 
@@ -349,7 +404,9 @@ def cmd_logs(args) -> int:
     logs = [run.log_path(args.cell, args.attempt, stream) for stream in ("stdout", "stderr")]
     if not any(path.exists() for path in logs) and not (args.follow and active):
         why = attempt["state"] + (f": {attempt['error']}" if attempt.get("error") else "")
-        if attempt.get("started_at") is not None or attempt.get("returncode") is not None:
+        if attempt.get("cleaned_at"):
+            what = f"has no log files: `gridsubmit clean` removed {run.root / attempt['dir']} at {report.local_time(attempt['cleaned_at'])}"
+        elif attempt.get("started_at") is not None or attempt.get("returncode") is not None:
             what = f"has no log files in {run.root / attempt['dir']} (removed?)"
         else:
             what = "has not started yet" if active else "never started"
@@ -391,7 +448,9 @@ def cmd_cancel(args) -> int:
 
 
 def cmd_report(args) -> int:
-    run = Run.open(args.artifact_root)
+    if len(args.artifact_root) > 1:
+        return _report_runs(args)
+    run = Run.open(args.artifact_root[0])
     manifest = run.select(_selected(args))  # every cell without filters
     stale = mf.stale_of(manifest)
     ok, missing, _ = report.completeness(manifest, stale)
@@ -413,6 +472,65 @@ def cmd_report(args) -> int:
     if args.require_complete and missing:
         print(f"gridsubmit: --require-complete: {len(missing)} cell(s) do not contribute", file=sys.stderr)
         return 1
+    return 0
+
+
+def _report_runs(args) -> int:
+    """Several runs: each one's table and completeness, one CSV with a run column, one plot."""
+    if args.html:
+        raise UsageError("--html takes one run; give one artifact root (or use `gridsubmit diff A B`)")
+    runs = [(str(root), Run.open(root)) for root in args.artifact_root]
+    manifests = [(label, run.manifest) for label, run in runs]
+    filters = _selected(args)
+    present = {axis: {cell[axis] for _, m in manifests for cell in m["jobs"]} for axis in ("dose", "view", "split")}
+    stray = filters.stray(sorted(present["dose"]), sorted(present["view"]), sorted(present["split"]), "no cell of these runs")
+    if stray:
+        raise UsageError(stray)
+    shown, incomplete = [], 0
+    for label, manifest in manifests:
+        manifest = mf.with_results({**manifest, "jobs": mf.select(manifest, filters)})
+        stale = mf.stale_of(manifest)
+        ok, missing, _ = report.completeness(manifest, stale)
+        incomplete += len(missing)
+        print(f"== run {label}: {manifest['study'].get('name')}, created {report.local_time(manifest.get('created_at'))}, "
+              f"run id {manifest['run_id']}")  # fmt: skip
+        print(report.metrics_table(report.only(manifest, ok)))
+        print("\n" + report.completeness_text(manifest, stale) + "\n")
+        _print_notes(manifest)
+        shown.append((label, report.only(manifest, ok)))
+    if args.csv:
+        n = report.write_runs_csv(shown, args.csv)
+        print(f"wrote {n} row(s) of {len(shown)} runs to {args.csv}")
+    if args.plot:
+        report.plot(None, args.plot, runs=shown, doses=[c["dose"] for _, m in manifests for c in mf.select(m, filters)])
+        print(f"wrote {args.plot}")
+    if args.require_complete and incomplete:
+        print(f"gridsubmit: --require-complete: {incomplete} cell(s) do not contribute", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_runs(args) -> int:
+    from .runs import list_runs, runs_table
+
+    listing = list_runs(args.folder)
+    if args.json:
+        json.dump(listing, sys.stdout, indent=1)
+        print()
+    else:
+        print(runs_table(listing))
+    return 0
+
+
+def cmd_clean(args) -> int:
+    from .clean import clean, clean_text
+
+    out = clean(args.artifact_root, dry_run=args.dry_run)
+    if args.json:
+        json.dump(out, sys.stdout, indent=1)
+        print()
+    else:
+        print(clean_text(out))
     return 0
 
 
@@ -448,7 +566,8 @@ def cmd_demo(args) -> int:
     code = cmd_submit(argparse.Namespace(
         study=study, phase_c_root=None, phase_e_root=None, phase_f_root=None, strict=True, dose=[], view=[], split=[],
         workdir=None, cluster=args.cluster, artifact_root=root, wait=True, rerun_failed=False, rerun_stale=False,
-        rerun_all=False, rerun=[], hash_inputs=False, dry_run=False, quiet=args.quiet, command_line=args.command_line))  # fmt: skip
+        rerun_all=False, rerun=[], hash_inputs=False, dry_run=False, quiet=args.quiet, command_line=args.command_line,
+        reuse_from=[], max_parallel=None, time=None, partition=None, cells_per_job=None))  # fmt: skip
     manifest = Run.open(root).manifest
     print("\n" + report.metrics_table(manifest))
     plot = root / "metrics.png"
@@ -462,4 +581,5 @@ def cmd_demo(args) -> int:
 
 
 COMMANDS = {"plan": cmd_plan, "submit": cmd_submit, "status": cmd_status, "wait": cmd_wait, "logs": cmd_logs,
-            "cancel": cmd_cancel, "report": cmd_report, "diff": cmd_diff, "demo": cmd_demo}  # fmt: skip
+            "cancel": cmd_cancel, "report": cmd_report, "diff": cmd_diff, "demo": cmd_demo, "runs": cmd_runs,
+            "clean": cmd_clean}  # fmt: skip

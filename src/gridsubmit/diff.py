@@ -65,12 +65,15 @@ def diff_runs(a: dict, b: dict, *, timings: Iterable[str] = TIMINGS) -> dict:
             continue
         cb = cells_b[key]
         prov = _provenance(side_a.ran_from(ca), side_b.ran_from(cb), notes)
+        reused = _reused_pair(a, ca, b, cb)
+        if reused:  # one is a copy of the other's result: what it ran from is its source's
+            prov = []
         metrics = _metric_deltas(ca, cb, timings)
         state_a, state_b = ca.get("state"), cb.get("state")
         changed = bool(prov) or state_a != state_b or any(m["differs"] and not m["timing"] for m in metrics)
         cells.append({"key": key, "dose": ca.get("dose"), "view": ca.get("view"), "split": ca.get("split"),
                       "state_a": state_a, "state_b": state_b, "changed": changed,
-                      "provenance": prov, "metrics": metrics})  # fmt: skip
+                      "provenance": prov, "metrics": metrics, **({"reused": reused} if reused else {})})  # fmt: skip
     only_a = [k for k in cells_a if k not in cells_b]
     only_b = [k for k in cells_b if k not in cells_a]
     unfinished = {side: [k for k in going[side] if k in cells_a and k in cells_b] for side in going}
@@ -102,6 +105,19 @@ def diff_runs(a: dict, b: dict, *, timings: Iterable[str] = TIMINGS) -> dict:
         "warnings": warnings,
         "notes": [] if same else side_a.notes() + side_b.notes() + list(dict.fromkeys(notes)),
     }
+
+
+def _reused_pair(a: dict, ca: dict, b: dict, cb: dict) -> str | None:
+    """"B reused A" (or "A reused B") when one cell's last attempt is a copy of the other's
+    last attempt (``submit --reuse-from``), else None."""
+    for (x, cx, nx), (y, cy, ny) in (((b, cb, "B"), (a, ca, "A")), ((a, ca, "A"), (b, cb, "B"))):
+        last_x = (cx.get("attempts") or [{}])[-1]
+        last_y = (cy.get("attempts") or [{}])[-1]
+        origin = last_x.get("reused")
+        if isinstance(origin, dict) and y.get("artifact_root") and origin.get("root") == y.get("artifact_root") \
+                and origin.get("cell") == cy.get("key") and origin.get("attempt") == last_y.get("attempt"):
+            return f"{nx} reused {ny}"
+    return None
 
 
 def _not_ended(manifest: dict) -> list[str]:
@@ -149,6 +165,8 @@ class _Side:
         sub, index = None, last.get("submission")
         if isinstance(index, int) and 1 <= index <= len(self.submissions):
             sub = self.submissions[index - 1]
+        if isinstance(last.get("reused"), dict) and isinstance(last["reused"].get("origin"), dict):
+            sub = last["reused"]["origin"]  # a copy of another run's result: that run's code made it
         return {"argv": list(argv), "command": last.get("command") or shlex.join(argv),
                 "workdir": last.get("workdir") or (self.manifest.get("context") or {}).get("workdir"),
                 "options": dict(last.get("options") if last.get("options") is not None else cell.get("options") or {}),
@@ -379,6 +397,9 @@ def diff_text(d: dict, all_cells: bool = False) -> str:
     summary = f"{s['changed']} of {s['cells']} cells differ; {s['identical']} identical"
     if s["only_in_a"] or s["only_in_b"]:
         summary += f" ({s['only_in_a']} only in A, {s['only_in_b']} only in B)"
+    reused = [c for c in d["cells"] if c.get("reused")]
+    if reused:
+        summary += f"; {len(reused)} of them one run's copy of the other's result (submit --reuse-from)"
     for side in ("a", "b"):
         if s.get(f"not_finished_{side}"):
             summary += f"; {_cells(d[f'not_finished_{side}'])} not finished in {side.upper()}: not compared"

@@ -17,6 +17,7 @@ from .manifest import JOB_FIGURES
 from .pending import explain
 from .provenance import local_time
 from .metrics import tidy_records
+from .reuse import reused_note
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -43,6 +44,8 @@ def status_table(manifest: dict, stale: dict[str, list[str]] | None = None) -> s
             note = _metrics_note(cell)
         if stale and cell["key"] in stale:
             note = "stale: " + "; ".join(stale[cell["key"]])
+        elif not note and last.get("reused"):
+            note = reused_note(cell)
         if cell.get("cancel_requested") and cell["state"] in ("SUBMITTED", "PENDING", "RUNNING"):
             note = "cancelling: asked to stop, not ended yet"
         elif cell["state"] == "PENDING" and last.get("pending_reason"):
@@ -71,6 +74,11 @@ def cell_text(cell: dict, root: Path, stale: list[str] = (), submissions: list[d
         lines.append(f"  attempt {a['attempt']}: {a['state']}  {facts}")
         if pack_text(a):
             lines.append(f"    pack: {pack_text(a)}")
+        if a.get("reused"):
+            lines.append(f"    reused: not run; outputs copied from {a['reused'].get('root')} ({a['reused'].get('cell')} "
+                         f"attempt {a['reused'].get('attempt')})")
+        if a.get("cleaned_at"):
+            lines.append(f"    folder removed by `gridsubmit clean` at {local_time(a['cleaned_at'])}")
         if a.get("error"):
             lines.append(f"    why: {a['error']}")
         if a.get("command") and a["command"] != shlex.join(cell["argv"]):
@@ -154,6 +162,10 @@ def completeness_text(manifest: dict, stale: dict[str, list[str]]) -> str:
     lines = [f"{len(ok)} of {len(manifest['jobs'])} cells contribute metrics"]
     lines += [f"  not included: {key}: {why}" for key, why in missing]
     lines += [f"  flagged: {key}: {why}" for key, why in flagged]
+    reused = [(cell["key"], reused_note(cell)) for cell in manifest["jobs"] if cell["key"] in ok and reused_note(cell)]
+    if reused:
+        lines.append(f"{len(reused)} of them reused from other runs (not run here):")
+        lines += [f"  {key}: {note}" for key, note in reused]
     return "\n".join(lines)
 
 
@@ -223,21 +235,50 @@ def write_csv(manifest: dict, path: Path) -> int:
     return len(rows)
 
 
-def plot(manifest: dict, path: Path, doses: Iterable[int] | None = None) -> Figure:
+RUN_FIELDS = ("run", "study", "created")
+
+
+def write_runs_csv(runs: list[tuple[str, dict]], path: Path) -> int:
+    """Several runs in one tidy CSV: :func:`write_csv`'s columns after ``run`` (its label),
+    ``study`` (its study's name) and ``created`` (when the run was created, local time);
+    returns the number of rows."""
+    fields = (*RUN_FIELDS, *CSV_FIELDS)
+    n = 0
+    try:
+        with open(path, "w", newline="") as fh:
+            writer = csv.DictWriter(fh, fields)
+            writer.writeheader()
+            for label, manifest in runs:
+                head = {"run": label, "study": manifest["study"].get("name"), "created": local_time(manifest.get("created_at"))}
+                for r in metric_rows(manifest):
+                    writer.writerow({**head, **{k: "" if r[k] is None else r[k] for k in CSV_FIELDS}})
+                    n += 1
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot write the CSV: {exc.strerror or exc}") from None
+    return n
+
+
+def plot(manifest: dict | None, path: Path, doses: Iterable[int] | None = None,
+         runs: list[tuple[str, dict]] | None = None) -> Figure:
     """PSNR, SSIM and MS-SSIM (those present) against dose, amplitude and phase side by side,
     one line per model and view (test split when there is one); saved to ``path`` and returned.
     A metric with only a value (older wide CSVs) is drawn in the amplitude column.
 
     ``doses``: every dose of the grid (default: those of the manifest's cells). A line is
     broken at a dose it has no result for, and that dose is marked with an 'x' in the line's
-    colour at the bottom of the panel ("no result" in the legend), never bridged."""
+    colour at the bottom of the panel ("no result" in the legend), never bridged.
+
+    ``runs``: several runs in one plot, as (label, manifest) pairs (``manifest`` is then
+    ignored): one line style per run, the marker per view, the colour per model."""
     try:
         from matplotlib.figure import Figure
         from matplotlib.lines import Line2D
         from matplotlib.transforms import blended_transform_factory
     except ImportError:
         raise UsageError("--plot needs matplotlib: pip install 'gridsubmit[plot]'") from None
-    rows = metric_rows(manifest)
+    labels = [label for label, _ in runs] if runs else [""]
+    manifests = [m for _, m in runs] if runs else [manifest]
+    rows = [{**r, "run": i} for i, m in enumerate(manifests) for r in metric_rows(m)]
     if not rows:
         raise UsageError("nothing to plot: no completed cell has metrics")
     # (metric, column) -> series label -> [(dose, y)]
@@ -247,28 +288,34 @@ def plot(manifest: dict, path: Path, doses: Iterable[int] | None = None) -> Figu
         amplitude = r["amplitude"] if r["amplitude"] is not None else r["value"]
         for column, y in (("amplitude", amplitude), ("phase", r["phase"])):
             if metric in dict(PLOTTED) and y is not None:
-                points.setdefault((metric, column), {}).setdefault((r["model"], r["view"], r["split"]), []).append((r["dose"], y))
+                series = (r["model"], r["view"], r["split"], r["run"])
+                points.setdefault((metric, column), {}).setdefault(series, []).append((r["dose"], y))
     if not points:
         raise UsageError("nothing to plot: no cell has PSNR, SSIM or MS-SSIM values")
     test_only = any(series[2] == "test" for lines in points.values() for series in lines)
+    several = len(manifests) > 1
     shown = [(m, label) for m, label in PLOTTED if (m, "amplitude") in points or (m, "phase") in points]
     models = sorted({r["model"] for r in rows})
     views = sorted({r["view"] for r in rows})
-    grid_doses = sorted({*(cell["dose"] for cell in manifest["jobs"]), *(doses or ())})
+    grid_doses = sorted({*(cell["dose"] for m in manifests for cell in m["jobs"]), *(doses or ())})
     gaps = False
     fig = Figure(figsize=(11, 3 * len(shown) + 0.8), layout="constrained")
     axes = fig.subplots(len(shown), 2, squeeze=False)
     for (metric, label), pair in zip(shown, axes):
         for ax, column in zip(pair, ("amplitude", "phase")):
-            for (model, view, split), xy in sorted(points.get((metric, column), {}).items()):
+            for (model, view, split, run), xy in sorted(points.get((metric, column), {}).items()):
                 if test_only and split != "test":
                     continue
                 ys = dict(sorted(xy))
                 xs = sorted({*ys, *grid_doses})
                 color = f"C{models.index(model) % 10}"
+                style = run if several else views.index(view)  # one line style per run, else per view
+                name = f"{model} ({view})" if test_only else f"{model} ({view}, {split})"
+                # a later run's markers are hollow and larger: where two runs agree, both stay visible
+                hollow = {"markerfacecolor": "none", "markersize": 6 + 3 * run, "markeredgewidth": 1.5} if several and run else {}
                 ax.plot(xs, [ys.get(x, math.nan) for x in xs], color=color,  # NaN: the line breaks there
-                        linestyle=("-", "--", ":", "-.")[views.index(view) % 4], marker="os^Dv"[views.index(view) % 5],
-                        label=f"{model} ({view})" if test_only else f"{model} ({view}, {split})")  # fmt: skip
+                        linestyle=("-", "--", ":", "-.")[style % 4], marker="os^Dv"[views.index(view) % 5],
+                        label=f"{name} · {labels[run]}" if several else name, **hollow)  # fmt: skip
                 absent = [x for x in xs if x not in ys]
                 if absent:  # at the foot of the panel, whatever the values' range
                     gaps = True
@@ -294,9 +341,15 @@ def plot(manifest: dict, path: Path, doses: Iterable[int] | None = None) -> Figu
         legend["no result at this dose"] = Line2D([], [], linestyle="none", marker="x", markersize=8, markeredgewidth=2,
                                                   color="gray")  # fmt: skip
     # beside the panels; bbox_inches="tight" makes room for it on any matplotlib >= 3.5
-    fig.legend(list(legend.values()), list(legend), loc="upper left", bbox_to_anchor=(1.0, 0.97), fontsize=8)
+    fig.legend(list(legend.values()), list(legend), loc="upper left", bbox_to_anchor=(1.0, 0.97), fontsize=8,
+               handlelength=4.5 if several else 2.0)  # long enough to show each run's dashes around its marker
     split_note = "test split" if test_only else "all splits"
-    fig.suptitle(f"{manifest['study'].get('name', 'study')}: metrics by dose ({split_note})")
+    if several:
+        fig.suptitle(f"metrics by dose ({split_note}), line style per run: "
+                     + ", ".join(f"{label} {('solid', 'dashed', 'dotted', 'dash-dot')[i % 4]}{', hollow markers' if i else ''}"
+                                 for i, label in enumerate(labels)))  # fmt: skip
+    else:
+        fig.suptitle(f"{manifests[0]['study'].get('name', 'study')}: metrics by dose ({split_note})")
     try:
         fig.savefig(path, dpi=110, bbox_inches="tight")
     except OSError as exc:

@@ -20,6 +20,7 @@ import jinja2
 
 from . import manifest as mf
 from . import report
+from .reuse import reused_from, reused_note
 from .errors import UsageError
 
 # state -> colour class in the template, in the order states are counted in the header;
@@ -156,6 +157,7 @@ def _grid(jobs: list[dict], anchors: dict) -> dict:
                 n = len(cell.get("attempts") or [])
                 entries.append({"key": cell.get("key"), "state": cell.get("state"), "cls": _cls(cell.get("state")),
                                 "anchor": anchors[cell.get("key")], "stale": bool(cell.get("stale")),
+                                "reused": bool(reused_from(cell)),
                                 "attempts": f"{n} attempt{'s' if n != 1 else ''}" if n else "no attempt"})  # fmt: skip
         rows.append({"dose": dose, "entries": entries})
     return {"views": views, "splits": splits, "rows": rows}
@@ -227,6 +229,7 @@ def _cell(manifest: dict, cell: dict, anchor: str, root: Path) -> dict:
         "identity_columns": identity_columns,
         "missing": [str(m) for m in cell.get("missing") or []],
         "stale": [str(s) for s in cell.get("stale") or []] if isinstance(cell.get("stale"), list) else [],
+        "reused": reused_note(cell) if attempts else "",
         "metrics_error": _text(cell.get("metrics_error")) if cell.get("metrics_error") else "",
         "cancel": "cancel requested" if cell.get("cancel_requested") else "",
         # a failed cell's last logs are shown once, beside its stderr tail
@@ -242,6 +245,9 @@ def _attempt(manifest: dict, attempt: dict, root: Path, logs: bool = True) -> di
     facts += [(key, _fact(key, attempt[key])) for key in OPTIONAL_FIELDS if attempt.get(key) not in (None, "", [], {})]
     if report.pack_text(attempt):  # its scheduler figures are the whole job's, not this cell's
         facts.append(("pack", report.pack_text(attempt)))
+    if isinstance(attempt.get("reused"), dict):  # not run: copied from another run
+        origin = attempt["reused"]
+        facts.append(("reused", f"from {origin.get('root')} ({origin.get('cell')} attempt {origin.get('attempt')})"))
     lines = [("error", _text(attempt["error"]))] if attempt.get("error") else []
     if logs:
         lines += [(what, str(root / str(attempt[what]))) for what in ("stdout", "stderr") if attempt.get(what)]

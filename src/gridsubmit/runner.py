@@ -15,8 +15,10 @@ import time
 import uuid
 from pathlib import Path
 
+from . import clean
 from . import context as ctx
 from . import freshness
+from . import knobs
 from . import manifest as mf
 from . import provenance as prov
 from .crashpoints import point
@@ -59,7 +61,8 @@ def run_context(root: Path, manifest: dict) -> ctx.RunContext:
 def profile_of(manifest: dict) -> ClusterProfile:
     """The cluster profile a manifest was run with, re-validated (once per command: `wait`
     and `Run.done` ask for it again and again)."""
-    return _parsed_profile(json.dumps(manifest["cluster"], sort_keys=True), os.environ.get("CUDA_VISIBLE_DEVICES"))
+    profile = _parsed_profile(json.dumps(manifest["cluster"], sort_keys=True), os.environ.get("CUDA_VISIBLE_DEVICES"))
+    return knobs.apply(profile, knobs.recorded(manifest))  # --max-parallel, --time, ... of the last submission
 
 
 @functools.lru_cache(maxsize=8)
@@ -192,10 +195,12 @@ class Runner:
                 h.reported = True
                 self.ended.append(h)
             self._attached = True
+            self._apply_clean_records()
 
     def _cycle(self, submit_new: bool) -> bool:
         """One round: cancel requests, submissions, one poll, merge; True if anything changed."""
         changed = self._apply_cancel_requests()
+        self._apply_clean_records()
         if submit_new:
             changed |= self._submit_due()
         observations = self.backend.poll(list(self.handles.values()))
@@ -408,6 +413,12 @@ class Runner:
                 self.progress.note(f"cancel failed: {exc}")
         self.dirty |= bool(keys)
         return keys
+
+    def _apply_clean_records(self) -> None:
+        """What `gridsubmit clean` removed while this runner held the root, into the manifest."""
+        if clean.apply_pending(self.root, self.manifest):
+            self.save()
+            clean.forget_pending(self.root)
 
     def _apply_cancel_requests(self) -> bool:
         folder = self.root / mf.STATE_DIR / CANCEL_DIR
