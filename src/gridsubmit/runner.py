@@ -15,6 +15,8 @@ import time
 import uuid
 from pathlib import Path
 
+from . import codehash
+from . import comparability
 from . import context as ctx
 from . import freshness
 from . import manifest as mf
@@ -103,10 +105,11 @@ def stale_cells(old: dict, fresh: dict, workdir: str) -> dict[str, list[str]]:
     fresh plan would run now: key -> reasons."""
     by_key = {cell["key"]: cell for cell in old["jobs"]}
     hasher = prov.Hasher()
+    code = codehash.Now(workdir, fresh["study"].get("code_paths") or [], old.get("code_trees"))
     out = {}
     for new in fresh["jobs"]:
         last = prov.judged(by_key[new["key"]]) if new["key"] in by_key else None
-        why = [] if last is None else freshness.reasons(last, new, workdir, hasher)
+        why = [] if last is None else freshness.reasons(last, new, workdir, hasher, code)
         if why:
             out[new["key"]] = why
     return out
@@ -199,6 +202,7 @@ class Runner:
         observations = self.backend.poll(list(self.handles.values()))
         point("polled")
         changed |= self._note_outage()
+        comparability.keep_environments(self.manifest, observations)  # each distinct one once, not per attempt
         changed |= mf.merge(self.manifest, observations, self.cells)
         point("merged")
         for obs in observations:
@@ -328,9 +332,15 @@ class Runner:
         self.backend.assign(submissions)
         history = self.manifest.get("submissions") or [{}]
         hasher = self._hasher if history[-1].get("hash_inputs") else None
+        code = self._code_recorder()
         for sub, cell in zip(submissions, due):
             rel = sub.attempt_dir.relative_to(self.root)
             origin = prov.ran_from(cell, str(self.backend.workdir), hasher)
+            trees = self.manifest.get("code_trees") or {}
+            if code_record := code.record(cell["argv"], trees):
+                origin["code"] = code_record
+            if trees:
+                self.manifest["code_trees"] = trees
             mf.add_attempt(cell, {**origin, "submission": history[-1].get("n"),
                 "backend": self.backend.name, "job_id": None, "state": JobState.SUBMITTED.value,
                 "submitted_at": time.time(), "dir": str(rel), "stdout": str(rel / STDOUT),
@@ -362,6 +372,14 @@ class Runner:
         self.save()  # every job id is on disk before the runner moves on
         point("handles-saved")
         return True
+
+    def _code_recorder(self) -> codehash.Recorder:
+        """The code each new attempt runs (its script, the study's code_paths), read once per round."""
+        if getattr(self, "_code", None) is None:
+            env = {**self.backend.captured, **{k: str(v) for k, v in self.profile.env.items()}}
+            self._code = codehash.Recorder(str(self.backend.workdir), env, self.manifest["study"].get("code_paths") or [])
+        self._code.new_round()
+        return self._code
 
     def _record_handles(self, handles: list[Handle]) -> None:
         for h in handles:
