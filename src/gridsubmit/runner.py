@@ -26,6 +26,7 @@ from .backends.base import Backend, Handle, SchedulerError, Submission, SubmitEr
 from .cluster import ClusterProfile, parse_profile
 from .errors import UsageError
 from .jobs import JobKey
+from .notify import Notifier
 from .progress import Progress
 from .states import JobState
 from .study import Filters
@@ -135,6 +136,7 @@ class Runner:
         self._due: dict[str, dict] | None = None  # cells due for an attempt, kept up to date as cells change
         self._save_floor = min(SAVE_EVERY_S[1], max(SAVE_EVERY_S[0], len(self.cells) / 1000))
         self._save_every = self._save_floor  # each save spaces the next by what it cost
+        self.notifier = Notifier(self.root, manifest, profile.notify, profile.notify_timeout_s, self.save)
 
     # --- the loop ------------------------------------------------------------------------------
 
@@ -165,6 +167,8 @@ class Runner:
                 interval = self.backend.poll_interval(interval, changed)
                 signals.check()
                 self.backend.sleep(interval)
+            if not self.handles and mf.finished(self.manifest) and not mf.due_cells(self.manifest, self.profile.retry):
+                self.notifier.end()  # every cell final: once per submission, whichever runner sees it
             point("finished")
             self._enrich()
             point("enriched")
@@ -174,6 +178,7 @@ class Runner:
             raise
         finally:
             signals.restore()
+            self.dirty |= self.notifier.collect(wait=True)  # a notifier that hangs is killed at its timeout
             if self.dirty:
                 self.save()
             self.backend.close(finished=not self.handles)
@@ -211,8 +216,11 @@ class Runner:
                 if mf.is_due(self.cells[obs.key], self.profile.retry):
                     self._due = None  # to be retried: found again, in grid order
         self.dirty |= changed
+        self.notifier.observe(observations, self.cells, self.profile.retry)
         if observations:  # only news can make a job stuck
             self._warn_stuck()
+            self.notifier.stuck(self.stuck())
+        self.dirty |= self.notifier.collect()
         act = any(o.state.terminal and o.state is not JobState.COMPLETED for o in observations)  # someone may act on it
         since = time.monotonic() - self._saved_at
         if self.dirty and (act and since >= self._save_every / 5 or since >= self._save_every):
