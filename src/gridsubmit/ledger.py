@@ -7,8 +7,9 @@ Per attempt:
   pending), the GPUs the command saw (``gpus``, its CUDA_VISIBLE_DEVICES); locally, those
   (one slot's GPU ids); failing all, the request (``resources.gpus_per_job``). ``gpus_from``
   says which.
-- ``held_s``: how long it held them: sacct's ``Elapsed`` of its job (a job of one cell); for
-  a packed cell or without sacct's word, the command's own ``elapsed_s``.
+- ``held_s``: how long it held them: sacct's ``Elapsed`` of its job (a job of one cell: whole
+  seconds, start-up included), or the command's own ``elapsed_s`` where that is longer; for a
+  packed cell or without sacct's word, ``elapsed_s``.
 - ``gpu_s``: ``held_s`` × ``gpus``.
 - ``queue_wait_s``: submitted → started (the command's start).
 - ``wasted``: the attempt did not complete, or it completed and a later attempt (a retry or a
@@ -70,7 +71,9 @@ def held_gpus(attempt: dict) -> tuple[int, str]:
 def attempt_figures(cell: dict, attempt: dict) -> dict:
     gpus, source = held_gpus(attempt)
     elapsed = elapsed_seconds(attempt.get("elapsed")) if not attempt.get("pack") else None
-    held = elapsed if elapsed is not None else attempt.get("elapsed_s")
+    held = attempt.get("elapsed_s")
+    if elapsed is not None:  # whole seconds, and the job's start-up too; never less than the command's own time
+        held = max(elapsed, held or 0.0)
     if held is None and attempt.get("started_at") is not None and attempt.get("ended_at") is not None:
         held = max(0.0, attempt["ended_at"] - attempt["started_at"])
     held = float(held or 0.0)
@@ -92,10 +95,10 @@ def attempt_figures(cell: dict, attempt: dict) -> dict:
 def _total(rows: Iterable[dict]) -> dict:
     rows = list(rows)
     waits = [r["queue_wait_s"] for r in rows if r["queue_wait_s"] is not None]
-    gpu_s = sum(r["gpu_s"] for r in rows)
-    wasted = sum(r["gpu_s"] for r in rows if r["wasted"])
-    return {"attempts": len(rows), "gpu_s": round(gpu_s, 3), "gpu_hours": gpu_s / 3600,
-            "wasted_gpu_s": round(wasted, 3), "wasted_gpu_hours": wasted / 3600,
+    gpu_s = round(sum(r["gpu_s"] for r in rows), 3)
+    wasted = round(sum(r["gpu_s"] for r in rows if r["wasted"]), 3)
+    return {"attempts": len(rows), "gpu_s": gpu_s, "gpu_hours": gpu_s / 3600,
+            "wasted_gpu_s": wasted, "wasted_gpu_hours": wasted / 3600,
             "queue_wait_s": round(sum(waits), 3), "queue_wait_median_s": statistics.median(waits) if waits else None}  # fmt: skip
 
 
@@ -144,10 +147,13 @@ def footer(book: dict) -> str:
     text = f"{LABEL}: {hours(run['gpu_hours'])} used ({hours(run['wasted_gpu_hours'])} wasted) over {run['attempts']} attempt(s)"
     if run["queue_wait_median_s"] is not None:
         text += f"; queue wait median {run['queue_wait_median_s']:.1f} s"
-    if proj["cells"]:
+    unprojected = len(proj["unprojected"])
+    if proj["cells"] and unprojected == proj["cells"]:
+        text += f"; {proj['cells']} cell(s) still to run, not projected yet (no completed cell of their resources to go by)"
+    elif proj["cells"]:
         text += f"; projected {hours(proj['gpu_hours'])} more for {proj['cells']} cell(s) still to run"
-        if proj["unprojected"]:
-            text += f" ({len(proj['unprojected'])} without a completed cell of their resources to go by)"
+        if unprojected:
+            text += f" ({unprojected} of them without a completed cell of their resources to go by)"
     return text
 
 
