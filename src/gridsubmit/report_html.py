@@ -138,13 +138,17 @@ def _defend(manifest: dict, stale: dict, colour_by: str | None, reference: str |
     manifest = {**manifest, "jobs": [{**c, "stale": stale.get(c["key"], [])} for c in manifest["jobs"]]}
     ok = report.completeness(manifest, stale)[0]
     tables = []
-    for metric, part in compare.HTML_TABLES:
-        try:
-            t = compare.table(manifest, ok, metric, part, reference)
-        except UsageError:  # a reference without this metric: the table without differences
-            t = compare.table(manifest, ok, metric, part)
-        if t["models"]:
-            tables.append(_answer(t))
+    for metric in dict.fromkeys(m for m, _ in compare.HTML_TABLES):  # one table per metric: amplitude | phase
+        parts = []
+        for part in compare.PARTS:
+            try:
+                t = compare.table(manifest, ok, metric, part, reference)
+            except UsageError:  # a reference without this metric: the table without differences
+                t = compare.table(manifest, ok, metric, part)
+            if t["models"]:
+                parts.append(_answer(t))
+        if parts:
+            tables.append(_pair(parts))
     judged = comparability.judge(manifest, ok)
     book = book or ledger.ledger(manifest)
     colours = {}
@@ -173,6 +177,18 @@ def _defend(manifest: dict, stale: dict, colour_by: str | None, reference: str |
                       if colour_by and c["attempts"]},  # fmt: skip
         "colour_legend": [{"value": v, "colour": col} for v, col in colours.items()],
     }
+
+
+def _pair(parts: list[dict]) -> dict:
+    """The amplitude and phase tables of one metric side by side, row by row (the same cells)."""
+    rows = []
+    for i, row in enumerate(parts[0]["rows"]):
+        rows.append({"axes": row["axes"], "missing": row["missing"],
+                     "groups": [{"values": p["rows"][i]["values"], "deltas": p["rows"][i]["deltas"]} for p in parts]})  # fmt: skip
+    return {"title": parts[0]["title"].split(",")[0], "better": parts[0]["better"], "axes": parts[0]["axes"],
+            "parts": [{"part": p["title"].split(", ")[1], "models": p["models"], "deltas": p["deltas"],
+                       "reference": p["reference"], "span": p["span"]} for p in parts],
+            "span": sum(p["span"] for p in parts), "rows": rows}  # fmt: skip
 
 
 def _swatch(value: str, colours: dict) -> dict:
