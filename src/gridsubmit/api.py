@@ -331,6 +331,23 @@ class Run:
         check_filters(existing(self.root), filters, self.root)
         return cancel(self.root, filters)
 
+    def ledger(self, manifest: dict | None = None) -> dict:
+        """The GPU-hour ledger of ``manifest`` (default: as :attr:`manifest` gives it): per attempt,
+        cell, dose and run, and the projection for the cells still to run (see gridsubmit.ledger)."""
+        from . import ledger
+
+        manifest = manifest if manifest is not None else self.manifest
+        return ledger.ledger(manifest, [c["key"] for c in mf.due_cells(manifest, profile_of(manifest).retry)])
+
+    def comparability(self, manifest: dict | None = None) -> dict:
+        """What varies (GPU model, driver, CUDA, code, environment, options, gridsubmit version)
+        across the cells that contribute metrics, with the cells of each value (gridsubmit.comparability)."""
+        from . import comparability
+        from .report import completeness
+
+        manifest = manifest if manifest is not None else self.manifest
+        return comparability.judge(manifest, completeness(manifest, mf.stale_of(manifest))[0])
+
     def select(self, filters: Filters = Filters(), states: Sequence[str] = ()) -> dict:
         """The manifest as :attr:`manifest` gives it, with only the cells that ``filters`` and
         ``states`` (JobState names; none: any) select, its counts derived from those. A filter

@@ -130,6 +130,19 @@ def build_parser() -> argparse.ArgumentParser:
                            "provenance, failures")
             p.add_argument("--require-complete", action="store_true", help="exit 1 unless every cell COMPLETED, is not "
                            "stale, has its outputs and metrics")
+            p.add_argument("--require-consistent", action="store_true", help="exit 1 when the cells that contribute "
+                           "metrics differ in GPU model, driver, CUDA, code, environment, options or gridsubmit version")
+            p.add_argument("--json", action="store_true", help="completeness, metrics, comparability, GPU-hours (and "
+                           "the --compare tables) as JSON")
+            p.add_argument("--compare", action="append", default=[], metavar="METRIC[:PART]", help="a table of one metric "
+                           "(amplitude by default, or :phase): rows dose x view (x split), a column per model, the best "
+                           "marked; with --csv, the CSV holds these tables (repeatable)")
+            p.add_argument("--reference", metavar="MODEL", help="--compare and the HTML page: each model's difference "
+                           "from this one")
+            p.add_argument("--ledger-csv", type=Path, help="write the GPU-hour ledger here (attempts, cells, doses, run, "
+                           "projection)")
+            p.add_argument("--colour-by", "--color-by", dest="colour_by", choices=["gpu", "driver", "cuda", "code",
+                           "environment", "options", "gridsubmit"], help="--html: colour the grid's cells by this factor")
 
     p = sub.add_parser("logs", help="print (or follow) a cell's stdout or stderr",
                        description="Print one attempt's output. A COMPLETED attempt: its stdout. Any other: both "
@@ -376,6 +389,9 @@ def cmd_status(args) -> int:
     selected = f" of {everything['n_jobs']} selected" if manifest["n_jobs"] != everything["n_jobs"] else ""
     print(f"\n{manifest['n_jobs']} cells{selected}: " + (", ".join(f"{k} {v}" for k, v in manifest["counts"].items()) or "none")
           + (f" ({len(stale)} of them stale: `submit --rerun-stale` runs them)" if stale else ""))
+    from .ledger import footer
+
+    print(footer(run.ledger(manifest)))
     _print_notes(manifest)
     outage = everything.get("scheduler_outage")
     if outage and not mf.finished(everything):
@@ -448,6 +464,8 @@ def cmd_cancel(args) -> int:
 
 
 def cmd_report(args) -> int:
+    from . import compare, comparability, ledger
+
     if len(args.artifact_root) > 1:
         return _report_runs(args)
     run = Run.open(args.artifact_root[0])
@@ -455,22 +473,42 @@ def cmd_report(args) -> int:
     stale = mf.stale_of(manifest)
     ok, missing, _ = report.completeness(manifest, stale)
     shown = report.only(manifest, ok)
-    print(report.metrics_table(shown))
-    print("\n" + report.completeness_text(manifest, stale))
+    comparable, book = run.comparability(manifest), run.ledger(manifest)
+    tables = [compare.table(manifest, ok, *compare.parse_spec(spec), args.reference) for spec in args.compare]
+    out = sys.stderr if args.json else sys.stdout  # --json: stdout holds the JSON only
+    if args.json:
+        json.dump({"run_id": manifest["run_id"], "artifact_root": str(run.root), "contributing": ok,
+                   "not_included": [{"key": k, "why": why} for k, why in missing], "metrics": report.metric_rows(shown),
+                   "comparability": comparable, "gpu_hours": book, "compare": tables}, sys.stdout, indent=1)  # fmt: skip
+        print()
+    else:
+        print(report.metrics_table(shown))
+        print("\n" + report.completeness_text(manifest, stale))
+        print("\n" + comparability.text(comparable))
+        print("\n" + ledger.text(book))
+        for t in tables:
+            print("\n" + compare.text(t))
     _print_notes(manifest)
     if args.csv:
-        n = report.write_csv(shown, args.csv)
-        print(f"wrote {n} row(s) to {args.csv}")
+        n = compare.write_csv(tables, args.csv) if tables else report.write_csv(shown, args.csv)
+        print(f"wrote {n} row(s) to {args.csv}", file=out)
+    if args.ledger_csv:
+        n = ledger.write_csv(book, args.ledger_csv)
+        print(f"wrote {n} row(s) to {args.ledger_csv}", file=out)
     if args.plot:
         report.plot(shown, args.plot, doses=[cell["dose"] for cell in manifest["jobs"]])
-        print(f"wrote {args.plot}")
+        print(f"wrote {args.plot}", file=out)
     if args.html:
         from .report_html import write_html
 
-        write_html(manifest, args.html, stale)
-        print(f"wrote {args.html}")
+        write_html(manifest, args.html, stale, colour_by=args.colour_by, reference=args.reference, ledger_book=book)
+        print(f"wrote {args.html}", file=out)
     if args.require_complete and missing:
         print(f"gridsubmit: --require-complete: {len(missing)} cell(s) do not contribute", file=sys.stderr)
+        return 1
+    if args.require_consistent and not comparable["consistent"]:
+        print(f"gridsubmit: --require-consistent: {', '.join(comparable['varying'])} vary across the contributing cells",
+              file=sys.stderr)  # fmt: skip
         return 1
     return 0
 

@@ -48,7 +48,7 @@ SLURM_ONLY = {"partition", "gpu_type", "cpus_per_task", "mem", "account", "qos",
               "cells_per_job", "max_queued"}  # fmt: skip
 LOCAL_ONLY = {"max_parallel", "gpus"}
 TOP_KEYS = RESOURCE_KEYS | SLURM_ONLY | LOCAL_ONLY | {"backend", "name", "env", "capture_env", "python", "poll_interval", "retry",
-                                                      "overrides"}  # fmt: skip
+                                                      "overrides", "notify", "notify_timeout"}  # fmt: skip
 RETRYABLE = {JobState.LOST, JobState.NODE_FAIL, JobState.PREEMPTED, JobState.TIMEOUT, JobState.OUT_OF_MEMORY}
 
 
@@ -110,6 +110,8 @@ class ClusterProfile:
     warn_signal: str | None = None  # SLURM --signal before the limit, forwarded to the command
     cells_per_job: int = 1  # cells run one after another in one job (array task)
     max_queued: int = DEFAULT_MAX_QUEUED  # jobs (array tasks) of the run in the queue at once
+    notify: tuple[str, ...] = ()  # argv run (without a shell) once per event: end, first-failure, stuck
+    notify_timeout_s: float = 30.0  # a notifier still running then is killed (and recorded so)
     raw: Mapping[str, Any] = field(default_factory=dict)  # as written, for the manifest
 
     def resources_for(self, key: JobKey, attempt_fates: tuple[JobState, ...] = ()) -> Resources:
@@ -324,6 +326,16 @@ def parse_profile(d: dict, src: str) -> ClusterProfile:
         expect(line, str, src, f"setup[{i}]")
     if d.get("warn_signal") is not None and not re.fullmatch(r"(?:[RB]:)?\w+@\d+", str(d["warn_signal"])):
         raise ConfigError(src, "warn_signal", f"expected a SLURM --signal value such as 'USR2@90', got {d['warn_signal']!r}")
+    notify = expect(d.get("notify") or [], list, src, "notify")
+    if "notify" in d and not notify:
+        raise ConfigError(src, "notify", "expected a command as a list of strings, e.g. ['mail', '-s', 'grid', 'me@example.org']")
+    for i, item in enumerate(notify):
+        if not isinstance(item, str) or not item:
+            raise ConfigError(src, f"notify[{i}]", f"expected a non-empty string (the command is an argv, run without a "
+                              f"shell), got {item!r}")  # fmt: skip
+    notify_timeout = float(expect(d.get("notify_timeout", 30), (int, float), src, "notify_timeout"))
+    if notify_timeout <= 0:
+        raise ConfigError(src, "notify_timeout", f"expected a positive number of seconds, got {d['notify_timeout']!r}")
     extra = expect(d.get("sbatch_extra") or {}, dict, src, "sbatch_extra")
     for k, v in extra.items():
         expect(v, (str, int, bool), src, f"sbatch_extra.{k}")
@@ -350,6 +362,8 @@ def parse_profile(d: dict, src: str) -> ClusterProfile:
         warn_signal=_opt_str(d.get("warn_signal"), src, "warn_signal"),
         cells_per_job=_positive_int(d.get("cells_per_job", 1), src, "cells_per_job"),
         max_queued=_positive_int(d.get("max_queued", DEFAULT_MAX_QUEUED), src, "max_queued"),
+        notify=tuple(notify),
+        notify_timeout_s=notify_timeout,
         raw=d,
     )
     return profile  # a local default gpus_per_job stays -1: gpus.resolve decides it from the GPUs it finds

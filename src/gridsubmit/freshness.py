@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import provenance as prov
+from .codehash import Now
 from .errors import ConfigError, UsageError
 from .fileio import file_digest
 from .states import JobState
@@ -42,12 +43,13 @@ def judge(manifest: dict) -> Freshness:
     plans = _replanned(manifest, out.notes)
     workdir = str((manifest.get("context") or {}).get("workdir") or "")
     hasher = prov.Hasher()
+    code = Now.of(manifest)
     for cell in manifest["jobs"]:
         last = prov.judged(cell)
         if last is None:
             continue
         plan = plans.get(cell["key"], cell) if plans is not None else cell
-        why = reasons(last, plan, workdir or last.get("workdir"), hasher)
+        why = reasons(last, plan, workdir or last.get("workdir"), hasher, code)
         if why:
             out.stale[cell["key"]] = why
     if plans is not None:
@@ -55,12 +57,13 @@ def judge(manifest: dict) -> Freshness:
     return out
 
 
-def reasons(last: dict, plan: dict, workdir: str, hasher: prov.Hasher | None = None) -> list[str]:
+def reasons(last: dict, plan: dict, workdir: str, hasher: prov.Hasher | None = None, code: Now | None = None) -> list[str]:
     """Why the attempt ``last`` no longer matches ``plan`` (a cell's argv, options and input
-    paths) run in ``workdir`` with its inputs as they are on disk now; empty when it does."""
+    paths) run in ``workdir`` with its inputs (and ``code``, the script and code_paths) as they
+    are on disk now; empty when it does."""
     now = {"argv": list(plan["argv"] or last.get("argv") or []), "workdir": str(workdir), "options": plan["options"],
            "inputs": {name: prov.identity(path) for name, path in plan["inputs"].items()}}  # fmt: skip
-    return prov.changes(last, now, hasher)
+    return prov.changes(last, now, hasher, code)
 
 
 def _replanned(manifest: dict, notes: list[str]) -> dict[str, dict] | None:

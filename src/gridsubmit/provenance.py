@@ -78,10 +78,11 @@ def fingerprint(record: Mapping) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def changes(recorded: Mapping, current: Mapping, hasher: Hasher | None = None) -> list[str]:
+def changes(recorded: Mapping, current: Mapping, hasher: Hasher | None = None, code=None) -> list[str]:
     """Why ``current`` (what the study plans now) differs from what an attempt ran from;
     empty when it does not. With a recorded sha256, an input whose mtime moved but whose
-    content did not is unchanged (``hasher`` reads it again to tell)."""
+    content did not is unchanged (``hasher`` reads it again to tell). ``code``: the code on
+    disk now (codehash.Now), against the attempt's recorded script and ``code_paths``."""
     why = []
     if recorded.get("workdir") != current.get("workdir"):
         why.append(f"working directory: {recorded.get('workdir')} -> {current.get('workdir')}")
@@ -94,6 +95,8 @@ def changes(recorded: Mapping, current: Mapping, hasher: Hasher | None = None) -
         reason = _input_change(name, old_in.get(name), new_in.get(name), hasher)
         if reason:
             why.append(reason)
+    if code is not None:
+        why += code.changes(recorded.get("code"), recorded.get("argv"), current.get("argv"))
     if not why and list(recorded.get("argv") or []) != list(current.get("argv") or []):
         why.append(f"command: {recorded.get('command') or shlex.join(recorded.get('argv') or [])} -> {current.get('command')}")
     return why

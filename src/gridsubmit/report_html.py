@@ -22,6 +22,7 @@ from . import manifest as mf
 from . import report
 from .reuse import reused_from, reused_note
 from .errors import UsageError
+from .report_defend import defend_sections
 
 # state -> colour class in the template, in the order states are counted in the header;
 # a state not listed here is shown uncoloured, after these
@@ -59,18 +60,23 @@ def _environment() -> jinja2.Environment:
     return _env
 
 
-def render_html(manifest: dict, stale: dict[str, list[str]] | None = None) -> str:
+def render_html(manifest: dict, stale: dict[str, list[str]] | None = None, *, colour_by: str | None = None,
+                reference: str | None = None, ledger_book: dict | None = None) -> str:  # fmt: skip
     """The page for ``manifest``; ``stale``: COMPLETED cells whose results no longer hold
     (key -> reasons, as :meth:`gridsubmit.Run.stale` gives them). The metrics table and the
-    plot show the cells that contribute (:func:`gridsubmit.report.completeness`)."""
+    plot show the cells that contribute (:func:`gridsubmit.report.completeness`). The page opens
+    with the models side by side (gridsubmit.compare; ``reference``: differences from that model);
+    ``colour_by`` colours the grid by a comparability factor; ``ledger_book``: the GPU-hour ledger
+    (default: computed from ``manifest``, projecting the cells that have not ended)."""
     page = _page(manifest, stale or {})
+    page.update(defend_sections(manifest, stale or {}, colour_by, reference, ledger_book))
     return _environment().get_template("report.html.j2").render(**page)
 
 
-def write_html(manifest: dict, path: str | Path, stale: dict[str, list[str]] | None = None) -> Path:
+def write_html(manifest: dict, path: str | Path, stale: dict[str, list[str]] | None = None, **kw) -> Path:
     """Write :func:`render_html`'s page to ``path`` (UTF-8); return the path."""
     path = Path(path)
-    text = render_html(manifest, stale)
+    text = render_html(manifest, stale, **kw)
     try:
         path.write_text(text, encoding="utf-8")
     except OSError as exc:

@@ -16,6 +16,8 @@ import uuid
 from pathlib import Path
 
 from . import clean
+from . import codehash
+from . import comparability
 from . import context as ctx
 from . import freshness
 from . import knobs
@@ -27,6 +29,7 @@ from .cluster import ClusterProfile, parse_profile
 from .errors import UsageError
 from .gpus import resolve as resolve_gpus
 from .jobs import JobKey
+from .notify import Notifier
 from .progress import Progress
 from .states import JobState
 from .study import Filters
@@ -108,10 +111,11 @@ def stale_cells(old: dict, fresh: dict, workdir: str) -> dict[str, list[str]]:
     fresh plan would run now: key -> reasons."""
     by_key = {cell["key"]: cell for cell in old["jobs"]}
     hasher = prov.Hasher()
+    code = codehash.Now(workdir, fresh["study"].get("code_paths") or [], old.get("code_trees"))
     out = {}
     for new in fresh["jobs"]:
         last = prov.judged(by_key[new["key"]]) if new["key"] in by_key else None
-        why = [] if last is None else freshness.reasons(last, new, workdir, hasher)
+        why = [] if last is None else freshness.reasons(last, new, workdir, hasher, code)
         if why:
             out[new["key"]] = why
     return out
@@ -137,6 +141,7 @@ class Runner:
         self._due: dict[str, dict] | None = None  # cells due for an attempt, kept up to date as cells change
         self._save_floor = min(SAVE_EVERY_S[1], max(SAVE_EVERY_S[0], len(self.cells) / 1000))
         self._save_every = self._save_floor  # each save spaces the next by what it cost
+        self.notifier = Notifier(self.root, manifest, profile.notify, profile.notify_timeout_s, self.save)
 
     # --- the loop ------------------------------------------------------------------------------
 
@@ -167,6 +172,8 @@ class Runner:
                 interval = self.backend.poll_interval(interval, changed)
                 signals.check()
                 self.backend.sleep(interval)
+            if not self.handles and mf.finished(self.manifest) and not mf.due_cells(self.manifest, self.profile.retry):
+                self.notifier.end()  # every cell final: once per submission, whichever runner sees it
             point("finished")
             self._enrich()
             point("enriched")
@@ -176,6 +183,7 @@ class Runner:
             raise
         finally:
             signals.restore()
+            self.dirty |= self.notifier.collect(wait=True)  # a notifier that hangs is killed at its timeout
             if self.dirty:
                 self.save()
             self.backend.close(finished=not self.handles)
@@ -206,6 +214,7 @@ class Runner:
         observations = self.backend.poll(list(self.handles.values()))
         point("polled")
         changed |= self._note_outage()
+        comparability.keep_environments(self.manifest, observations)  # each distinct one once, not per attempt
         changed |= mf.merge(self.manifest, observations, self.cells)
         point("merged")
         for obs in observations:
@@ -214,8 +223,11 @@ class Runner:
                 if mf.is_due(self.cells[obs.key], self.profile.retry):
                     self._due = None  # to be retried: found again, in grid order
         self.dirty |= changed
+        self.notifier.observe(observations, self.cells, self.profile.retry)
         if observations:  # only news can make a job stuck
             self._warn_stuck()
+            self.notifier.stuck(self.stuck())
+        self.dirty |= self.notifier.collect()
         act = any(o.state.terminal and o.state is not JobState.COMPLETED for o in observations)  # someone may act on it
         since = time.monotonic() - self._saved_at
         if self.dirty and (act and since >= self._save_every / 5 or since >= self._save_every):
@@ -337,9 +349,15 @@ class Runner:
         self.backend.assign(submissions)
         history = self.manifest.get("submissions") or [{}]
         hasher = self._hasher if history[-1].get("hash_inputs") else None
+        code = self._code_recorder()
         for sub, cell in zip(submissions, due):
             rel = sub.attempt_dir.relative_to(self.root)
             origin = prov.ran_from(cell, str(self.backend.workdir), hasher)
+            trees = self.manifest.get("code_trees") or {}
+            if code_record := code.record(cell["argv"], trees):
+                origin["code"] = code_record
+            if trees:
+                self.manifest["code_trees"] = trees
             mf.add_attempt(cell, {**origin, "submission": history[-1].get("n"),
                 "backend": self.backend.name, "job_id": None, "state": JobState.SUBMITTED.value,
                 "submitted_at": time.time(), "dir": str(rel), "stdout": str(rel / STDOUT),
@@ -376,6 +394,14 @@ class Runner:
         self.save()  # every job id is on disk before the runner moves on
         point("handles-saved")
         return True
+
+    def _code_recorder(self) -> codehash.Recorder:
+        """The code each new attempt runs (its script, the study's code_paths), read once per round."""
+        if getattr(self, "_code", None) is None:
+            env = {**self.backend.captured, **{k: str(v) for k, v in self.profile.env.items()}}
+            self._code = codehash.Recorder(str(self.backend.workdir), env, self.manifest["study"].get("code_paths") or [])
+        self._code.new_round()
+        return self._code
 
     def _record_handles(self, handles: list[Handle]) -> None:
         for h in handles:

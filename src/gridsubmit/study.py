@@ -25,7 +25,7 @@ from .jobs import Cell, JobKey, check_placeholders, placeholders, render, render
 from .yamlio import load_mapping
 
 KEYS = {"name", "roots", "doses", "doses_from", "views", "splits", "inputs", "output_dir", "options", "command",
-        "workdir", "capture_env", "expected_outputs"}  # fmt: skip
+        "workdir", "capture_env", "expected_outputs", "code_paths"}  # fmt: skip
 INPUT_KEYS = {"path", "json", "field", "join", "optional"}
 # Names every template knows besides roots, options and inputs; an input may not take one.
 RESERVED = {"dose", "view", "split", "python", "artifact_root", "output_dir", "workdir"}
@@ -114,6 +114,7 @@ class Study:
     expected_outputs: tuple[str, ...] = ()
     digest: str | None = None  # sha256 of the study file, when read from one (edits are noticed later)
     given_roots: Mapping[str, str] = field(default_factory=dict)  # roots given beside the file (--phase-c-root)
+    code_paths: tuple[str, ...] = ()  # globs relative to the working directory: code the results depend on
 
     def as_dict(self) -> dict:
         return {
@@ -130,6 +131,7 @@ class Study:
             "workdir": str(self.workdir) if self.workdir else None,
             "capture_env": list(self.capture_env),
             "expected_outputs": list(self.expected_outputs),
+            "code_paths": list(self.code_paths),
         }
 
 
@@ -268,8 +270,13 @@ def _validate(d: dict, src: str, base: Path) -> Study:
     for i, rel in enumerate(expected):
         if not isinstance(rel, str) or not rel or Path(rel).is_absolute() or ".." in Path(rel).parts:
             raise ConfigError(src, f"expected_outputs[{i}]", f"expected a file name relative to the output folder, got {rel!r}")
+    code_paths = expect(d.get("code_paths") or [], list, src, "code_paths")
+    for i, glob in enumerate(code_paths):
+        if not isinstance(glob, str) or not glob.strip() or Path(glob).is_absolute() or ".." in Path(glob).parts:
+            raise ConfigError(src, f"code_paths[{i}]", f"expected a glob relative to the working directory (e.g. "
+                              f"'ptycho/**/*.py'), got {glob!r}")  # fmt: skip
     return Study(src, name, roots, doses, doses_from, axes["views"], axes["splits"], inputs, output_dir, options,
-                 command, workdir, capture, tuple(expected))  # fmt: skip
+                 command, workdir, capture, tuple(expected), code_paths=tuple(code_paths))  # fmt: skip
 
 
 def _check_options_used(study: Study, names: set[str]) -> None:

@@ -28,6 +28,7 @@ import sys
 import time
 from pathlib import Path
 
+from . import envprobe
 from .fileio import read_json, start_time, write_json_atomic
 
 RESULT = "result.json"
@@ -205,6 +206,8 @@ def _run(spec: dict, env: dict, folder: Path, signals: _Signals) -> dict:
             return {**out, "returncode": 127, "error": message, "ended_at": now, "elapsed_s": now - started}
         signals.child = child
         smi = _ask_gpus(env)  # runs beside the command; read once it ended
+        cuda = _ask_gpus(env, [])  # a plain nvidia-smi: its header names the CUDA version
+        probe = envprobe.start(spec["argv"], str(cwd), env)  # what the command's interpreter can import
         if signals.ending:  # a signal arrived while starting
             signals.send(signal.SIGTERM, f"SIGTERM ({signals.received} arrived while starting)")
         elif limit:
@@ -214,13 +217,14 @@ def _run(spec: dict, env: dict, folder: Path, signals: _Signals) -> dict:
         after = _oom_kills(memory)  # before the group is killed below: that kill is never the OOM killer's
         _signal_group(child, signal.SIGKILL)  # leave no grandchildren behind
     gpu_info = _gpu_info(smi, env.get("CUDA_VISIBLE_DEVICES"))
+    comparable = {"cuda_version": envprobe.cuda_version(cuda), "environment": envprobe.collect(probe)}
     ended = time.time()
     rc = child.returncode
     # a child killed by a forwarded warning was interrupted too
     received = signals.received or ("SIGUSR2" if signals.warned and signals.forward_usr2 else None)
     record = {**out, "returncode": rc, "timed_out": signals.timed_out, "interrupted_by": received,
               "signals_sent": signals.sent, "ended_at": ended, "elapsed_s": round(ended - started, 3),
-              "gpu_info": gpu_info, **usage,
+              "gpu_info": gpu_info, **comparable, **usage,
               "memory_cgroup": memory and memory[0], "oom_kill_count": {"before": before, "after": after}}  # fmt: skip
     if rc < 0 and not signals.sent:  # killed by somebody else: the scheduler, a node failure, the OOM killer
         record["killed_by_signal"] = signal.Signals(-rc).name if -rc in signal.Signals.__members__.values() else -rc
@@ -240,15 +244,17 @@ def _reap(child: subprocess.Popen) -> dict:
     return {"max_rss_bytes": usage.ru_maxrss * 1024, "cpu_s": round(usage.ru_utime + usage.ru_stime, 3)}
 
 
-def _ask_gpus(env: dict) -> subprocess.Popen | None:
-    """Start ``nvidia-smi`` (where the node has one) to name the GPUs and the driver."""
+def _ask_gpus(env: dict, query: list[str] | None = None) -> subprocess.Popen | None:
+    """Start ``nvidia-smi`` (where the node has one) to name the GPUs and the driver (``query``:
+    other arguments)."""
     # PATH searched here: shutil.which would import shutil and its compression modules (~2 ms) in every job
     found = (os.path.join(d, "nvidia-smi") for d in env.get("PATH", "").split(os.pathsep) if d)
     path = next((f for f in found if os.access(f, os.X_OK) and os.path.isfile(f)), None)
     if path is None:
         return None
     try:
-        return subprocess.Popen([path, "--query-gpu=index,uuid,name,driver_version", "--format=csv,noheader"],
+        args = ["--query-gpu=index,uuid,name,driver_version", "--format=csv,noheader"] if query is None else query
+        return subprocess.Popen([path, *args],
                                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
                                 env=env, text=True)  # fmt: skip
     except OSError:

@@ -295,6 +295,9 @@ class Backend(ABC):
             gpus = result.get("gpu_info") or []
             if gpus:  # nvidia-smi on the node named them
                 fields.update(gpu_name=", ".join(dict.fromkeys(g["name"] for g in gpus)), gpu_driver=gpus[0]["driver"])
+            # the CUDA version nvidia-smi reports, and what the command's interpreter can import (the
+            # runner keeps the list once per fingerprint: comparability.keep_environments)
+            fields.update(cuda_version=result.get("cuda_version"), environment=result.get("environment"))
             if not result.get("started", True):  # the task says why (a signal, no runner left)
                 fields["error"] = result.get("error") or "never started"
         elif state is JobState.CANCELLED and result is None and not (h.attempt_dir / CLAIM).exists():

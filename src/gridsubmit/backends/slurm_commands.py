@@ -15,9 +15,9 @@ from .base import SchedulerError
 
 log = logging.getLogger(__name__)
 
-SACCT_FIELDS = "JobID,JobName,State,ExitCode,NodeList,MaxRSS,Elapsed"
+SACCT_FIELDS = "JobID,JobName,State,ExitCode,NodeList,MaxRSS,Elapsed,AllocTRES"
 # what an attempt holds of a sacct or squeue row (besides node)
-ROW_FIELDS = ("scheduler_state", "scheduler_exit_code", "elapsed", "max_rss", "pending_reason", "stuck")
+ROW_FIELDS = ("scheduler_state", "scheduler_exit_code", "elapsed", "max_rss", "pending_reason", "stuck", "alloc_tres")
 
 
 def run_command(argv: list[str], timeout: float = 60) -> str:
@@ -47,15 +47,15 @@ def expand_job_id(text: str) -> list[str]:
 
 
 def parse_sacct(text: str) -> dict[str, tuple[JobState | None, dict]]:
-    """Rows of ``sacct -n -P -o JobID,JobName,State,ExitCode,NodeList,MaxRSS`` by job id;
-    MaxRSS comes from the step rows (``.batch``, ``.0``)."""
+    """Rows of ``sacct -n -P -o JobID,JobName,State,ExitCode,NodeList,MaxRSS,Elapsed,AllocTRES`` by
+    job id; MaxRSS comes from the step rows (``.batch``, ``.0``), AllocTRES from the job's row."""
     jobs: dict[str, tuple[JobState | None, dict]] = {}
     rss: dict[str, str] = {}
     for line in text.splitlines():
         parts = line.split("|")
         if len(parts) < 6:
             continue
-        job_id, _name, state, exit_code, nodes, max_rss, elapsed = (parts + [""])[:7]
+        job_id, _name, state, exit_code, nodes, max_rss, elapsed, tres = (parts + ["", ""])[:8]
         base, dot, _step = job_id.partition(".")
         if dot:
             if max_rss and _rss_bytes(max_rss) > _rss_bytes(rss.get(base, "")):
@@ -64,6 +64,8 @@ def parse_sacct(text: str) -> dict[str, tuple[JobState | None, dict]]:
         info = {"scheduler_state": state, "scheduler_exit_code": exit_code}
         if elapsed:
             info["elapsed"] = elapsed
+        if tres:  # what the scheduler allocated (gres/gpu=N): the GPU-hour ledger's GPUs
+            info["alloc_tres"] = tres
         if nodes and nodes not in ("None assigned", "(null)"):
             info["node"] = nodes
         for jid in expand_job_id(base):
