@@ -1,5 +1,5 @@
 """The house's layering, as docs/design.md draws it: a module imports only from layers below
-its own, and the node task only the standard library (it starts once per job)."""
+its own, and the node task only the standard library (and its own fileio and envprobe) (it starts once per job)."""
 
 import ast
 import subprocess
@@ -12,18 +12,16 @@ SRC = Path(__file__).parents[1] / "src" / "gridsubmit"
 # base). Kept in step with the table in docs/design.md.
 LAYERS = [
     {"errors", "fileio", "states", "jobs", "crashpoints", "metrics", "provenance", "preflight", "pending",
-     "backends.slurm_limits"},  # pure, or stdlib edges
-    {"task", "yamlio", "context", "runlock"},  # the node task; files and processes
+     "envprobe", "codehash", "comparability", "backends.slurm_limits"},  # pure, or stdlib edges
+    {"task", "yamlio", "context", "runlock", "ledger"},  # the node task; files and processes; GPU-hours
     {"study", "cluster"},  # YAML -> Grid of cells / ClusterProfile
-    {"freshness", "gpus", "demo.generate", "demo.compare"},  # the one judgement of stale cells
+    {"freshness", "gpus", "knobs", "demo.generate", "demo.compare"},  # the one judgement of stale cells
     {"manifest"},  # build, merge, load, save
-    {"progress", "backends.base"},
-    {"backends.slurm_commands", "backends.slurm_script"},  # SLURM's parts: its commands, its script
-    {"backends.local", "backends.slurm"},
-    {"runner"},  # plan -> submit -> evidence -> decision -> merge
-    {"api"},  # the public Python API
-    {"report"},  # read-only views of a manifest
-    {"report_html", "diff"},
+    {"progress", "notify", "reuse", "clean", "backends.base"},
+    {"report", "backends.slurm_commands", "backends.slurm_script"},  # report: read-only views of a manifest
+    {"compare", "diff", "runs", "backends.local", "backends.slurm"},
+    {"runner", "report_defend"},  # the loop
+    {"api", "report_html"},  # the public Python API; the page
     {"cli", "pytest_plugin"},  # thin clients of api
     {"__main__"},
 ]
@@ -64,7 +62,7 @@ def test_the_node_task_imports_nothing_but_the_standard_library():
             "print('\\n'.join(sorted(set(sys.modules) - before)))")  # fmt: skip
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     ours = {name for name in loaded if name.startswith("gridsubmit")}
-    assert ours <= {"gridsubmit", "gridsubmit.task", "gridsubmit.fileio"}, ours
+    assert ours <= {"gridsubmit", "gridsubmit.task", "gridsubmit.fileio", "gridsubmit.envprobe"}, ours
     stdlib = set(sys.stdlib_module_names)
     foreign = sorted(name for name in loaded if name.split(".")[0] not in stdlib and not name.startswith("gridsubmit"))
     assert not foreign, foreign

@@ -34,7 +34,7 @@ from .gpus import resolve as resolve_gpus
 from .jobs import JobKey
 from .preflight import check_commands
 from .progress import ProgressLike, progress_of
-from .runner import HangUp, Runner, cancel, detach_waiter, existing, exit_status, make_backend, prepare, profile_of
+from .runner import HangUp, Runner, cancel, detach_waiter, exit_status, make_backend, prepare, profile_of
 from .states import JobState
 from .study import Filters, Grid, Study, load_study, plan
 
@@ -195,7 +195,7 @@ class Run:
     @classmethod
     def open(cls, artifact_root: str | Path) -> "Run":
         run = cls(artifact_root)
-        existing(run.root)  # a clear error if there is no run here
+        mf.existing(run.root)  # a clear error if there is no run here
         return run
 
     @property
@@ -203,20 +203,20 @@ class Run:
         """The manifest as on disk now, with each COMPLETED cell's ``stale`` reasons judged now
         (see :mod:`gridsubmit.freshness`; ``freshness.notes`` says what the run as a whole
         is judged against) and the study's derived fields (execution_results, counts)."""
-        manifest = existing(self.root)
+        manifest = mf.existing(self.root)
         return mf.with_results(freshness.with_verdict(manifest, freshness.judge(manifest)))
 
     @property
     def done(self) -> bool:
         """Every cell has ended and none is due for a retry."""
-        manifest = existing(self.root)
+        manifest = mf.existing(self.root)
         return mf.finished(manifest) and not mf.due_cells(manifest, profile_of(manifest).retry)
 
     def stale(self) -> dict[str, list[str]]:
         """COMPLETED cells whose results no longer match what the study plans now: key -> reasons
         (an option, the command, the working directory, or an input on disk changed; the study
         file is read again when it changed since the last submit)."""
-        return freshness.judge(existing(self.root)).stale
+        return freshness.judge(mf.existing(self.root)).stale
 
     def ended(self) -> set[tuple[str, int]]:
         """(cell key, attempt number) of the attempts that have ended by now (none without a
@@ -226,7 +226,7 @@ class Run:
     @property
     def exit_status(self) -> int:
         """0: every runnable cell completed; 1: any did not."""
-        return exit_status(existing(self.root))
+        return exit_status(mf.existing(self.root))
 
     def wait(self, timeout: float | None = None, progress: ProgressLike = None, fail_on_stuck: bool = False,
              cancel_on_interrupt: bool = False, knobs: KnobsLike = None) -> dict:  # fmt: skip
@@ -242,14 +242,14 @@ class Run:
         progress = progress_of(progress)
         knob = kn.Knobs.of(knobs)
         if knob:
-            kn.check(knob, profile_of(existing(self.root)).backend)
+            kn.check(knob, profile_of(mf.existing(self.root)).backend)
         deadline = None if timeout is None else time.monotonic() + timeout
         lock = mf.RunLock(self.root, "wait")
         following = False
         while True:
             if lock.acquire():
                 try:
-                    manifest = existing(self.root)
+                    manifest = mf.existing(self.root)
                     if knob:
                         if not manifest.get("submissions"):
                             raise UsageError(f"{self.root}: this run has no submission history to record "
@@ -287,9 +287,9 @@ class Run:
                                  "to end, or cancel and submit again")  # fmt: skip
             try:
                 if not following:  # what ended before is not news
-                    progress.seen(existing(self.root))
+                    progress.seen(mf.existing(self.root))
                     following = True
-                progress.update(existing(self.root))  # another process drives it: follow
+                progress.update(mf.existing(self.root))  # another process drives it: follow
                 if deadline is not None and time.monotonic() >= deadline:
                     break
                 time.sleep(FOLLOW_EVERY_S)
@@ -297,7 +297,7 @@ class Run:
                 raise Detached(f"{self.root}: stopped following; {mf.describe_holder(self.root)} goes on") from None
         progress.done()
         if not self.done:
-            if profile_of(existing(self.root)).backend == "local" and mf.holder(self.root) is None:
+            if profile_of(mf.existing(self.root)).backend == "local" and mf.holder(self.root) is None:
                 detach_waiter(self.root)  # local cells need a runner: hand over
             raise TimeoutError(f"{self.root}: not finished after {timeout} s; the run goes on")
         return self.manifest
@@ -305,7 +305,7 @@ class Run:
     def cell(self, key: str, manifest: dict | None = None) -> dict:
         """One cell of the run by its key (``dose_1000/dense/train``), from ``manifest``
         (default: as on disk now)."""
-        manifest = manifest or existing(self.root)
+        manifest = manifest or mf.existing(self.root)
         for cell in manifest["jobs"]:
             if cell["key"] == key:
                 return cell
@@ -328,7 +328,7 @@ class Run:
 
     def cancel(self, filters: Filters = Filters()) -> str:
         """Cancel the selected cells that have not ended or wait for a retry (all by default)."""
-        check_filters(existing(self.root), filters, self.root)
+        check_filters(mf.existing(self.root), filters, self.root)
         return cancel(self.root, filters)
 
     def ledger(self, manifest: dict | None = None) -> dict:
@@ -352,7 +352,7 @@ class Run:
         """The manifest as :attr:`manifest` gives it, with only the cells that ``filters`` and
         ``states`` (JobState names; none: any) select, its counts derived from those. A filter
         value the run does not have, or a state that does not exist, is a UsageError."""
-        raw = existing(self.root)
+        raw = mf.existing(self.root)
         manifest = freshness.with_verdict(raw, freshness.judge(raw))
         check_filters(manifest, filters, self.root)
         unknown = [state for state in states if state not in JobState.__members__]

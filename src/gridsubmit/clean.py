@@ -31,9 +31,9 @@ from pathlib import Path
 from . import context as ctx
 from . import manifest as mf
 from .errors import UsageError
-from .runlock import process_start
 from .states import JobState
-from .task import CLAIM, RESULT, read_json
+from .fileio import read_json, start_time
+from .task import CLAIM, RESULT
 
 RECORDS = "clean-records"
 
@@ -74,7 +74,7 @@ def _claimed_alive(folder: Path) -> str:
     if not claim or (folder / RESULT).exists() or claim.get("host") != socket.gethostname():
         return ""
     pid = claim.get("pid")
-    started = process_start(pid) if isinstance(pid, int) else None
+    started = start_time(pid) if isinstance(pid, int) else None
     if started is not None and claim.get("start") in (None, started):
         return f"its claiming process {pid} still runs"
     return ""
@@ -180,10 +180,8 @@ def forget_pending(root: Path) -> None:
 def clean(root: str | Path, dry_run: bool = False, wait_s: float = 10.0) -> dict:
     """Remove (or with ``dry_run`` only list) the superseded attempts of the run in ``root``.
     Returns ``{"attempts": [...], "files", "bytes", "skipped": [...], "recorded"}``."""
-    from .runner import existing
-
     root = Path(root).expanduser().resolve()
-    manifest = existing(root)
+    manifest = mf.existing(root)
     removals = plan(root, manifest)
     out = {"root": str(root), "dry_run": dry_run, "recorded": None}
     if dry_run:
@@ -191,7 +189,7 @@ def clean(root: str | Path, dry_run: bool = False, wait_s: float = 10.0) -> dict
     lock = mf.RunLock(root, "clean")
     if lock.acquire():
         try:
-            manifest = existing(root)
+            manifest = mf.existing(root)
             if apply_pending(root, manifest):  # an earlier clean's, its runner gone before folding it in
                 mf.save(root, manifest)
                 forget_pending(root)

@@ -370,6 +370,14 @@ def summary_text(m: dict) -> str:
 # --- files ---------------------------------------------------------------------------------
 
 
+def existing(root: Path) -> dict:
+    """The manifest in ``root``; a clear error when there is none."""
+    manifest = load(root)
+    if manifest is None:
+        raise UsageError(f"{root}: no {MANIFEST} here; is this an artifact root of `gridsubmit submit`?")
+    return manifest
+
+
 def manifest_path(root: Path) -> Path:
     return Path(root) / MANIFEST
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shlex
 import subprocess
 import time
@@ -149,3 +150,28 @@ def judged(cell: dict) -> dict | None:
     if cell["state"] != "COMPLETED" or not cell["attempts"] or "fingerprint" not in cell["attempts"][-1]:
         return None
     return cell["attempts"][-1]
+
+
+def outputs_record(folder: str | Path) -> dict | None:
+    """``{"files", "bytes", "digest"}`` of every file under ``folder`` (relative path, size,
+    modification time in ns; ``stat`` only, no file is read); None when it cannot be listed."""
+    folder = Path(folder)
+    entries = []
+    try:
+        for here, dirs, files in os.walk(folder, onerror=_raise):
+            dirs.sort()
+            for name in sorted(files):
+                path = os.path.join(here, name)
+                st = os.lstat(path)
+                entries.append((os.path.relpath(path, folder), st.st_size, st.st_mtime_ns))
+    except OSError:
+        return None
+    digest = hashlib.sha256(json.dumps(entries).encode()).hexdigest()[:16]
+    return {"files": len(entries), "bytes": sum(e[1] for e in entries), "digest": digest}
+
+
+def _raise(exc: OSError) -> None:
+    raise exc
+
+
+# --- what a cell computes, wherever it writes -----------------------------------------------

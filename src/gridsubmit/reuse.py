@@ -14,7 +14,7 @@ Never reused:
   recorded no fingerprint;
 * a source whose output folder changed since its attempt ended. When an attempt COMPLETES,
   the runner records ``outputs``: the number of files in its output folder, their bytes and a
-  digest of every file's relative path, size and modification time (:func:`outputs_record`;
+  digest of every file's relative path, size and modification time (:func:`provenance.outputs_record`;
   ``stat`` only, nothing is read). The source folder is listed again before and after the
   copy; any difference (a file added, removed, rewritten or touched) refuses the reuse, and
   so does an attempt without that record (written by an older gridsubmit);
@@ -46,38 +46,11 @@ from . import provenance as prov
 from .errors import UsageError
 from .metrics import read_metrics
 from .states import JobState
-from .task import STDERR, STDOUT, write_json_atomic
+from .fileio import write_json_atomic
+from .task import STDERR, STDOUT
 
 REUSED = "reused.json"  # in a reused attempt's folder: where its outputs came from
 METRICS_FILE = "comparison_metrics.csv"
-
-
-# --- what an output folder holds ------------------------------------------------------------
-
-
-def outputs_record(folder: str | Path) -> dict | None:
-    """``{"files", "bytes", "digest"}`` of every file under ``folder`` (relative path, size,
-    modification time in ns; ``stat`` only, no file is read); None when it cannot be listed."""
-    folder = Path(folder)
-    entries = []
-    try:
-        for here, dirs, files in os.walk(folder, onerror=_raise):
-            dirs.sort()
-            for name in sorted(files):
-                path = os.path.join(here, name)
-                st = os.lstat(path)
-                entries.append((os.path.relpath(path, folder), st.st_size, st.st_mtime_ns))
-    except OSError:
-        return None
-    digest = hashlib.sha256(json.dumps(entries).encode()).hexdigest()[:16]
-    return {"files": len(entries), "bytes": sum(e[1] for e in entries), "digest": digest}
-
-
-def _raise(exc: OSError) -> None:
-    raise exc
-
-
-# --- what a cell computes, wherever it writes -----------------------------------------------
 
 
 def reuse_fingerprint(record: dict, output_dir: str, artifact_root: str) -> str:
@@ -186,7 +159,7 @@ def apply(manifest: dict, sources: list[Source], due: list[dict], *, backend: st
                               "state": JobState.COMPLETED.value, "submitted_at": now, "ended_at": now, "returncode": 0,
                               "dir": str(rel), "stdout": str(rel / STDOUT), "stderr": str(rel / STDERR),
                               "resources": dict(cell.get("resources") or {}), "reused": origin,
-                              "outputs": outputs_record(cell["output_dir"])})  # fmt: skip
+                              "outputs": prov.outputs_record(cell["output_dir"])})  # fmt: skip
         cell["metrics"], cell["metrics_error"], cell["metrics_warning"] = read_metrics(Path(cell["output_dir"]) / METRICS_FILE)
         cell["stale"] = []
         reused[cell["key"]] = where
@@ -200,7 +173,7 @@ def _refusal(source: Source, cell: dict, last: dict) -> str | None:
     recorded = last.get("outputs")
     if not recorded:
         return "its attempt recorded no listing of its output folder to check a copy against"
-    now = outputs_record(cell["output_dir"])
+    now = prov.outputs_record(cell["output_dir"])
     if now is None:
         return f"its output folder {cell['output_dir']} cannot be read"
     if now["digest"] != recorded.get("digest"):
@@ -217,7 +190,7 @@ def _copy(source: Source, other: dict, last: dict, cell: dict) -> str | None:
         shutil.copytree(src, dst, dirs_exist_ok=True, symlinks=True)
     except (OSError, shutil.Error) as exc:
         return f"copying {src} to {dst} failed: {exc}"
-    after = outputs_record(src)
+    after = prov.outputs_record(src)
     if after is None or after["digest"] != (last.get("outputs") or {}).get("digest"):
         return "its output folder changed while it was copied"
     gone = [name for name in cell.get("expected_outputs", []) if not (dst / name).is_file()]

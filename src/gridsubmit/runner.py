@@ -507,16 +507,9 @@ class _Interrupts:
         self.previous = {}
 
 
-def existing(root: Path) -> dict:
-    manifest = mf.load(root)
-    if manifest is None:
-        raise UsageError(f"{root}: no {mf.MANIFEST} here; is this an artifact root of `gridsubmit submit`?")
-    return manifest
-
-
 def cancel(root: Path, filters: Filters) -> str:
     """Cancel cells of a run: through its attached runner if one holds the lock, else here."""
-    manifest = existing(root)
+    manifest = mf.existing(root)
     due = {cell["key"] for cell in mf.due_cells(manifest, profile_of(manifest).retry)}
     if all(JobState(cell["state"]).terminal and cell["key"] not in due for cell in mf.select(manifest, filters)):
         return "nothing to cancel: every selected cell has ended"
@@ -528,7 +521,7 @@ def cancel(root: Path, filters: Filters) -> str:
             time.sleep(0.05)
         if request.exists():
             return f"cancel requested; the attached runner {mf.describe_holder(root)} will apply it ({request})"
-        selected = mf.select(existing(root), filters)
+        selected = mf.select(mf.existing(root), filters)
         stopping = [c for c in selected if c["cancel_requested"] and not JobState(c["state"]).terminal]
         ended = [c for c in selected if c["state"] == JobState.CANCELLED.value]
         text = f"{len(stopping) + len(ended)} cell(s) marked for cancelling"
@@ -537,7 +530,7 @@ def cancel(root: Path, filters: Filters) -> str:
                      f"(`gridsubmit status {root}` shows them as cancelling until they end)")  # fmt: skip
         return text
     try:
-        manifest = existing(root)
+        manifest = mf.existing(root)
         profile = profile_of(manifest)
         runner = Runner(root, manifest, profile, make_backend(profile, root, manifest))
         runner.backend.granting = False  # follow what runs; start nothing new

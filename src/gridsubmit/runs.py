@@ -9,7 +9,6 @@ only its manifest and ``.gridsubmit/holder.json`` are read: no attempt's files.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 

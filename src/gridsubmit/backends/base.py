@@ -20,9 +20,9 @@ from typing import Any, Sequence
 from ..cluster import ClusterProfile, Resources
 from ..errors import UsageError
 from .. import context as ctx
+from .. import provenance as prov
 from ..manifest import STATE_DIR, Observation, job_fields
 from ..metrics import read_metrics
-from ..reuse import outputs_record
 from ..states import JobState, fate
 from ..fileio import read_json, write_json_atomic
 from ..task import CANCEL, CLAIM, RESULT, STDERR, STDOUT
@@ -318,7 +318,7 @@ class Backend(ABC):
                 fields["error"] = reason(state, fields)
         if state is JobState.COMPLETED:
             metrics, problem, warning = read_metrics(h.output_dir / METRICS_FILE)
-            fields["outputs"] = outputs_record(h.output_dir)  # what a reuse from another root checks a copy against
+            fields["outputs"] = prov.outputs_record(h.output_dir)  # what a reuse from another root checks a copy against
         return Observation(h.key, h.attempt, state, fields, metrics, problem, warning)
 
     def handle_from_record(self, cell: dict, attempt: dict) -> Handle:
