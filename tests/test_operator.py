@@ -91,10 +91,11 @@ def test_the_demo_refuses_a_folder_that_is_not_empty(tmp_path, capsys):
 def test_a_profile_python_expands_home_and_variables_and_refuses_an_unset_one(tmp_path, monkeypatch):
     from gridsubmit.cluster import parse_profile
     from gridsubmit.errors import ConfigError
+    from gridsubmit.gpus import resolve
 
     monkeypatch.setenv("STUDY_ENV", "/opt/study-env")
     profile = parse_profile({"backend": "local", "time": 5, "python": "$STUDY_ENV/bin/python"}, "p.yaml")
-    assert profile.python == "/opt/study-env/bin/python" and profile.resources.gpus_per_job in (0, 1)
+    assert profile.python == "/opt/study-env/bin/python" and resolve(profile).resources.gpus_per_job in (0, 1)
     assert parse_profile({"backend": "local", "time": 5, "python": "~/py"}, "p.yaml").python.startswith("/")
     with pytest.raises(ConfigError, match="key 'python'.*not set"):
         parse_profile({"backend": "local", "time": 5, "python": "$NOPE_NOT_SET/python"}, "p.yaml")
