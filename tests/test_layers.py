@@ -66,3 +66,11 @@ def test_the_node_task_imports_nothing_but_the_standard_library():
     stdlib = set(sys.stdlib_module_names)
     foreign = sorted(name for name in loaded if name.split(".")[0] not in stdlib and not name.startswith("gridsubmit"))
     assert not foreign, foreign
+
+
+def test_the_cli_reaches_runs_only_through_the_public_api():
+    """The CLI prints what the API and the read-only views give it: it never loads or
+    changes a manifest, drives a runner or asks a backend itself."""
+    internals = {"manifest", "runner", "freshness", "provenance", "runlock", "fileio", "task", "context"}
+    internals |= {name for name in LAYER if name.startswith("backends.")}
+    assert not imports(SRC / "cli.py") & internals, imports(SRC / "cli.py") & internals

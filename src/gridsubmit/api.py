@@ -97,6 +97,10 @@ class GridExecutor:
         context = self.context_for(grid)
         return check_commands((job.argv for job in grid.runnable), context.workdir, {**context.env, **self.profile.env})
 
+    def due(self, preview: dict) -> list[str]:
+        """The keys of the cells a manifest laid out by :meth:`preview` would run."""
+        return [cell["key"] for cell in mf.due_cells(preview, self.profile.retry)]
+
     def preview(self, grid: Grid, *, rerun: mf.Rerun = mf.Rerun()) -> dict:
         """The manifest as ``submit`` would lay it out, without writing or submitting
         anything: each cell's state, ``stale`` reasons, and whether it is due to run."""
@@ -348,18 +352,47 @@ class Run:
         manifest = manifest if manifest is not None else self.manifest
         return comparability.judge(manifest, completeness(manifest, mf.stale_of(manifest))[0])
 
-    def select(self, filters: Filters = Filters(), states: Sequence[str] = ()) -> dict:
+    @property
+    def exists(self) -> bool:
+        """Whether this root holds a run."""
+        return mf.load(self.root) is not None
+
+    @property
+    def files(self) -> tuple[Path, Path]:
+        """The manifest and the one-line-per-cell summary beside it."""
+        return self.root / mf.MANIFEST, self.root / mf.SUMMARY
+
+    def runner(self) -> str | None:
+        """Who drives the run now ('gridsubmit wait' (pid … on host, since …)), None if nobody."""
+        return mf.describe_holder(self.root) if mf.holder(self.root) is not None else None
+
+    def select(self, filters: Filters = Filters(), states: Sequence[str] = (), strict: bool = True) -> dict:
         """The manifest as :attr:`manifest` gives it, with only the cells that ``filters`` and
         ``states`` (JobState names; none: any) select, its counts derived from those. A filter
-        value the run does not have, or a state that does not exist, is a UsageError."""
+        value the run does not have (unless not ``strict``: several runs are filtered alike),
+        or a state that does not exist, is a UsageError."""
         raw = mf.existing(self.root)
         manifest = freshness.with_verdict(raw, freshness.judge(raw))
-        check_filters(manifest, filters, self.root)
+        if strict:
+            check_filters(manifest, filters, self.root)
         unknown = [state for state in states if state not in JobState.__members__]
         if unknown:
             raise UsageError(f"no state {', '.join(map(repr, unknown))}; states are: {', '.join(JobState.__members__)}")
         jobs = [cell for cell in mf.select(manifest, filters) if not states or cell["state"] in states]
         return mf.with_results({**manifest, "jobs": jobs})
+
+
+Rerun = mf.Rerun  # which cells that already ran a submit runs again
+
+
+def finished(manifest: dict) -> bool:
+    """Every cell of ``manifest`` has ended (BLOCKED included)."""
+    return mf.finished(manifest)
+
+
+def stale_of(manifest: dict) -> dict[str, list[str]]:
+    """The stale COMPLETED cells of a manifest as :attr:`Run.manifest` judged them: key -> reasons."""
+    return mf.stale_of(manifest)
 
 
 def check_filters(manifest: dict, filters: Filters, root: Path) -> None:

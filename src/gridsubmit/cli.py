@@ -12,9 +12,8 @@ from pathlib import Path
 
 from . import __version__
 from . import knobs as kn
-from . import manifest as mf
 from . import report
-from .api import Detached, GridExecutor, HangUp, Run, StuckError
+from .api import Detached, GridExecutor, HangUp, Rerun, Run, StuckError, finished, stale_of
 from .errors import UsageError
 from .progress import Progress
 from .states import JobState
@@ -65,8 +64,8 @@ def _knobs(args) -> kn.Knobs:
     return kn.Knobs(args.max_parallel, args.time, args.partition, args.cells_per_job)
 
 
-def _rerun(args) -> "mf.Rerun":
-    return mf.Rerun(args.rerun_failed, args.rerun_stale, args.rerun_all, tuple(args.rerun))
+def _rerun(args) -> Rerun:
+    return Rerun(args.rerun_failed, args.rerun_stale, args.rerun_all, tuple(args.rerun))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -210,9 +209,8 @@ def main(argv: list[str] | None = None) -> int:
         print("\ngridsubmit: interrupted. SLURM jobs keep running and `gridsubmit wait <artifact-root>` re-attaches; "
               "local jobs were cancelled (`gridsubmit submit ... --rerun-failed` runs them again)", file=sys.stderr)  # fmt: skip
         root = getattr(args, "artifact_root", None)
-        manifest = mf.load(Path(root).expanduser().resolve()) if isinstance(root, Path) else None
-        if manifest is not None:
-            print(f"gridsubmit: {_summary(mf.with_results(manifest))}", file=sys.stderr)
+        if isinstance(root, Path) and Run(root).exists:
+            print(f"gridsubmit: {_summary(Run(root).manifest)}", file=sys.stderr)
         return 130
     except HangUp:  # the terminal closed (nothing can be printed): the manifest is saved, the cells go on
         return 129
@@ -245,7 +243,7 @@ def cmd_plan(args) -> int:
     executor = _executor(args, args.artifact_root or PLAN_ROOT)
     grid = _grid(args, executor)
     print(f"working directory: {grid.workdir}")
-    if mf.load(executor.root) is None:
+    if not Run(executor.root).exists:
         if args.argv and args.artifact_root is None:
             print(f"output folders below are placeholders under the default root {PLAN_ROOT}: give --artifact-root "
                   "ROOT (the one you will submit to) to see the real ones")  # fmt: skip
@@ -257,13 +255,13 @@ def cmd_plan(args) -> int:
         print(f"\n{len(grid.jobs)} cells: {len(grid.runnable)} runnable, {len(grid.blocked)} blocked")
         return 0
     manifest = executor.preview(grid, rerun=_rerun(args))  # what submit would do with this root
-    due = {cell["key"] for cell in mf.due_cells(manifest, executor.profile.retry)}
+    due = set(executor.due(manifest))
     planned = {str(job.key) for job in grid.jobs}
     for cell in manifest["jobs"]:
         if cell["key"] not in planned:
             continue
         action = "runs" if cell["key"] in due else "stays"
-        note = "; ".join(cell["missing"]) if cell["state"] == "BLOCKED" else "stale: " + "; ".join(cell["stale"]) if cell.get("stale") else ""
+        note = "; ".join(cell["missing"]) if cell["state"] == JobState.BLOCKED else "stale: " + "; ".join(cell["stale"]) if cell.get("stale") else ""
         print(f"{cell['key']:<32} {cell['state']:<10} {action:<6} {note}".rstrip())
         if args.argv and cell["argv"]:
             print("    " + shlex.join(cell["argv"]))
@@ -285,14 +283,14 @@ def cmd_submit(args) -> int:
         print(executor.dry_run(grid, rerun=_rerun(args)))
         return 0
     preview = executor.preview(grid, rerun=_rerun(args))  # refuses another study, an unknown --rerun cell, ...
-    due = mf.due_cells(preview, executor.profile.retry)
-    stale = [c["key"] for c in preview["jobs"] if c.get("stale") and c["state"] == "COMPLETED"]
+    due = executor.due(preview)
+    stale = [c["key"] for c in preview["jobs"] if c.get("stale") and c["state"] == JobState.COMPLETED]
     if stale:
         print(f"{len(stale)} COMPLETED cell(s) are stale and stay as they are (`--rerun-stale` runs them):")
         for cell in preview["jobs"]:
             if cell["key"] in stale:
                 print(f"  {cell['key']}: {'; '.join(cell['stale'])}")
-    if not due and mf.finished(preview):  # recorded all the same: the stale marks, the history
+    if not due and finished(preview):  # recorded all the same: the stale marks, the history
         print(f"nothing to run: every cell of {root} has run (`--rerun-failed`, `--rerun-stale`, `--rerun-all`, "
               "`--rerun CELL` run cells again)")  # fmt: skip
     elif args.wait:
@@ -329,7 +327,7 @@ def _print_reuse(run: Run) -> None:
 def _print_outcome(run: Run, before: set[tuple[str, int]]) -> None:
     """Every cell's state, and which attempts ended in this command (the others ended before)."""
     m = run.manifest
-    print("\n" + report.status_table(m, mf.stale_of(m)))
+    print("\n" + report.status_table(m, stale_of(m)))
     print(f"\n{_summary(m)}")
     copied = {c["key"] for c in m["jobs"] if c["attempts"] and c["attempts"][-1].get("reused")}
     now = {key for key, _ in run.ended() - before} - copied
@@ -353,7 +351,7 @@ def _print_notes(manifest: dict) -> None:
 def _summary(m: dict) -> str:
     """Cells by outcome; cancelled ones (asked for) are not counted as failed, stale ones not as completed."""
     cancelled = m["counts"].get("CANCELLED", 0)
-    failed = sum(1 for r in m["execution_results"] if r["state"] not in ("COMPLETED", "CANCELLED"))
+    failed = sum(1 for r in m["execution_results"] if r["state"] not in (JobState.COMPLETED, JobState.CANCELLED))
     stale = f", {m['n_stale']} stale" if m.get("n_stale") else ""
     return (f"{m['n_jobs']} cells: {m['n_success']} completed{stale}, {failed} failed, "
             f"{cancelled} cancelled, {m['n_blocked']} blocked")
@@ -383,7 +381,7 @@ def cmd_status(args) -> int:
         print()
         return 0
     print(f"run {manifest['run_id']} · {manifest['cluster'].get('backend')} ({manifest['cluster'].get('name')}) · {run.root}")
-    stale = mf.stale_of(manifest)
+    stale = stale_of(manifest)
     print(report.status_table(manifest, stale))
     everything = run.manifest
     selected = f" of {everything['n_jobs']} selected" if manifest["n_jobs"] != everything["n_jobs"] else ""
@@ -394,12 +392,12 @@ def cmd_status(args) -> int:
     print(footer(run.ledger(manifest)))
     _print_notes(manifest)
     outage = everything.get("scheduler_outage")
-    if outage and not mf.finished(everything):
+    if outage and not finished(everything):
         print(f"scheduler not answering since {report.local_time(outage['since'])}, {outage['failed_calls']} "
               f"status call(s) failed ({outage.get('last_error')}); nothing is judged lost meanwhile")  # fmt: skip
-    if not mf.finished(everything):
-        who = mf.holder(run.root)
-        print(f"runner: {mf.describe_holder(run.root)}" if who is not None else
+    if not finished(everything):
+        who = run.runner()
+        print(f"runner: {who}" if who is not None else
               f"no runner attached: `gridsubmit wait {run.root}` resumes")  # fmt: skip
     return 0
 
@@ -416,7 +414,7 @@ def cmd_wait(args) -> int:
 def cmd_logs(args) -> int:
     run = Run.open(args.artifact_root)
     attempt = run.attempt(args.cell, args.attempt)
-    active = attempt["state"] in ("SUBMITTED", "PENDING", "RUNNING")
+    active = attempt["state"] in (JobState.SUBMITTED, JobState.PENDING, JobState.RUNNING)
     logs = [run.log_path(args.cell, args.attempt, stream) for stream in ("stdout", "stderr")]
     if not any(path.exists() for path in logs) and not (args.follow and active):
         why = attempt["state"] + (f": {attempt['error']}" if attempt.get("error") else "")
@@ -429,7 +427,7 @@ def cmd_logs(args) -> int:
             why += "; --follow waits for it" if active else ""
         print(f"gridsubmit: attempt {attempt['attempt']} of {args.cell} {what}: {why}", file=sys.stderr)
         return 1
-    if args.stream is None and not args.follow and attempt["state"] != "COMPLETED":  # both, the error last
+    if args.stream is None and not args.follow and attempt["state"] != JobState.COMPLETED:  # both, the error last
         for i, path in enumerate(logs):
             sys.stdout.buffer.write(b"\n" * (i > 0) + f"==> {path.name} <==\n".encode())
             tail = b"\n"
@@ -450,7 +448,7 @@ def cmd_logs(args) -> int:
                 sys.stdout.flush()
                 continue
             attempt = run.attempt(args.cell, args.attempt)
-            if not args.follow or attempt["state"] not in ("SUBMITTED", "PENDING", "RUNNING"):
+            if not args.follow or attempt["state"] not in (JobState.SUBMITTED, JobState.PENDING, JobState.RUNNING):
                 return 0
             time.sleep(0.5)
             if fh.name == os.devnull and path.exists():
@@ -470,7 +468,7 @@ def cmd_report(args) -> int:
         return _report_runs(args)
     run = Run.open(args.artifact_root[0])
     manifest = run.select(_selected(args))  # every cell without filters
-    stale = mf.stale_of(manifest)
+    stale = stale_of(manifest)
     ok, missing, _ = report.completeness(manifest, stale)
     shown = report.only(manifest, ok)
     comparable, book = run.comparability(manifest), run.ledger(manifest)
@@ -525,9 +523,9 @@ def _report_runs(args) -> int:
     if stray:
         raise UsageError(stray)
     shown, incomplete = [], 0
-    for label, manifest in manifests:
-        manifest = mf.with_results({**manifest, "jobs": mf.select(manifest, filters)})
-        stale = mf.stale_of(manifest)
+    for (label, run), (_, manifest) in zip(runs, manifests):
+        manifest = run.select(filters, strict=False)
+        stale = stale_of(manifest)
         ok, missing, _ = report.completeness(manifest, stale)
         incomplete += len(missing)
         print(f"== run {label}: {manifest['study'].get('name')}, created {report.local_time(manifest.get('created_at'))}, "
@@ -540,7 +538,7 @@ def _report_runs(args) -> int:
         n = report.write_runs_csv(shown, args.csv)
         print(f"wrote {n} row(s) of {len(shown)} runs to {args.csv}")
     if args.plot:
-        report.plot(None, args.plot, runs=shown, doses=[c["dose"] for _, m in manifests for c in mf.select(m, filters)])
+        report.plot(None, args.plot, runs=shown, doses=[c["dose"] for _, run in runs for c in run.select(filters, strict=False)["jobs"]])
         print(f"wrote {args.plot}")
     if args.require_complete and incomplete:
         print(f"gridsubmit: --require-complete: {incomplete} cell(s) do not contribute", file=sys.stderr)
@@ -614,7 +612,7 @@ def cmd_demo(args) -> int:
         print(f"\nplot: {plot}")
     except UsageError as exc:  # matplotlib is optional
         print(f"\n(no plot: {exc})")
-    print(f"\nartifact root: {root}\n  {root / mf.MANIFEST}\n  {root / mf.SUMMARY}")
+    print(f"\nartifact root: {root}\n  " + "\n  ".join(map(str, Run(root).files)))
     return code
 
 

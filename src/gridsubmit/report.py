@@ -12,6 +12,7 @@ import shlex
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable
 
+from .states import JobState
 from .errors import UsageError
 from .manifest import JOB_FIGURES
 from .pending import explain
@@ -40,15 +41,15 @@ def status_table(manifest: dict, stale: dict[str, list[str]] | None = None) -> s
         last = cell["attempts"][-1] if cell["attempts"] else {}
         elapsed = last.get("elapsed_s")
         note = "; ".join(cell["missing"]) if cell["missing"] else (last.get("error") or "")
-        if not note and cell["state"] == "COMPLETED" and (cell.get("metrics_error") or cell.get("metrics_warning")):
+        if not note and cell["state"] == JobState.COMPLETED and (cell.get("metrics_error") or cell.get("metrics_warning")):
             note = _metrics_note(cell)
         if stale and cell["key"] in stale:
             note = "stale: " + "; ".join(stale[cell["key"]])
         elif not note and last.get("reused"):
             note = reused_note(cell)
-        if cell.get("cancel_requested") and cell["state"] in ("SUBMITTED", "PENDING", "RUNNING"):
+        if cell.get("cancel_requested") and cell["state"] in (JobState.SUBMITTED, JobState.PENDING, JobState.RUNNING):
             note = "cancelling: asked to stop, not ended yet"
-        elif cell["state"] == "PENDING" and last.get("pending_reason"):
+        elif cell["state"] == JobState.PENDING and last.get("pending_reason"):
             note = ("held or stuck: " if last.get("stuck") else "waiting: ") + explain(last["pending_reason"], last.get("gpu_cap"))
         rows.append([cell["key"], cell["state"], len(cell["attempts"]) or "", last.get("job_id") or "",
                      "" if last.get("returncode") is None else last["returncode"],
@@ -136,9 +137,9 @@ def completeness(manifest: dict, stale: dict[str, list[str]]) -> tuple[list[str]
     for cell in manifest["jobs"]:
         last = cell["attempts"][-1] if cell["attempts"] else {}
         gone = [name for name in cell.get("expected_outputs", []) if not (Path(cell["output_dir"]) / name).is_file()]
-        if cell["state"] == "BLOCKED":
+        if cell["state"] == JobState.BLOCKED:
             why = "blocked: " + "; ".join(cell["missing"])
-        elif cell["state"] != "COMPLETED":
+        elif cell["state"] != JobState.COMPLETED:
             why = cell["state"] + (f": {last['error']}" if last.get("error") else "")
         elif cell["key"] in stale:
             why = "stale: " + "; ".join(stale[cell["key"]])

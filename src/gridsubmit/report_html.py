@@ -21,6 +21,7 @@ import jinja2
 from . import manifest as mf
 from . import report
 from .reuse import reused_from, reused_note
+from .states import JobState
 from .errors import UsageError
 from .report_defend import defend_sections
 
@@ -221,7 +222,7 @@ def _cell(manifest: dict, cell: dict, anchor: str, root: Path) -> dict:
             "via": f"{pointer.get('file')} → {pointer.get('field')}" if pointer.get("file") else "",
         })
     argv = cell.get("argv") or []
-    failed = state != "COMPLETED" and bool(last)
+    failed = state != JobState.COMPLETED and bool(last)
     identity_columns = [c for c in ("size", "mtime", "sha256") if any(i[c] for i in inputs)]
     return {
         "key": cell.get("key"),
