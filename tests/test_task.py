@@ -235,3 +235,32 @@ def test_a_slurm_job_started_before_sbatch_returned_waits_for_its_cells_through_
     assert proc.poll() is None and not (tmp_path / "a").exists()
     staged.rename(folder)
     assert proc.wait(timeout=10) == 0 and json.loads((tmp_path / "a" / "result.json").read_text())["returncode"] == 0
+
+
+def test_a_task_killed_outright_takes_its_command_with_it(tmp_path):
+    """A retry must never run beside an orphan of the attempt before it."""
+    spec = {"argv": ["sleep", "30"], "cwd": str(tmp_path), "output_dir": str(tmp_path / "out"),
+            "attempt_dir": str(tmp_path / "attempt"), "env": {}}  # fmt: skip
+    (tmp_path / "spec.json").write_text(json.dumps({"cells": [spec]}))
+    task = subprocess.Popen([sys.executable, "-m", "gridsubmit.task", str(tmp_path / "spec.json")])
+    claim = tmp_path / "attempt" / "claim.json"
+    deadline = time.monotonic() + 20
+    while not claim.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)  # the command has started
+    children = [int(p) for p in subprocess.run(["pgrep", "-P", str(task.pid)], capture_output=True, text=True).stdout.split()]
+    assert children, "the command did not start"
+    task.kill()
+    task.wait()
+    deadline = time.monotonic() + 10
+    while any(alive(pid) for pid in children) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(alive(pid) for pid in children)
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except OSError:
+        return False

@@ -206,3 +206,25 @@ def test_cancel_says_what_it_marked_and_status_shows_those_cells_as_cancelling_u
     assert run_cli("cancel", root) == 0
     assert run_cli("wait", root, "--quiet") == 1
     assert {c["state"] for c in cells(root).values()} == {"CANCELLED"}
+
+
+def test_an_attempt_that_exits_0_without_rewriting_its_outputs_does_not_pass_off_the_earlier_ones(scripted):
+    study, profile, root = scripted({"*": "ok"}, doses=(1000,))
+    assert run_cli("submit", "--study", study, "--cluster", profile, "--artifact-root", root, "--quiet",
+                   "--view", "dense") == 0  # fmt: skip
+    (study.parent.parent / "behaviours.json").write_text(json.dumps({"*": "nometrics"}))  # exits 0, writes nothing
+    assert run_cli("submit", "--study", study, "--cluster", profile, "--artifact-root", root, "--quiet",
+                   "--view", "dense", "--rerun-all") == 1  # fmt: skip
+    for cell in cells(root).values():
+        last = cell["attempts"][-1]
+        assert cell["state"] == "FAILED" and len(cell["attempts"]) == 2, cell
+        assert last["error"] == "exit 0 but comparison_metrics.csv not rewritten (left by an earlier attempt)", last
+        assert cell["metrics"] is None
+
+
+def test_stale_cells_are_no_success_in_the_exit_status_either(finished, capsys):
+    study, root = finished
+    rewrite_npz(cells(root)[CELL]["inputs"]["phase_c_npz"])
+    assert run_cli("wait", root, "--quiet") == 1
+    assert "11 completed, 1 stale" in capsys.readouterr().out
+    assert Run(root).exit_status == 1

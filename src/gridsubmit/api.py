@@ -230,7 +230,7 @@ class Run:
     @property
     def exit_status(self) -> int:
         """0: every runnable cell completed; 1: any did not."""
-        return exit_status(mf.existing(self.root))
+        return exit_status(self.manifest)  # stale cells judged now: never a success
 
     def wait(self, timeout: float | None = None, progress: ProgressLike = None, fail_on_stuck: bool = False,
              cancel_on_interrupt: bool = False, knobs: KnobsLike = None) -> dict:  # fmt: skip

@@ -50,7 +50,7 @@ _cache: dict[tuple, object] = {}  # one probe per job: (interpreter, cwd, PYTHON
 
 def interpreter(argv: list[str], env: dict) -> str | None:
     """The command's program when it is a Python interpreter (found on ``env``'s PATH), else None."""
-    if not argv or not os.path.basename(argv[0]).startswith("python"):
+    if not argv or not re.fullmatch(r"python(\d+(\.\d+)*)?", os.path.basename(argv[0])):  # python, python3, python3.11
         return None
     program = argv[0]
     if "/" in program:

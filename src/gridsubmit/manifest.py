@@ -370,6 +370,18 @@ def summary_text(m: dict) -> str:
 # --- files ---------------------------------------------------------------------------------
 
 
+def next_attempt_dir(root: Path, cell: dict) -> Path:
+    """The folder of the cell's next attempt, (``logs/<cell>/attempt-<n>``; a folder
+    left by a cell that was dropped and planned again is never reused)."""
+    n = len(cell["attempts"]) + 1
+    folder = Path(root) / "logs" / cell["key"] / f"attempt-{n}"
+    for again in range(2, 10_000):  # a folder of a cell that was dropped and planned again
+        if not folder.exists():
+            break
+        folder = Path(root) / "logs" / cell["key"] / f"attempt-{n}.{again}"
+    return folder
+
+
 def existing(root: Path) -> dict:
     """The manifest in ``root``; a clear error when there is none."""
     manifest = load(root)

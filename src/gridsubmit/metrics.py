@@ -24,6 +24,8 @@ import math
 from pathlib import Path
 from typing import Any, Iterable
 
+METRICS_FILE = "comparison_metrics.csv"  # what the study's comparison writes into each cell's output folder
+
 TIDY_FIELDS = ("model", "metric", "amplitude", "phase", "value")
 NUMBERS = ("amplitude", "phase", "value")
 MAX_ROWS = 500

@@ -44,13 +44,12 @@ from . import freshness
 from . import manifest as mf
 from . import provenance as prov
 from .errors import UsageError
-from .metrics import read_metrics
+from .metrics import METRICS_FILE, read_metrics
 from .states import JobState
 from .fileio import write_json_atomic
 from .task import STDERR, STDOUT
 
 REUSED = "reused.json"  # in a reused attempt's folder: where its outputs came from
-METRICS_FILE = "comparison_metrics.csv"
 
 
 def reuse_fingerprint(record: dict, output_dir: str, artifact_root: str) -> str:
@@ -144,7 +143,7 @@ def apply(manifest: dict, sources: list[Source], due: list[dict], *, backend: st
         if why:
             refused[cell["key"]] = f"{where}: {why}"
             continue
-        attempt_dir = next_attempt_dir(root, cell)
+        attempt_dir = mf.next_attempt_dir(root, cell)
         attempt_dir.mkdir(parents=True, exist_ok=True)
         for stream, name in (("stdout", STDOUT), ("stderr", STDERR)):  # what the command said when it made them
             if last.get(stream) and (source.root / last[stream]).is_file():
@@ -207,17 +206,6 @@ def _origin_submission(manifest: dict, attempt: dict) -> dict | None:
         sub = subs[n - 1]
         return {"git": sub.get("git"), "versions": sub.get("versions")}
     return None
-
-
-def next_attempt_dir(root: Path, cell: dict) -> Path:
-    """The folder of the cell's next attempt, as the runner names it."""
-    n = len(cell["attempts"]) + 1
-    folder = Path(root) / "logs" / cell["key"] / f"attempt-{n}"
-    for again in range(2, 10_000):  # a folder of a cell that was dropped and planned again
-        if not folder.exists():
-            break
-        folder = Path(root) / "logs" / cell["key"] / f"attempt-{n}.{again}"
-    return folder
 
 
 def reused_from(cell: dict) -> dict | None:

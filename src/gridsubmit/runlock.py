@@ -18,6 +18,7 @@ import fcntl
 import json
 import os
 import socket
+import sys
 import threading
 import time
 import uuid
@@ -49,6 +50,7 @@ class RunLock:
         self.command = command
         self._fh = None
         self._held = False
+        self.lost = False  # the holder file names another runner now
         self._stop = threading.Event()
 
     def acquire(self) -> bool:
@@ -105,13 +107,12 @@ class RunLock:
     def _take_over_if_gone(self) -> bool:
         """Remove the holder file of a holder that is provably gone; True if removed."""
         path = self.dir / HOLDER
-        record = read_json(path)
+        judged = read_json(path)
         try:
             mtime = path.stat().st_mtime
         except FileNotFoundError:
             return True  # it let go meanwhile
-        if record is None:  # being written right now, or damaged: judged by its age alone
-            record = {}
+        record = judged or {}  # None: being written right now, or damaged: judged by its age alone
         ours_by_flock = self._fh is not None and record.get("host") == socket.gethostname()
         if not (ours_by_flock or _gone(record, mtime)):
             return False
@@ -120,12 +121,27 @@ class RunLock:
             os.rename(path, aside)  # only one taker wins the rename
         except FileNotFoundError:
             return True
+        if read_json(aside) != judged:  # another taker replaced it meanwhile: that one is live, put it back
+            try:
+                os.link(aside, path)
+            except OSError:
+                pass  # a third holder is there already: it stands
+            aside.unlink(missing_ok=True)
+            return False
         aside.unlink(missing_ok=True)
         return True
 
     def _beat(self) -> None:
+        """Touch the holder file while it names this process; stop (and say so) once it does
+        not: another runner took the run over, having judged this one gone."""
         path = self.dir / HOLDER
         while not self._stop.wait(HEARTBEAT_EVERY_S):
+            record = read_json(path) or {}
+            if record and (record.get("pid"), record.get("host")) != (os.getpid(), socket.gethostname()):
+                self.lost = True
+                print(f"gridsubmit: {self.dir.parent}: another runner took this run over ({describe_holder(self.dir.parent)})",
+                      file=sys.stderr)  # fmt: skip
+                return
             try:
                 os.utime(path)
             except OSError:

@@ -307,11 +307,7 @@ class Runner:
         fates = tuple(JobState(a["state"]) for a in cell["attempts"][cell["retry_base"]:])
         resources = self.profile.resources_for(JobKey.parse(cell["key"]), fates)
         n = len(cell["attempts"]) + 1
-        attempt_dir = self.root / "logs" / cell["key"] / f"attempt-{n}"
-        for again in range(2, 10_000):  # a folder of a cell that was dropped (--rerun-all) and planned again
-            if not attempt_dir.exists():
-                break
-            attempt_dir = self.root / "logs" / cell["key"] / f"attempt-{n}.{again}"
+        attempt_dir = mf.next_attempt_dir(self.root, cell)
         return Submission(cell["key"], n, cell["argv"], Path(cell["output_dir"]), attempt_dir, resources,
                           tuple(cell.get("expected_outputs", ())))  # fmt: skip
 
@@ -561,8 +557,10 @@ def request_cancel(root: Path, filters: Filters) -> Path:
 
 
 def exit_status(manifest: dict) -> int:
-    """0 when every runnable cell completed, 1 when any did not."""
+    """0 when every runnable cell completed and none of them is stale (as ``manifest`` marks
+    them: Run.manifest judges them when read), 1 otherwise."""
     for cell in manifest["jobs"]:
-        if cell["state"] not in (JobState.COMPLETED.value, JobState.BLOCKED.value):
+        if cell["state"] not in (JobState.COMPLETED.value, JobState.BLOCKED.value) or cell.get("stale") and \
+                cell["state"] == JobState.COMPLETED.value:  # fmt: skip
             return 1
     return 0

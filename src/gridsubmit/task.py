@@ -188,7 +188,8 @@ def _run(spec: dict, env: dict, folder: Path, signals: _Signals) -> dict:
         Path(spec["output_dir"]).mkdir(parents=True, exist_ok=True)
     limit = spec.get("time_limit_s")
     started = time.time()
-    out: dict = {"started": True, "started_at": started, "timed_out": False, "error": None}
+    out: dict = {"started": True, "started_at": started, "timed_out": False, "error": None,
+                 "outputs_before": _identities(spec)}
     if signals.ending:  # told to stop before the command started: it never does
         return {"started": False, "interrupted_by": signals.received, "ended_at": started,
                 "error": f"never started: {signals.received} arrived first"}  # fmt: skip
@@ -197,7 +198,7 @@ def _run(spec: dict, env: dict, folder: Path, signals: _Signals) -> dict:
     with open(folder / STDOUT, "ab", buffering=0) as stdout, open(folder / STDERR, "ab", buffering=0) as stderr:
         try:
             child = subprocess.Popen(spec["argv"], cwd=cwd, env=env, stdout=stdout, stderr=stderr,
-                                     stdin=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+                                     stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=_dies_with_task())  # fmt: skip
         except OSError as exc:
             why = exc.strerror or str(exc) if cwd.is_dir() else f"working directory {cwd} does not exist"
             message = f"cannot start {spec['argv'][0]!r}: {why}"
@@ -234,6 +235,33 @@ def _run(spec: dict, env: dict, folder: Path, signals: _Signals) -> dict:
     record["oom_killed"] = (rc == -signal.SIGKILL and not any(s.startswith("SIGKILL") for s in signals.sent)
                             and before is not None and after is not None and after > before)  # fmt: skip
     return record
+
+
+def _dies_with_task():
+    """What the command runs before exec so that a task killed outright (SIGKILL by an admin or
+    the OOM killer) takes the command with it: a retry never runs beside an orphan. Linux's
+    PR_SET_PDEATHSIG; None where it is not to be had."""
+    try:
+        import ctypes  # loaded here, in the task, not in the child between fork and exec
+
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (ImportError, OSError, AttributeError):
+        return None
+    return lambda: prctl(1, signal.SIGKILL)  # 1: PR_SET_PDEATHSIG
+
+
+def _identities(spec: dict) -> dict:
+    """Size and mtime (ns) of the outputs the runner will look for, as they are before the
+    command starts: a file an earlier attempt left that this one did not rewrite is told apart
+    without comparing clocks (a node's and a shared filesystem's may differ)."""
+    out = {}
+    for name in spec.get("watch") or ():
+        try:
+            st = os.stat(os.path.join(spec["output_dir"], name))
+        except OSError:
+            continue
+        out[name] = [st.st_size, st.st_mtime_ns]
+    return out
 
 
 def _reap(child: subprocess.Popen) -> dict:

@@ -22,7 +22,7 @@ from ..errors import UsageError
 from .. import context as ctx
 from .. import provenance as prov
 from ..manifest import STATE_DIR, Observation, job_fields
-from ..metrics import read_metrics
+from ..metrics import METRICS_FILE, read_metrics
 from ..states import JobState, fate
 from ..fileio import read_json, write_json_atomic
 from ..task import CANCEL, CLAIM, RESULT, STDERR, STDOUT
@@ -30,7 +30,6 @@ from ..task import CANCEL, CLAIM, RESULT, STDERR, STDOUT
 DONE_DIR = "done"  # one empty file per ended attempt, named by done_name()
 TAIL_LINES = 50
 TAIL_BYTES = 8 * 1024
-METRICS_FILE = "comparison_metrics.csv"
 
 
 class SchedulerError(RuntimeError):
@@ -100,7 +99,6 @@ class Handle:
     # the local backend's own: the queued submission, the process (ours, or adopted by pid and start)
     submission: "Submission | None" = None
     process: Any = None
-    cancelled: bool = False
 
     def __post_init__(self) -> None:
         self.done_name = done_name(self.key, self.attempt)
@@ -128,7 +126,8 @@ class Backend(ABC):
                 "attempt_dir": str(sub.attempt_dir), "env": {**plain, **self.profile.env},
                 "env_file": str(self.root / STATE_DIR / ctx.ENV_FILE),
                 "env_names": secrets,
-                "done": str(self.done_dir / done_name(sub.key, sub.attempt))}  # fmt: skip
+                "done": str(self.done_dir / done_name(sub.key, sub.attempt)),
+                "watch": sorted({*sub.expected_outputs, METRICS_FILE})}  # fmt: skip
 
     # --- what each backend implements ----------------------------------------------------------
 
@@ -258,7 +257,7 @@ class Backend(ABC):
                 h.undecided_since = now
             waited = 0.0 if h.undecided_since is None else now - h.undecided_since
             state = fate(result, scheduled, waited, self.grace_s)
-            if state is JobState.COMPLETED and missing_outputs(h):
+            if state is JobState.COMPLETED and missing_outputs(h, result):
                 state = JobState.FAILED  # exit 0 without what the study needs is no success
             if state is None:
                 state = scheduled if scheduled is not None and scheduled.active else h.state
@@ -309,7 +308,7 @@ class Backend(ABC):
             if said:  # the job's own words: a missing module, a failed setup line, the scheduler's kill
                 fields["error"] += f"; its log {log} says: {said}"
         if state is JobState.FAILED and result is not None and result.get("returncode") == 0:
-            fields["error"] = f"exit 0 but {', '.join(missing_outputs(h))} missing"
+            fields["error"] = f"exit 0 but {', '.join(missing_outputs(h, result))}"
         metrics, problem, warning = None, None, None
         if state.terminal and state is not JobState.COMPLETED:  # what the operator reads; logs stay on disk
             fields["stdout_tail"] = tail(h.attempt_dir / STDOUT)
@@ -317,7 +316,10 @@ class Backend(ABC):
             if not fields.get("error"):
                 fields["error"] = reason(state, fields)
         if state is JobState.COMPLETED:
-            metrics, problem, warning = read_metrics(h.output_dir / METRICS_FILE)
+            if _left_over(h, result, METRICS_FILE):  # an earlier attempt's figures are not this one's
+                problem = f"{METRICS_FILE} was not written by this attempt (it is an earlier attempt's)"
+            else:
+                metrics, problem, warning = read_metrics(h.output_dir / METRICS_FILE)
             fields["outputs"] = prov.outputs_record(h.output_dir)  # what a reuse from another root checks a copy against
         return Observation(h.key, h.attempt, state, fields, metrics, problem, warning)
 
@@ -389,8 +391,27 @@ def done_name(key: str, attempt: int) -> str:
     return f"{key.replace('/', '~')}~{attempt}"  # '~' is in no dose, view or split name
 
 
-def missing_outputs(h: Handle) -> list[str]:
-    return [name for name in h.expected_outputs if not (h.output_dir / name).is_file()]
+def missing_outputs(h: Handle, result: dict | None = None) -> list[str]:
+    """What is wrong with the attempt's expected outputs: missing, or left by an earlier
+    attempt (the same size and mtime as before this one's command started)."""
+    wrong = []
+    for name in h.expected_outputs:
+        if not (h.output_dir / name).is_file():
+            wrong.append(f"{name} missing")
+        elif _left_over(h, result, name):
+            wrong.append(f"{name} not rewritten (left by an earlier attempt)")
+    return wrong
+
+
+def _left_over(h: Handle, result: dict | None, name: str) -> bool:
+    before = ((result or {}).get("outputs_before") or {}).get(name)
+    if before is None:
+        return False
+    try:
+        st = (h.output_dir / name).stat()
+    except OSError:
+        return False
+    return [st.st_size, st.st_mtime_ns] == before
 
 
 def tail(path: Path, lines: int = TAIL_LINES, limit: int = TAIL_BYTES) -> str:

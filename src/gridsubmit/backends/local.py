@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Sequence
 
 from ..cluster import ClusterProfile, Resources
-from ..gpus import visible_gpus
+from ..gpus import resolve, visible_gpus
 from ..crashpoints import point
 from ..errors import UsageError
 from ..states import JobState
@@ -67,8 +67,7 @@ class LocalBackend(Backend):
             raise UsageError(f"{root}: this local run belongs to host {host!r}, its processes cannot be seen from "
                              f"{socket.gethostname()!r}: run `gridsubmit wait`/`cancel` on {host}")  # fmt: skip
         gpus = visible_gpus(profile)
-        per_job = profile.resources.gpus_per_job
-        self.gpus_per_job = (1 if gpus else 0) if per_job < 0 else per_job
+        self.gpus_per_job = resolve(profile).resources.gpus_per_job  # the profile's, else one per GPU found
         if self.gpus_per_job > len(gpus):
             raise UsageError(f"{profile.source}: key 'gpus_per_job' asks for {self.gpus_per_job} GPU(s) per job "
                              f"but {len(gpus)} are visible (set 'gpus' or CUDA_VISIBLE_DEVICES, or gpus_per_job: 0)")  # fmt: skip
@@ -82,7 +81,6 @@ class LocalBackend(Backend):
         self.running: dict[str, tuple[Handle, list[str]]] = {}  # key -> attempt holding a slot, its GPU ids
         self.children: list[subprocess.Popen] = []  # processes this runner started that it has not reaped
         # per handle: .process is our Popen, or (pid, start time) of a process we follow;
-        # .cancelled marks an attempt cancel() was asked for
 
     # --- protocol ----------------------------------------------------------------------------
 
@@ -107,7 +105,7 @@ class LocalBackend(Backend):
             self._schedule()
         states = {}
         for h in handles:
-            if h.cancelled:  # CANCELLED once its result is written, or its process is gone
+            if h.cancel_asked:  # CANCELLED once its result is written, or its process is gone
                 stopping = self._alive(h) and not (h.attempt_dir / RESULT).exists()
                 states[h.key] = (JobState.RUNNING if stopping else JobState.CANCELLED, {})
             elif h.key in self.running and self.running[h.key][0] is h:
@@ -120,7 +118,7 @@ class LocalBackend(Backend):
 
     def cancel(self, handles: Sequence[Handle]) -> None:
         for h in handles:
-            h.cancelled = True
+            h.cancel_asked = True
             if h in self.queue:
                 self.queue.remove(h)
             else:  # the task forwards it to the command's group, waits its grace period, writes its result
