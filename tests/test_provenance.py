@@ -81,7 +81,7 @@ def test_a_changed_input_makes_exactly_its_cells_stale_and_only_rerun_stale_runs
     assert sorted(line.split()[0] for line in stale_lines) == sorted(users)
 
     before = attempts(root)
-    assert run_cli("submit", "--study", study, "--artifact-root", root, "--quiet") == 0
+    assert run_cli("submit", "--study", study, "--artifact-root", root, "--quiet") == 1  # stale left: no success
     out = capsys.readouterr().out
     assert f"{len(users)} COMPLETED cell(s) are stale" in out and "nothing to run" in out and CELL in out
     assert attempts(root) == before  # plain submit reruns nothing
@@ -111,13 +111,14 @@ def test_a_changed_option_makes_every_cell_stale(finished, capsys, tmp_path):
     out = capsys.readouterr().out
     assert out.count("stale: option ms_ssim_sigma: 1.0 -> 2.0") == 12 and "0 would run" in out
     before = attempts(root)
-    assert run_cli("submit", "--study", changed, "--artifact-root", root, "--quiet") == 0
+    assert run_cli("submit", "--study", changed, "--artifact-root", root, "--quiet") == 1  # stale left: no success
     assert "12 COMPLETED cell(s) are stale" in capsys.readouterr().out
     assert attempts(root) == before
     assert all(c["stale"] == ["option ms_ssim_sigma: 1.0 -> 2.0"] for c in cells(root).values())
     assert run_cli("report", root, "--require-complete") == 1  # stale figures are not a complete report
     assert "0 of 12 cells contribute" in capsys.readouterr().out
-    assert run_cli("submit", "--study", changed, "--artifact-root", root, "--quiet", "--rerun-stale", "--dose", 1000) == 0
+    assert run_cli("submit", "--study", changed, "--artifact-root", root, "--quiet", "--rerun-stale", "--dose", 1000) == 1
+    assert "8 stale" in capsys.readouterr().out  # the other doses: still stale, so no success yet
     now = cells(root)
     assert {k for k, c in now.items() if len(c["attempts"]) == 2} == {k for k in ORDER if k.startswith("dose_1000/")}
     assert all("--ms-ssim-sigma" in c["argv"] and c["argv"][c["argv"].index("--ms-ssim-sigma") + 1] == "2.0"
