@@ -82,7 +82,7 @@ def assert_exactly_once(root: Path) -> dict:
 
 
 LOCAL_POINTS = ["intent-saved", "process-started", "process-started:3", "backend-returned", "handles-recorded",
-                "handles-saved", "granted", "granted:3", "polled:4", "merged:8", "saved:2", "finished", "enriched"]
+                "handles-saved", "granted", "granted:3", "polled:4", "merged:8", "saved", "finished", "enriched"]
 
 
 @pytest.mark.parametrize("point", LOCAL_POINTS)
