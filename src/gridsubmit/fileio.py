@@ -6,7 +6,6 @@ the submitter's modules share these, so there is one atomic write.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -51,6 +50,8 @@ def write_json_atomic(path: Path, data: dict, sync: bool = True, mode: int = 0o6
 
 def file_digest(path: str | Path) -> str | None:
     """sha256 of a (small) file's content; None when it cannot be read."""
+    import hashlib  # here: the node task imports this module and never hashes
+
     try:
         return hashlib.sha256(Path(path).read_bytes()).hexdigest()
     except OSError:
