@@ -111,8 +111,8 @@ def test_local_interrupt_in_the_submit_window_leaves_nothing_running_and_wait_ru
     assert states <= {"CANCELLED", "COMPLETED"}, states
     assert run_cli("submit", "--study", study, "--cluster", profile, "--artifact-root", root, "--rerun-failed",
                    "--quiet") == 0  # fmt: skip
-    for cell in cells(root).values():
-        assert runs(cell) == started_attempts(root, cell) and runs(cell) <= 2
+    for cell in cells(root).values():  # a command stopped as it started may not have left its mark yet
+        assert 1 <= runs(cell) <= started_attempts(root, cell) <= 2, (runs(cell), started_attempts(root, cell))
 
 
 def test_a_local_run_refuses_wait_and_cancel_from_another_host(scripted, capsys):
