@@ -5,6 +5,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -34,6 +35,26 @@ def scripted(tmp_path):
         return study, profile, tmp_path / "run"
 
     return make
+
+
+def rewrite_npz(path: str) -> None:
+    """Different content, still a valid input for the demo comparison."""
+    with np.load(path) as data:
+        arrays = dict(data)
+    arrays["measurement"] = arrays["measurement"] * 1.5
+    np.savez_compressed(path, **arrays)
+
+
+@pytest.fixture
+def finished(tmp_path, monkeypatch):
+    """A demo grid run to its end from a working directory of its own."""
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    monkeypatch.chdir(workdir)
+    study = make_study(tmp_path / "study")
+    root = tmp_path / "run"
+    assert run_cli("submit", "--study", study, "--artifact-root", root, "--quiet") == 0
+    return study, root
 
 
 def run_cli(*args) -> int:

@@ -2,7 +2,6 @@
 
 import json
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 
 import jsonschema
@@ -13,17 +12,7 @@ from conftest import CELLCMD, cells, load_manifest, run_cli
 from gridsubmit import Run, execute_comparison_jobs
 from gridsubmit.demo.generate import make_study
 from gridsubmit.progress import ProgressEvent
-
-
-@dataclass
-class ComparisonJob:  # the study's own fields
-    dose: int
-    view: str
-    split: str
-    phase_c_npz: Path
-    pinn_checkpoint: Path
-    baseline_checkpoint: Path
-    phase_f_manifest: Path
+from studyrepo.studies.fly64_dose_overlap.comparison import ComparisonJob  # the study's own job
 
 
 def comparison_jobs(tree: Path, doses) -> list[ComparisonJob]:

@@ -10,11 +10,10 @@ import sys
 from pathlib import Path
 
 import jsonschema
-import numpy as np
 import pytest
 import yaml
 
-from conftest import cells, load_manifest, run_cli
+from conftest import cells, load_manifest, rewrite_npz, run_cli
 from gridsubmit.demo.generate import make_study
 
 SCHEMA = json.loads((Path(__file__).parents[1] / "docs" / "manifest.schema.json").read_text())
@@ -24,26 +23,6 @@ CELL = "dose_1000/dense/train"
 
 def attempts(root: Path) -> dict[str, int]:
     return {key: len(cell["attempts"]) for key, cell in cells(root).items()}
-
-
-def rewrite_npz(path: str) -> None:
-    """Different content, still a valid input for the demo comparison."""
-    with np.load(path) as data:
-        arrays = dict(data)
-    arrays["measurement"] = arrays["measurement"] * 1.5
-    np.savez_compressed(path, **arrays)
-
-
-@pytest.fixture
-def finished(tmp_path, monkeypatch):
-    """A demo grid run to its end from a working directory of its own."""
-    workdir = tmp_path / "work"
-    workdir.mkdir()
-    monkeypatch.chdir(workdir)
-    study = make_study(tmp_path / "study")
-    root = tmp_path / "run"
-    assert run_cli("submit", "--study", study, "--artifact-root", root, "--quiet") == 0
-    return study, root
 
 
 def test_every_attempt_records_what_it_ran_from(finished, tmp_path):

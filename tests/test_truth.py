@@ -4,44 +4,24 @@ result that looks right and is not, and every view of a run gives each cell one 
 import csv
 import json
 import re
-import shutil
 import subprocess
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pytest
 import yaml
 
-from conftest import cells, run_cli
+from conftest import cells, rewrite_npz, run_cli
 from gridsubmit import Run, execute_comparison_jobs
 from gridsubmit.demo.generate import make_study
+from studyrepo.studies.fly64_dose_overlap.comparison import ComparisonJob  # the study's own job
 
 CELL = "dose_1000/dense/train"
-
-
-def rewrite_npz(path: str) -> None:
-    with np.load(path) as data:
-        arrays = dict(data)
-    arrays["measurement"] = arrays["measurement"] * 1.5
-    np.savez_compressed(path, **arrays)
 
 
 def gridsubmit(*args, cwd=None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "gridsubmit", *map(str, args)], capture_output=True, text=True,
                           cwd=cwd, timeout=300)  # fmt: skip
-
-
-@pytest.fixture
-def finished(tmp_path, monkeypatch):
-    workdir = tmp_path / "work"
-    workdir.mkdir()
-    monkeypatch.chdir(workdir)
-    study = make_study(tmp_path / "study")
-    root = tmp_path / "run"
-    assert run_cli("submit", "--study", study, "--artifact-root", root, "--quiet") == 0
-    return study, root
 
 
 def set_option(study: Path, **options) -> None:
@@ -123,17 +103,6 @@ def test_truth_table_every_view_gives_each_cell_the_same_verdict(finished, tmp_p
 
     set_option(study, ms_ssim_sigma=1.0)  # the edit reverted: only the changed input is left
     assert_one_truth(verdicts(root, tmp_path, study), {CELL})
-
-    @dataclass
-    class ComparisonJob:
-        dose: int
-        view: str
-        split: str
-        phase_c_npz: Path
-        pinn_checkpoint: Path
-        baseline_checkpoint: Path
-        phase_f_manifest: Path
-        ms_ssim_sigma: float = 1.0
 
     jobs = [ComparisonJob(c["dose"], c["view"], c["split"], **{n: Path(c["inputs"][n]) for n in
             ("phase_c_npz", "pinn_checkpoint", "baseline_checkpoint", "phase_f_manifest")}) for c in cells(root).values()]  # fmt: skip
