@@ -4,6 +4,7 @@ state may make. Pure: no scheduler, no files."""
 import pytest
 
 from gridsubmit import manifest as mf
+from gridsubmit.decision import Evidence, decide
 from gridsubmit.states import ATTEMPT_MOVES, JobState as S, fate
 
 GRACE = 30.0
@@ -64,3 +65,39 @@ def test_merge_refuses_a_move_no_state_may_make():
     with pytest.raises(mf.IllegalTransition, match="COMPLETED -> RUNNING"):
         mf.merge(manifest, [mf.Observation("dose_1000/dense/train", 1, S.RUNNING)])
     assert not mf.merge(manifest, [mf.Observation("dose_1000/dense/train", 1, S.COMPLETED)])  # the same word again: nothing
+
+
+# The rules around fate, as decide applies them to one cycle's evidence:
+# (case, evidence, the state the last cycle saw, undecided since, expected state, undecided since after)
+NOW = 1000.0
+SUCCESS = {"started": True, "returncode": 0}
+DECIDE_TABLE = [
+    ("queued: nothing to judge, no clock", Evidence(scheduled=S.PENDING), S.SUBMITTED, None, S.PENDING, None),
+    ("running again after a lag: the clock stops", Evidence(scheduled=S.RUNNING), S.RUNNING, 990.0, S.RUNNING, None),
+    ("no row, the scheduler could not be asked: no clock", Evidence(silent=True), S.RUNNING, None, S.RUNNING, None),
+    ("an outage keeps the clock stopped however long", Evidence(silent=True), S.RUNNING, 0.0, S.RUNNING, None),
+    ("no row when it answers: the clock starts", Evidence(), S.RUNNING, None, S.RUNNING, NOW),
+    ("no row within the grace period", Evidence(), S.RUNNING, NOW - 5, S.RUNNING, NOW - 5),
+    ("no row past the grace period: LOST", Evidence(), S.RUNNING, NOW - 31, S.LOST, NOW - 31),
+    ("its result settles it", Evidence(result=SUCCESS), S.RUNNING, None, S.COMPLETED, NOW),
+    ("exit 0 without an expected output: FAILED", Evidence(result=SUCCESS, outputs_wrong=("recon.npz missing",)),
+     S.RUNNING, None, S.FAILED, NOW),
+    ("a packed cell whose job ended before its turn: LOST, to run again",
+     Evidence(scheduled=S.COMPLETED, info={"scheduler_state": "COMPLETED"}, unclaimed_in_pack=True), S.PENDING, None,
+     S.LOST, NOW),
+    ("a packed cell cancelled before its turn", Evidence(scheduled=S.RUNNING, unclaimed_in_pack=True, cancel_asked=True),
+     S.PENDING, None, S.CANCELLED, NOW),
+    ("a packed cell that wrote its result is judged by it", Evidence(result=SUCCESS, unclaimed_in_pack=True),
+     S.RUNNING, None, S.COMPLETED, NOW),
+    ("the scheduler says COMPLETED, no result yet: wait", Evidence(scheduled=S.COMPLETED), S.RUNNING, None, S.RUNNING, NOW),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("case, evidence, previous, since, expected, since_after", DECIDE_TABLE,
+                         ids=[row[0] for row in DECIDE_TABLE])  # fmt: skip
+def test_the_rules_around_fate(case, evidence, previous, since, expected, since_after):
+    verdict = decide(evidence, previous, since, NOW, GRACE)
+    assert (verdict.state, verdict.undecided_since) == (expected, since_after)
+    assert verdict.pack_ended == (evidence.unclaimed_in_pack and evidence.result is None)
+    if verdict.pack_ended:  # the reason goes with the scheduler's fields, which are not changed in place
+        assert verdict.info["error"] and "error" not in evidence.info

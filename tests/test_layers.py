@@ -13,7 +13,7 @@ SRC = Path(__file__).parents[1] / "src" / "gridsubmit"
 LAYERS = [
     {"errors", "fileio", "states", "jobs", "crashpoints", "metrics", "provenance", "preflight", "pending",
      "envprobe", "codehash", "comparability", "backends.slurm_limits"},  # pure, or stdlib edges
-    {"task", "yamlio", "context", "runlock", "ledger"},  # the node task; files and processes; GPU-hours
+    {"task", "yamlio", "context", "runlock", "ledger", "decision"},  # the node task; files and processes; GPU-hours
     {"study", "cluster"},  # YAML -> Grid of cells / ClusterProfile
     {"freshness", "gpus", "knobs", "demo.generate", "demo.compare"},  # the one judgement of stale cells
     {"manifest"},  # build, merge, load, save

@@ -1,14 +1,14 @@
 """The protocol every backend implements, and the collection logic they share.
 
 A backend only knows how to submit, ask its scheduler about many jobs at once, cancel, and
-re-attach to jobs recorded in a manifest. Turning the scheduler's view plus the task's own
-``result.json`` into a state (:func:`gridsubmit.states.fate`) and pulling back logs, exit
-codes and metrics happens here, once, for all backends.
+re-attach to jobs recorded in a manifest. Gathering the evidence about each attempt (the
+task's own ``result.json``, done marks, the scheduler's view), handing it to the pure
+decision (:func:`gridsubmit.decision.decide`), and pulling back logs, exit codes and metrics
+happens here, once, for all backends.
 """
 
 from __future__ import annotations
 
-import math
 import os
 import re
 import time
@@ -23,7 +23,8 @@ from .. import context as ctx
 from .. import provenance as prov
 from ..manifest import STATE_DIR, Observation, job_fields
 from ..metrics import METRICS_FILE, read_metrics
-from ..states import JobState, fate
+from ..decision import Evidence, decide, settled_by_result
+from ..states import JobState
 from ..fileio import read_json, write_json_atomic
 from ..task import CANCEL, CLAIM, RESULT, STDERR, STDOUT
 
@@ -87,7 +88,7 @@ class Handle:
     record: dict[str, Any] = field(default_factory=dict)  # fields for the manifest's attempt, once submitted
     # what has been seen
     state: JobState = JobState.SUBMITTED
-    undecided_since: float | None = None  # since when the evidence is inconclusive (see states.fate)
+    undecided_since: float | None = None  # since when the evidence is inconclusive (see decision.decide)
     looked: bool = False  # its result file was looked for at least once
     seen: dict | None = None  # the scheduler's last row about it, as last reported
     reported: bool = False  # its own result.json gave its end: the node's figures stand
@@ -227,40 +228,16 @@ class Backend(ABC):
             else:
                 results[h.key] = None
         # A result that settles the attempt on its own needs no scheduler query.
-        native = self.query([h for h in handles if fate(results[h.key], None, 0.0, math.inf) is None], ask)
+        native = self.query([h for h in handles if not settled_by_result(results[h.key])], ask)
         silent = self.unanswered()
         now = time.monotonic()
         observations = []
         for h in handles:
-            scheduled, info = native.get(h.key, (None, {}))
-            unlisted_for = 0.0 if h.undecided_since is None else now - h.undecided_since
-            if results[h.key] is None and (scheduled.terminal if scheduled is not None else unlisted_for >= self.grace_s):
-                results[h.key] = read_json(h.attempt_dir / RESULT)  # it ended without its mark
-            result = results[h.key]
-            if result is None and h.pack and (scheduled is not None and scheduled.terminal
-                                                           or h.cancel_asked) and never_runs(h):  # fmt: skip
-                # a packed cell whose job ended before its turn, or that was cancelled before it
-                if h.cancel_asked:
-                    scheduled, why = JobState.CANCELLED, "cancelled before its turn in its pack"
-                else:
-                    scheduled, why = JobState.LOST, (f"its job ended ({info.get('scheduler_state', '?')}) before this "
-                                                     "cell's turn in its pack; it runs again")  # fmt: skip
-                h.pack_ended = True
-                info = {**info, "error": why}
-            # a job the scheduler lists as queued or running, or that it could not be asked
-            # about: nothing to judge yet (the grace period starts once it answers)
-            conclusive = result is None and (scheduled is not None and scheduled.active
-                                             or scheduled is None and h.key in silent)  # fmt: skip
-            if conclusive:
-                h.undecided_since = None
-            elif h.undecided_since is None:
-                h.undecided_since = now
-            waited = 0.0 if h.undecided_since is None else now - h.undecided_since
-            state = fate(result, scheduled, waited, self.grace_s)
-            if state is JobState.COMPLETED and missing_outputs(h, result):
-                state = JobState.FAILED  # exit 0 without what the study needs is no success
-            if state is None:
-                state = scheduled if scheduled is not None and scheduled.active else h.state
+            evidence = self._evidence(h, results[h.key], *native.get(h.key, (None, {})), h.key in silent, now)
+            verdict = decide(evidence, h.state, h.undecided_since, now, self.grace_s)
+            state, info, result = verdict.state, verdict.info, evidence.result
+            h.undecided_since = verdict.undecided_since
+            h.pack_ended = h.pack_ended or verdict.pack_ended
             if result is not None and state.terminal:
                 h.reported = True  # the node's own figures stand for this attempt
                 if h.done_name in done:  # read: the folder listed every cycle stays as small as what runs
@@ -268,12 +245,25 @@ class Backend(ABC):
             if state.terminal:
                 self.on_end(h, state)
             # only what changed: nothing new about an attempt that runs on is the usual case
-            seen = h.seen
-            if result is not None or state is not h.state or info is not seen and info != seen:
+            if result is not None or state is not h.state or info is not h.seen and info != h.seen:
                 h.seen = info
                 observations.append(self._observe(h, state, result, info))
             h.state = state
         return observations
+
+    def _evidence(self, h: Handle, result: dict | None, scheduled: JobState | None, info: dict, silent: bool,
+                  now: float) -> Evidence:  # fmt: skip
+        """What is known of one attempt this cycle, beyond its result as read already: the
+        result again where the job may have ended without its done mark; for a packed cell
+        whose job ended or was cancelled before its turn, whether anyone claimed it (it is
+        marked first, so it never runs after this); its expected outputs after exit 0."""
+        unlisted_for = 0.0 if h.undecided_since is None else now - h.undecided_since
+        if result is None and (scheduled.terminal if scheduled is not None else unlisted_for >= self.grace_s):
+            result = read_json(h.attempt_dir / RESULT)
+        ended_or_cancelled = scheduled is not None and scheduled.terminal or h.cancel_asked
+        unclaimed = bool(result is None and h.pack and ended_or_cancelled and never_runs(h))
+        wrong = tuple(missing_outputs(h, result)) if result is not None and result.get("returncode") == 0 else ()
+        return Evidence(result, scheduled, info, silent, unclaimed, h.cancel_asked, wrong)
 
     def _observe(self, h: Handle, state: JobState, result: dict | None, info: dict) -> Observation:
         # a packed cell's scheduler figures are its whole job's: kept as the pack's
