@@ -183,12 +183,14 @@ def test_a_slurm_artifact_root_that_sbatch_would_misread_is_refused_before_anyth
 
 
 def test_a_profile_interpreter_with_a_space_is_quoted_in_the_sbatch_script(tmp_path):
+    from gridsubmit.backends.base import Submission
     from gridsubmit.backends.slurm import SlurmBackend
     from gridsubmit.cluster import parse_profile
 
     backend = SlurmBackend(parse_profile({"backend": "slurm", "time": 5, "python": "/opt/my env/bin/python",
                                           "max_array_size": 10}, "p.yaml"), tmp_path, tmp_path, {}, "r")  # fmt: skip
-    assert "'/opt/my env/bin/python' -m gridsubmit.task" in backend._executor(backend.profile.resources, "n", tmp_path)._submitit_command_str
+    sub = Submission("dose_1/dense/train", 1, ["true"], tmp_path / "out", tmp_path / "a", backend.profile.resources)
+    assert "'/opt/my env/bin/python' -m gridsubmit.task" in backend.commit.executor([[sub]], "n")._submitit_command_str
 
 
 def test_cells_that_cannot_be_written_for_the_node_are_a_clear_error_before_sbatch(tmp_path, study, capsys, monkeypatch):

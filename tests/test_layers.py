@@ -19,7 +19,10 @@ LAYERS = [
     {"manifest"},  # build, merge, load, save
     {"progress", "notify", "reuse", "clean", "backends.base"},
     {"report", "backends.slurm_commands", "backends.slurm_script"},  # report: read-only views of a manifest
-    {"compare", "diff", "runs", "backends.local", "backends.slurm"},
+    {"compare", "diff", "runs", "backends.local", "backends.slurm_ghosts", "backends.slurm_status",
+     "backends.slurm_cancel"},
+    {"backends.slurm_accounting", "backends.slurm_waves", "backends.slurm_submission"},  # SLURM's parts
+    {"backends.slurm"},  # their composition
     {"runner", "report_defend"},  # the loop
     {"api", "report_html"},  # the public Python API; the page
     {"cli", "pytest_plugin"},  # thin clients of api

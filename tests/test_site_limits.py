@@ -6,7 +6,7 @@ import pytest
 from gridsubmit.backends.slurm_limits import (BACKOFF_FIRST_S, BACKOFF_MAX_S, SUBMIT_TRIES, SiteLimits, SubmitLimit,
                                               backoff_s, gpus_of, lookup, parse_assoc, parse_qos, parse_queue,
                                               sbatch_failure, site_limits)  # fmt: skip
-from gridsubmit.backends.slurm import refused_cap
+from gridsubmit.backends.slurm_waves import refused_cap
 from gridsubmit.pending import REASONS, explain
 from gridsubmit.report import status_table
 

@@ -1,7 +1,7 @@
 """What runs for each job on the compute node (stdlib only: it starts once per job).
 
 A SLURM job runs ``python -m gridsubmit.task FOLDER``: the cells of array task N are in
-``FOLDER/N.json`` (a lone job is given its file); see backends.slurm. The local backend
+``FOLDER/N.json`` (a lone job is given its file); see backends.slurm_submission. The local backend
 starts ``python -m gridsubmit.task ATTEMPT_DIR/spec.json`` itself, one process per cell,
 once a slot is free (backends.local).
 

@@ -1,60 +1,41 @@
-"""SLURM backend: submitit's SlurmExecutor, job arrays per resource group, one sacct per poll.
+"""SLURM backend: submitit's SlurmExecutor, job arrays per resource group, sacct when due.
 
-Cells with equal resources go into one array (one sbatch through submitit's ``batch()``),
-split into chunks no larger than the cluster's MaxArraySize. Every chunk has its own job
-name ``gs-<run>-<chunk>``, written to the manifest with each cell's array index *before*
-sbatch runs, so a runner that dies right after sbatch can be followed by one that adopts
-the jobs by name instead of submitting them again.
+A thin composition of parts that each own one duty and never call back into it:
 
-On the node, a job runs ``python -m gridsubmit.task`` on the JSON spec of its cells,
-written beside the run (``.gridsubmit/tasks/<job name>/<array index>.json``), instead of
-submitit's ``_submit``, which unpickles through submitit and imports numpy and asyncio on
-the way: ~170 ms of CPU per job, more than a short cell itself. submitit still writes the
-script, runs sbatch, makes the array and keeps its pickle of the same call.
+- ``slurm_waves``       the layout of attempts in arrays and packs; the queue cap and waves
+- ``slurm_submission``  the submission commit (stage, sbatch, name the folder; adopt after a crash)
+- ``slurm_status``      status rounds under the call budget; outages; jobs that linger
+- ``slurm_cancel``      scancel, and the jobs of LOST attempts held until gone
+- ``slurm_ghosts``      jobs that may be queued but can never run their cells
+- ``slurm_accounting``  sacct's final record of each ended job
+- ``slurm_script``      the batch script, the one place profile values enter it
 
-Status comes from one ``sacct`` call for all job ids of the run (filtered by name and
-start time: job ids are reused when a cluster is reset), with ``squeue`` when sacct fails;
-and only for attempts whose own ``result.json`` does not already settle them.
+On the node, a job runs ``python -m gridsubmit.task`` on the JSON spec of its cells instead of
+submitit's ``_submit`` (which unpickles through submitit and imports numpy and asyncio on the
+way: ~170 ms of CPU per job, more than a short cell itself). submitit still writes the script,
+runs sbatch, makes the array and keeps its pickle of the same call.
 """
 
 from __future__ import annotations
 
-import json
-import logging
-import math
-import os
-import re
-import shutil
 import time
-import uuid
 from collections import defaultdict
-from dataclasses import replace
 from pathlib import Path
 from typing import Sequence
 
-import submitit
 from submitit.core.utils import JobPaths
 
-from .. import context as ctx
-from ..cluster import ClusterProfile, Resources
-from ..crashpoints import point
-from ..manifest import ACCOUNTING_PENDING, STATE_DIR
+from ..cluster import ClusterProfile
+from ..manifest import STATE_DIR
 from ..states import JobState
-from ..task import RESULT, TASKS_DIR, run_pack
-from .base import Backend, Handle, QueueFull, SchedulerError, Submission, SubmitError, check_root, never_runs
-from .slurm_commands import (ROW_FIELDS, clean_error, expand_job_id, find_by_name_or_none, lookup_by_name, run_command,
-                             sacct, squeue)
-from .slurm_limits import SUBMIT_TRIES, SiteLimits, backoff_s, lookup, sbatch_failure
-from .slurm_script import executor_for
-
-DEFAULT_MAX_ARRAY_SIZE = 1001  # SLURM's own default
-log = logging.getLogger(__name__)
-PACK_KILL_GRACE_S = 10  # a packed cell past its own limit: SIGTERM, then SIGKILL this long after
-LINGER_MAX_S = 120.0  # an ended job the scheduler keeps listing stops counting against max_queued then
-PENDING_REASONS_EVERY_S = 60.0  # squeue for why queued jobs wait (held, bad account, ...)
-ACCOUNTING_WAIT_S = 15.0  # at the end of a run, how long to wait for sacct's word on jobs that left no result
-LIMIT_RETRY_S = 60.0  # after sbatch refused a wave for a limit, a lower queue cap holds this long
-GHOST_SETTLE_S = 10.0  # a chunk sbatch may have queued while failing: looked for this long before it is let go
+from .base import Backend, Handle, Submission, SubmitError, check_root
+from .slurm_accounting import accounting
+from .slurm_cancel import Cancels
+from .slurm_commands import new_job_name
+from .slurm_ghosts import Ghosts
+from .slurm_status import StatusRounds
+from .slurm_submission import PACK_KILL_GRACE_S, Refused, SubmissionCommit
+from .slurm_waves import Waves
 
 
 class SlurmBackend(Backend):
@@ -64,113 +45,48 @@ class SlurmBackend(Backend):
 
     def __init__(self, profile: ClusterProfile, root: Path, workdir: Path, env: dict[str, str], run_id: str):
         super().__init__(profile, root, workdir, env)
-        self.run_id = run_id
-        self.folder = self.root / STATE_DIR / "submitit"
-        self.tasks = self.root / STATE_DIR / TASKS_DIR  # one folder of cell specs per array chunk
         check_root(root, "slurm")
-        self._max_array_size = profile.max_array_size
-        self._by_id: dict[str, tuple[JobState | None, dict]] = {}  # the last answer, by job id
-        self._last_query = -math.inf
-        self._query_every = profile.poll_min_s
-        self._site: SiteLimits | None = None  # the site's limits, read once per run (queue_cap)
-        self._site_cap: int | None = None
-        self._refused: tuple[float, int] | None = None  # a wave refused for a limit: (when, the run's jobs queued then)
-        self._queued_last = 0  # the run's jobs in the queue when the runner last planned a wave
-        self._ghosts: dict[str, dict] = {}  # chunk name -> {tasks, since}: jobs that may be queued, known by name only
-        self._ghosts_at = -math.inf
-        self._notes: list[str] = []
-        self._reasons_at = -math.inf
-        self._lingering: dict[str, tuple[Handle, float]] = {}  # job id -> (an ended attempt of it, since)
-        self._accounted: dict[str, dict] = {}  # job id -> sacct's final record of it
-        self._unseen = False  # some followed attempt has no row from the scheduler yet
-        self._lost: list[Handle] = []  # attempts that ended LOST this cycle: their jobs are cancelled
-        self.holding: set[str] = set()  # cells whose LOST job is not known to be gone: not submitted again yet
-        self._uncancelled: list[Handle] = []  # those LOST attempts, their scancel still to succeed
+        self.run_id = run_id
+        self.rounds = StatusRounds(profile)
+        self.ghosts = Ghosts(profile.poll_min_s)
+        self.cancels = Cancels()
+        self.waves = Waves(profile, run_id, self.ghosts, self.rounds)
+        self.commit = SubmissionCommit(profile, self.root / STATE_DIR, run_id, self.captured, self.ghosts, self.cancels)
+        self.tasks = self.commit.tasks
         self._silent: set[str] = set()  # cell keys the last status round got no answer about
-        self.outage: dict | None = None  # since when status calls fail, and how many did
+        self._lost: list[Handle] = []  # attempts that ended LOST this cycle: their jobs are stopped
 
-    # --- submission ----------------------------------------------------------------------------
-
-    @property
-    def max_array_size(self) -> int:
-        if self._max_array_size is None:
-            try:
-                out = run_command(["scontrol", "show", "config"], timeout=30)
-                m = re.search(r"^MaxArraySize\s*=\s*(\d+)", out, re.M)
-                self._max_array_size = int(m.group(1)) if m else DEFAULT_MAX_ARRAY_SIZE
-            except SchedulerError:
-                self._max_array_size = DEFAULT_MAX_ARRAY_SIZE
-        return self._max_array_size
-
-    def chunks(self, submissions: Sequence[Submission]) -> list[list[list[Submission]]]:
-        """Equal resources share an array whose tasks are packs of ``cells_per_job`` cells;
-        arrays are cut at MaxArraySize tasks."""
-        groups: dict[Resources, list[Submission]] = defaultdict(list)
-        for sub in submissions:
-            groups[sub.resources].append(sub)
-        k, size = self.profile.cells_per_job, self.max_array_size
-        packs = [subs[i : i + k] for subs in groups.values() for i in range(0, len(subs), k)]
-        chunks: list[list[list[Submission]]] = []
-        for pack in packs:  # packs of one group are consecutive: start a new array where the group changes
-            if chunks and len(chunks[-1]) < size and chunks[-1][0][0].resources == pack[0].resources:
-                chunks[-1].append(pack)
-            else:
-                chunks.append([pack])
-        return chunks
-
-    def jobs_of(self, submissions: Sequence[Submission]) -> int:
-        """How many jobs (array tasks) these attempts take in the queue."""
-        return sum(len(chunk) for chunk in self.chunks(submissions))
-
-    def queued_jobs(self, handles: Sequence[Handle]) -> int:
-        """Jobs of these attempts, plus jobs whose cells have ended but that the scheduler
-        still lists (the task is still writing its files), plus ghosts (jobs sbatch may have
-        queued while reporting a failure, or that could not be cancelled): they hold a place
-        in the queue."""
-        self._chase_ghosts()
-        names = {h.job_name for h in handles}
-        ghosts = sum(g["tasks"] for name, g in self._ghosts.items() if name not in names)
-        self._queued_last = ghosts + len({h.job_id or (h.job_name, h.array_task_id, h.key)
-                                          for h in handles} | set(self._lingering))  # fmt: skip
-        return self._queued_last
+    # --- what the runner reads of the parts ------------------------------------------------------
 
     @property
     def queue_cap(self) -> int:  # type: ignore[override]
-        """``max_queued``, or less where the site leaves less (read once per run, when the
-        first wave is planned); after sbatch refused a wave for a limit, less (refused_cap),
-        until LIMIT_RETRY_S has passed since the last refusal."""
-        if self._site_cap is None:
-            site = self.site_limits()
-            self._site_cap, binding = site.cap(self.profile.max_queued)
-            if binding is not None or site.problems:  # said when it matters (--dry-run says it all)
-                self._notes += site.describe(self.profile.max_queued)
-        cap = self._site_cap
-        if self._refused is not None:
-            at, queued = self._refused
-            if time.monotonic() - at < LIMIT_RETRY_S:  # room opens as the run's own jobs end
-                cap = min(cap, queued)
-            else:
-                self._refused = None
-        return cap
+        return self.waves.queue_cap
 
-    def site_limits(self) -> SiteLimits:
-        """The submit limits of the user's association and of the QOS the run's jobs use, the
-        GPU caps per user, and the user's other jobs queued: asked once (sacctmgr, squeue)."""
-        if self._site is None:
-            res = self.profile.resources
-            asked = {res.qos} | {o.changes["qos"] for o in self.profile.overrides if "qos" in o.changes}
-            accounts = {res.account} | {o.changes["account"] for o in self.profile.overrides if "account" in o.changes}
-            self._site = lookup(lambda argv: run_command(argv, timeout=30), ctx.user(), sorted(accounts - {None}, key=str)[0]
-                                if accounts - {None} else None, sorted(asked, key=str), f"gs-{self.run_id}-")  # fmt: skip
-        return self._site
+    @property
+    def outage(self) -> dict | None:  # type: ignore[override]
+        return self.rounds.outage
+
+    @property
+    def holding(self) -> set[str]:  # type: ignore[override]
+        return self.cancels.holding
+
+    def jobs_of(self, submissions: Sequence[Submission]) -> int:
+        return self.waves.jobs_of(submissions)
+
+    def queued_jobs(self, handles: Sequence[Handle]) -> int:
+        return self.waves.queued_jobs(handles)
 
     def take_notes(self) -> list[str]:
-        notes, self._notes = self._notes, []
-        return notes
+        return self.waves.take_notes()
+
+    def unanswered(self) -> set[str]:
+        return self._silent
+
+    # --- submission ----------------------------------------------------------------------------
 
     def assign(self, submissions: Sequence[Submission]) -> None:
-        for chunk in self.chunks(submissions):
-            name = f"gs-{self.run_id}-{uuid.uuid4().hex[:6]}"
+        for chunk in self.waves.chunks(submissions):
+            name = new_job_name(self.run_id)
             for index, pack in enumerate(chunk):
                 for position, sub in enumerate(pack):
                     sub.record.update(job_name=name, array_task_id=index if len(chunk) > 1 else None)
@@ -182,220 +98,40 @@ class SlurmBackend(Backend):
         for sub in submissions:
             by_name[sub.record["job_name"]].setdefault(sub.record["array_task_id"], []).append(sub)
         handles: list[Handle] = []
-        self._unseen = True  # new jobs: asked about soon
-        for name, by_index in by_name.items():
+        self.rounds.unseen = True  # new jobs: asked about soon
+        for by_index in by_name.values():
             packs = dict(sorted(by_index.items(), key=lambda item: item[0] or 0))  # array task N runs N.json
-            subs = [sub for pack in packs.values() for sub in pack]
-            res = subs[0].resources
-            cells = {index or 0: self._specs(pack) for index, pack in packs.items()}
+            res = next(iter(packs.values()))[0].resources
             try:
-                staged = self._stage(name, cells)
+                chunk = self.commit.submit(packs, {index or 0: self._specs(pack) for index, pack in packs.items()})
             except OSError as exc:  # nothing reached the scheduler: these attempts never existed
                 raise SubmitError(f"cannot write the cells of {len(packs)} job(s) under {self.tasks}: "
                                   f"{exc.strerror or exc}", handles) from None  # fmt: skip
-            sent = self._sbatch(name, staged, packs, cells, handles)
-            if isinstance(sent, list):  # sbatch reported a failure but queued it: discarded
-                handles += sent
-                continue
-            name, staged, jobs = sent
-            chunk = []
-            for pack, job in zip(packs.values(), jobs):
-                array_id = job.job_id.split("_")[0]
-                script = JobPaths(self.folder, job_id=array_id).submission_file
-                for sub in pack:
-                    record = {"array_job_id": array_id, "script": str(script), "job_name": name,
-                              **self._gpu_cap(res)}  # the name changes when sbatch was asked again
-                    h = sub.handle(job_id=job.job_id, state=JobState.PENDING,
-                                   job_name=name, pack=sub.record.get("pack"), record=record)  # fmt: skip
-                    chunk.append(h)
-            try:
-                os.rename(staged, self.tasks / name)  # the jobs find their cells from now on
-            except OSError as exc:  # they never will: they give up without running anything
-                self._discard(chunk, f"its cells could not be named for the node ({exc.strerror or exc})")
+            except Refused as no:
+                raise self.waves.refused(no.kind, no.message, no.jobs, res.partition, no.tries, handles) from None
+            for h in chunk:
+                if not h.discarded:
+                    h.record.update(self.waves.gpu_cap(res))
             handles += chunk
-            point("sbatch-returned")
         return handles
-
-    def _sbatch(self, name: str, staged: Path, packs: dict[int | None, list[Submission]], cells: dict[int, list[dict]],
-                accepted: list[Handle]) -> tuple[str, Path, list] | list[Handle]:  # fmt: skip
-        """sbatch for one chunk: (its name, its staged cells, submitit's jobs), or the attempts
-        (discarded) of a chunk sbatch queued while reporting a failure. A transient failure is
-        asked again, up to SUBMIT_TRIES times with a growing pause, each time under a new name
-        (the cells' folder is renamed with it), after the chunk was looked up by its name: a
-        chunk found is discarded, and one that could not be looked up is chased as a ghost, so
-        nothing runs twice. A refusal for a limit raises QueueFull; any other, SubmitError."""
-        subs = [sub for pack in packs.values() for sub in pack]
-        res = subs[0].resources
-        for retry in range(SUBMIT_TRIES):
-            executor = self._chunk_executor(list(packs.values()), name)
-            try:
-                with executor.batch():
-                    jobs = [executor.submit(run_pack, specs) for specs in cells.values()]
-                return name, staged, jobs
-            except Exception as exc:  # sbatch's own message is the useful part
-                said, message = str(exc), clean_error(exc)
-            found = find_by_name_or_none([name], self._since([]))
-            if found:  # queued all the same: its jobs can never run (their folder was never named)
-                shutil.rmtree(staged, ignore_errors=True)
-                return self._queued_despite(name, subs, found)
-            kind = sbatch_failure(said)
-            if found is None or kind == "transient":  # it may still show up: looked for until it is gone
-                self._ghosts[name] = {"tasks": len(packs), "since": time.monotonic()}
-            if kind == "transient" and retry + 1 < SUBMIT_TRIES:
-                log.warning("sbatch failed (%s); asking again (%d of %d tries)", message, retry + 2, SUBMIT_TRIES)
-                time.sleep(backoff_s(retry))
-                name, staged = self._renamed(name, staged, subs)
-                continue
-            shutil.rmtree(staged, ignore_errors=True)
-            ours = self._queued_last + len({h.job_id for h in accepted})
-            tries = f" (after {retry + 1} tries)" if retry else ""
-            if kind == "limit" or kind == "policy" and ours:  # room comes as the run's jobs end
-                self._refused = (time.monotonic(), refused_cap(ours, len(packs)))
-                self._notes.append(f"sbatch refused {len(packs)} job(s) for a limit ({message}); {ours} of this run's "
-                                   "jobs queued: the rest waits for room and goes out in smaller waves")  # fmt: skip
-                raise QueueFull(f"sbatch refused {len(packs)} job(s) for a limit: {message}", accepted)
-            raise SubmitError(f"sbatch refused {len(packs)} job(s) for partition "
-                              f"{res.partition or '(default)'}: {message}{tries}", accepted)  # fmt: skip
-        raise AssertionError("unreachable")
-
-    def _renamed(self, name: str, staged: Path, subs: list[Submission]) -> tuple[str, Path]:
-        """A chunk's new name before sbatch is asked again: jobs queued under the old one
-        (unbeknown) never find cells to run."""
-        new = f"gs-{self.run_id}-{uuid.uuid4().hex[:6]}"
-        moved = staged.with_name(f".{new}")
-        os.rename(staged, moved)
-        for sub in subs:
-            sub.record["job_name"] = new
-        return new, moved
-
-    def _gpu_cap(self, res: Resources) -> dict:
-        """The GPU cap per user of the job's QOS, for the reason a job waits (QOSMaxGRESPerUser)."""
-        if not res.gpus_per_job or self._site is None:
-            return {}
-        qos = res.qos or self._site.default_qos or "normal"
-        caps = [value for value, where in self._site.gpus if where == f"QOS {qos}"]
-        return {"gpu_cap": {"gpus": caps[0], "qos": qos}} if caps else {}
-
-    def _chase_ghosts(self, closing: bool = False) -> None:
-        """Jobs that may be queued but can never run their cells (sbatch reported a failure,
-        and the lookup failed too; a discard whose scancel failed): each would hold its
-        allocation for a minute waiting for a folder that never comes. Looked up by name
-        (squeue, at most once per poll_min_s) and cancelled as soon as the scheduler answers;
-        let go once squeue no longer lists them, GHOST_SETTLE_S after they were noted (at
-        once when ``closing``: the last look there is)."""
-        now = time.monotonic()
-        if not self._ghosts or not closing and now - self._ghosts_at < self.profile.poll_min_s:
-            return
-        self._ghosts_at = now
-        try:
-            out = run_command(["squeue", "-h", "-r", "-o", "%i|%j", "--name", ",".join(sorted(self._ghosts))], timeout=30)
-        except SchedulerError:
-            return  # counted against max_queued until the scheduler answers
-        listed: dict[str, list[str]] = defaultdict(list)
-        for line in out.splitlines():
-            job_id, _, name = line.strip().partition("|")
-            if name in self._ghosts:
-                listed[name] += expand_job_id(job_id)
-        for name, ghost in list(self._ghosts.items()):
-            if listed.get(name):
-                ghost["tasks"] = len(listed[name])
-                try:
-                    run_command(["scancel", *listed[name]], timeout=30)
-                    log.info("cancelled %s (%s): it could never run its cells", name, ", ".join(listed[name]))
-                    if closing:  # cancelled: nothing more to follow
-                        del self._ghosts[name]
-                except SchedulerError:
-                    pass
-            elif closing or now - ghost["since"] >= GHOST_SETTLE_S:
-                del self._ghosts[name]
-
-    def sleep(self, seconds: float) -> None:
-        """Between poll cycles: ghosts are chased on the way."""
-        started = time.monotonic()
-        self._chase_ghosts()
-        time.sleep(max(0.0, seconds - (time.monotonic() - started)))
-
-    def close(self, finished: bool) -> None:
-        if self._ghosts:
-            self._chase_ghosts(closing=True)
-        if self._ghosts:  # the scheduler did not answer, or would not cancel them
-            names = ",".join(sorted(self._ghosts))
-            log.warning("jobs named %s may be queued and could not be cancelled; they end by themselves within a "
-                        "minute without running anything (or: scancel --name %s)", names, names)  # fmt: skip
-
-    def _stage(self, name: str, cells: dict[int, list[dict]]) -> Path:
-        """Each job's cells, as the node task reads them, in a folder that takes the chunk's
-        name only once sbatch has queued it (a job that starts sooner waits for it): a job
-        sbatch queued while reporting a failure finds nothing to run."""
-        staged = self.tasks / f".{name}"
-        staged.mkdir(parents=True)
-        try:
-            for index, specs in cells.items():
-                (staged / f"{index}.json").write_text(json.dumps({"cells": specs}))
-        except OSError:
-            shutil.rmtree(staged, ignore_errors=True)
-            raise
-        return staged
-
-    def _chunk_executor(self, packs: list[list[Submission]], name: str) -> submitit.SlurmExecutor:
-        """The executor of one array; a pack's job may take each cell's limit plus the grace
-        period of its kill."""
-        res = packs[0][0].resources
-        if self.profile.cells_per_job > 1:
-            res = replace(res, time_s=max(len(p) for p in packs) * (res.time_s + PACK_KILL_GRACE_S))
-        # an array task finds its file by its index; a lone job is told its file, as it may
-        # inherit an SLURM_ARRAY_TASK_ID from a submitter that runs in an array task itself
-        return self._executor(res, name, self.tasks / name if len(packs) > 1 else self.tasks / name / "0.json")
 
     def _specs(self, pack: list[Submission]) -> list[dict]:
-        if not pack[0].record.get("pack"):
-            return [self._spec(pack[0])]
-        # the job's limit covers the whole pack; each cell keeps its own, enforced by the task
-        return [{**self._spec(sub), "time_limit_s": sub.resources.time_s, "kill_grace_s": PACK_KILL_GRACE_S} for sub in pack]
-
-    def _queued_despite(self, name: str, chunk: list[Submission], found: dict) -> list[Handle]:
-        """sbatch failed but queued the array all the same (a timeout, a lost reply; ``found``:
-        its jobs by name): its tasks have no cells to run (their folder was never named):
-        cancel them, and hand back their attempts as LOST so they are submitted again."""
-        handles = []
-        for sub in chunk:
-            h = sub.handle(state=JobState.PENDING, job_name=name, array_task_id=sub.record["array_task_id"])
-            job_id = found.get((name, sub.record["array_task_id"]))
-            h.job_id = job_id
-            h.record = {"job_name": name, **({"array_job_id": job_id.split("_")[0]} if job_id else {})}
-            handles.append(h)
-        self._discard(handles, "sbatch reported a failure but queued it")
-        return handles
-
-    def _discard(self, handles: Sequence[Handle], why: str) -> None:
-        """Jobs that can never run their cell (their submission was cut short): cancel them;
-        their attempts end LOST, so the retry policy submits the cells again."""
-        ids = [h.job_id for h in handles if h.job_id]
-        if ids:
-            try:
-                self.cancel(handles)
-            except SchedulerError:  # they give up within a minute without running anything; until then,
-                for name in {h.job_name for h in handles if h.job_id} - {None}:  # ghosts
-                    tasks = len({h.job_id for h in handles if h.job_name == name and h.job_id})
-                    self._ghosts[name] = {"tasks": tasks, "since": time.monotonic()}
-        for h in handles:
-            h.discarded = f"{why}; job {h.job_id or '?'} was cancelled and the cell is submitted again"
-
-    def _spec(self, sub: Submission) -> dict:
         # the captured variables and the profile's env are exported in the script, before the
         # profile's setup lines (module load, conda activate), which may change them: the
         # task lays nothing over them (but the secrets, which never enter the script)
-        return {**self.task_spec(sub), "env": {}, "forward_usr2": bool(self.profile.warn_signal)}
-
-    def _executor(self, res: Resources, name: str, cells: Path) -> submitit.SlurmExecutor:
-        return executor_for(self.profile, self.folder, res, name, cells, self.captured)
+        specs = [{**self.task_spec(sub), "env": {}, "forward_usr2": bool(self.profile.warn_signal)} for sub in pack]
+        if not pack[0].record.get("pack"):
+            return specs
+        # the job's limit covers the whole pack; each cell keeps its own, enforced by the task
+        return [{**spec, "time_limit_s": sub.resources.time_s, "kill_grace_s": PACK_KILL_GRACE_S}
+                for spec, sub in zip(specs, pack)]  # fmt: skip
 
     def describe(self, submissions: Sequence[Submission]) -> str:
         """The site's limits as found, then the exact sbatch script of each array chunk
         (nothing is submitted)."""
-        parts = ["\n".join(f"# {line}" for line in self.site_limits().describe(self.profile.max_queued))]
-        for chunk in self.chunks(submissions):
-            executor = self._chunk_executor(chunk, f"gs-{self.run_id}-<chunk>")
+        parts = ["\n".join(f"# {line}" for line in self.waves.site_limits().describe(self.profile.max_queued))]
+        for chunk in self.waves.chunks(submissions):
+            executor = self.commit.executor(chunk, f"gs-{self.run_id}-<chunk>")
             if len(chunk) > 1:
                 executor.parameters["map_count"] = len(chunk)
             script = executor._make_submission_file_text(executor._submitit_command_str, "dry-run")
@@ -406,271 +142,81 @@ class SlurmBackend(Backend):
     # --- status --------------------------------------------------------------------------------
 
     def asks(self, handles: Sequence[Handle]) -> bool:
-        """After the adaptive interval, or sooner (poll_min_s) while some job has no row yet
-        or ended jobs linger in the queue."""
-        elapsed = time.monotonic() - self._last_query
-        return elapsed >= self._query_every or elapsed >= self.profile.poll_min_s and (self._unseen or bool(self._lingering))
+        return self.rounds.due()
 
     def query(self, handles: Sequence[Handle], ask: bool) -> dict:
-        """One sacct for every job id of the run (then one squeue for the ids sacct does not
-        list yet, or for all when sacct fails), when asked; the answer is kept by job id in
-        between. Attempts known by name only are looked up by name on the same cadence."""
+        """One status round when asked (attempts known by name only are looked up by name on
+        the same cadence); the last answer, by job id, in between."""
         if ask:
             orphans = [h for h in handles if not h.job_id and h.job_name]
-            unfound = self._adopt_by_name(orphans)
+            unfound, answered = self.commit.adopt(orphans)
+            if not answered:
+                self.rounds.note_failures(["sacct: no answer to the lookup by name"])
             with_ids = [h for h in handles if h.job_id and not h.discarded]
-            with_ids += [h for h, _ in self._lingering.values()]
-            silent_ids, calls = self._ask(with_ids, time.monotonic()) if with_ids else (set(), 0)
-            calls += 2 if orphans else 0
-            if calls:
-                self._spent(calls)
-            self._silent = {h.key for h in unfound} | {h.key for h in with_ids if h.job_id in silent_ids}
-            self._retry_cancels()
-            self._unseen = any(not h.job_id or h.job_id not in self._by_id for h in handles)
+            with_ids += [h for h, _ in self.rounds.lingering.values()]
+            silent_ids, calls = self.rounds.ask(with_ids) if with_ids else (set(), 0)
+            self.rounds.spent(calls + (2 if orphans else 0))
+            self._silent = {h.key for h in with_ids if h.job_id in silent_ids} | (set() if answered else
+                                                                                 {h.key for h in unfound})  # fmt: skip
+            self.cancels.retry(self.rounds.ended)
+            self.rounds.unseen = any(not h.job_id or h.job_id not in self.rounds.by_id for h in handles)
         rows: dict = {}
         for h in handles:
             if h.discarded:
                 rows[h.key] = (JobState.LOST, {"error": h.discarded})
-            elif h.job_id in self._by_id:
-                rows[h.key] = self._by_id[h.job_id]
+            elif h.job_id in self.rounds.by_id:
+                rows[h.key] = self.rounds.by_id[h.job_id]
         return rows
 
-    def unanswered(self) -> set[str]:
-        return self._silent
-
-    def _ask(self, handles: Sequence[Handle], now: float) -> tuple[set[str], int]:
-        """sacct (and squeue where needed) about these jobs: (the job ids it got no answer
-        about, how many calls it made). A failed call is no evidence that a job is gone:
-        only sacct's answer is (squeue forgets ended jobs), or squeue's when sacct answered."""
-        ids = sorted({h.job_id.split("_")[0] for h in handles})
-        names = sorted({h.job_name for h in handles if h.job_name})
-        cancelled = [h for h in handles if h.cancel_sent]
-        failures = []
-        try:
-            by_id = self._sacct(ids, names, handles)
-            missing = {h.job_id.split("_")[0] for h in handles if h.job_id not in by_id}
-        except SchedulerError as exc:
-            by_id, missing = {}, set(ids)
-            failures.append(str(exc))
-        missing |= {h.job_id.split("_")[0] for h in cancelled}
-        # queued jobs: squeue says why they wait (sacct does not); asked now and then, as
-        # every status call counts on a busy controller
-        pending = set()
-        if now - self._reasons_at >= PENDING_REASONS_EVERY_S:
-            pending = {h.job_id for h in handles if (by_id.get(h.job_id) or (None,))[0] is JobState.PENDING}
-            missing |= {j.split("_")[0] for j in pending}
-            self._reasons_at = now
-        # sacct lags squeue: a job it does not list yet may well be queued or running
-        try:
-            queued = squeue(sorted(missing), names) if missing else {}
-        except SchedulerError as exc:
-            queued = None
-            failures.append(str(exc))
-        by_id.update({j: row for j, row in (queued or {}).items() if j not in by_id or j in pending})
-        for h in cancelled:  # squeue is the fresher word; a job scancel'ed while queued leaves no record at all
-            if queued is not None:
-                by_id[h.job_id] = queued.get(h.job_id) or (JobState.CANCELLED, {"scheduler_state": "CANCELLED"})
-        calls = 1 + bool(missing)
-        self._outage(failures)
-        if failures:  # ask again later, and later: a struggling controller gets fewer calls
-            self._query_every = min(self.profile.poll_max_s, max(self.profile.poll_min_s, self._query_every * 2))
-            self._by_id = {**self._by_id, **by_id}
-            return {h.job_id for h in handles if h.job_id not in by_id}, calls
-        # Ask again soon only when the scheduler has just ended jobs; queued -> running is not urgent.
-        ended = {j for j, (state, _) in by_id.items() if state is not None and state.terminal}
-        fresh = ended - {j for j, (state, _) in self._by_id.items() if state is not None and state.terminal}
-        self._query_every = self.profile.poll_min_s if fresh else min(self.profile.poll_max_s, self._query_every * 1.5)
-        self._by_id = {**self._by_id, **by_id}  # a row missing once (lag) keeps its last answer
-        for job_id, (_, since) in list(self._lingering.items()):  # gone from the queue: room for the next wave
-            state = by_id.get(job_id, (JobState.LOST, {}))[0]
-            if state is not None and state.terminal or now - since > LINGER_MAX_S:
-                del self._lingering[job_id]
-        return set(), calls
-
-    def _outage(self, failures: list[str]) -> None:
-        """Keep count of status calls that failed in a row, and since when."""
-        if not failures:
-            self.outage = None
-            return
-        if self.outage is None:
-            self.outage = {"since": time.time(), "failed_calls": 0}
-        self.outage.update(failed_calls=self.outage["failed_calls"] + len(failures), last_error=failures[-1][:300])
-
     def poll(self, handles: Sequence[Handle]) -> list:
-        if not handles and (self._lingering or self._uncancelled):  # ended jobs still hold the queue, or LOST ones to stop
+        if not handles and (self.rounds.lingering or self.cancels.pending):  # ended jobs hold the queue, or LOST ones to stop
             self.query([], self.asks([]))
         observations = super().poll(handles)
         # LOST means no word from the scheduler for the whole grace period (an outage, say):
         # before the retry policy submits the cell again, make sure the old job cannot run too
         lost, self._lost = self._lost, []
         if lost:
-            self._uncancelled += lost
-            self.holding |= {h.key for h in lost}
-            self._retry_cancels()
+            self.cancels.lost(lost, self.rounds.ended)
         return observations
 
-    def _retry_cancels(self) -> None:
-        """scancel the jobs of LOST attempts until it succeeds or the scheduler shows them
-        ended; until then their cells are not submitted again (both could run)."""
-        if not self._uncancelled:
-            return
-        gone = [h for h in self._uncancelled if (self._by_id.get(h.job_id, (None,))[0] or JobState.PENDING).terminal]
-        try:
-            self.cancel([h for h in self._uncancelled if h not in gone])
-        except SchedulerError as exc:
-            log.warning("could not cancel LOST jobs %s: %s (asked again)", [h.job_id for h in self._uncancelled], exc)
-            self._uncancelled = [h for h in self._uncancelled if h not in gone]
-        else:
-            self._uncancelled = []
-        self.holding = {h.key for h in self._uncancelled}
-
     def on_end(self, h: Handle, state: JobState) -> None:
-        if h.job_id and not (self._by_id.get(h.job_id, (None,))[0] or JobState.PENDING).terminal:
-            self._lingering.setdefault(h.job_id, (h, time.monotonic()))
+        self.rounds.linger(h)
         if state is JobState.LOST and h.job_id and not h.discarded and not h.pack_ended:
             self._lost.append(h)
 
     def poll_interval(self, previous: float | None, changed: bool) -> float:
         return min(0.25, self.profile.poll_min_s)  # result files every tick; the scheduler when due
 
-    @staticmethod
-    def _since(handles: Sequence[Handle]) -> str:
-        first = min(((h.submitted_at or time.time()) for h in handles), default=time.time())
-        return time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(first - 300))
+    def sleep(self, seconds: float) -> None:
+        """Between poll cycles: ghosts are chased on the way."""
+        started = time.monotonic()
+        self.ghosts.chase()
+        super().sleep(max(0.0, seconds - (time.monotonic() - started)))
 
-    def _spent(self, calls: int) -> None:
-        """One status call per poll_min_s on average, whatever the mix: the next is due
-        poll_min_s after these returned (so no 60 s holds more than 60 / poll_min_s of them),
-        one interval later for each call beyond the first."""
-        self._last_query = time.monotonic() + (calls - 1) * self.profile.poll_min_s
-
-    def _sacct(self, ids: list[str], names: list[str], handles: Sequence[Handle]) -> dict:
-        """One sacct; final records are kept as the jobs' accounting."""
-        by_id = sacct(ids, names, self._since(handles))
-        self._accounted.update((j, info) for j, (state, info) in by_id.items() if state is not None and state.terminal)
-        return by_id
+    def close(self, finished: bool) -> None:
+        self.ghosts.close()
 
     def job_log(self, h: Handle) -> Path | None:
-        return JobPaths(self.folder, job_id=h.job_id).stderr if h.job_id else None
+        return JobPaths(self.commit.folder, job_id=h.job_id).stderr if h.job_id else None
 
     def enrich(self, handles: Sequence[Handle]) -> dict[str, dict]:
-        """sacct's final record (state, exit code, node, MaxRSS, Elapsed) of each ended
-        attempt's job. Records seen while polling are used; the rest are asked for once,
-        when a status call is due. sacct trails the jobs by seconds: an attempt that wrote
-        its result (the node's own figures: elapsed_s, max_rss_bytes, cpu_s) is not waited
-        for; it gets ``accounting: pending``, filled in by the next runner on the root
-        (``wait``, ``submit``). Attempts that left no result are waited for, up to
-        ACCOUNTING_WAIT_S, as the scheduler's word is all there is about their end."""
-        jobs = {h.job_id for h in handles if h.job_id}
-        unreported = {h.job_id for h in handles if h.job_id and not h.reported}
-        deadline = time.monotonic() + ACCOUNTING_WAIT_S
-        asked = False
-        while missing := jobs - self._accounted.keys():
-            pause = max(0.0, self._last_query + self.profile.poll_min_s - time.monotonic())
-            if (asked or pause) and not missing & unreported or time.monotonic() + pause > deadline:
-                break  # asked once when due; waited only for attempts that left no result
-            time.sleep(pause)
-            ask = [h for h in handles if h.job_id in missing]
-            try:
-                self._sacct(sorted({j.split("_")[0] for j in missing}),
-                            sorted({h.job_name for h in ask if h.job_name}), ask)  # fmt: skip
-            except SchedulerError as exc:
-                log.warning("sacct for the run's accounting failed: %s", exc)
-            self._spent(1)
-            asked = True
-        # A reported attempt's last row was seen while its job ran: it says nothing about how
-        # the job ended, so none of it stays. Without a result, the last row is all there is.
-        pending = {"accounting": ACCOUNTING_PENDING}
-        ran = {**pending, **dict.fromkeys(ROW_FIELDS)}
-        return {j: {**self._accounted[j], "accounting": None} if j in self._accounted else
-                pending if j in unreported else ran for j in jobs}  # fmt: skip
+        return accounting(handles, self.rounds)
 
     def cancel(self, handles: Sequence[Handle]) -> None:
-        """scancel, asked up to three times; raises SchedulerError if it keeps failing. A
-        packed cell is marked so its task skips it; its job is cancelled only when the cell
-        has started (its pack-mates that had not ended then run again) or all of the job's
-        cells are asked to go."""
-        ids = [h.job_id for h in handles if h.job_id and not h.pack]
-        by_job: dict[str, list[Handle]] = defaultdict(list)
-        for h in handles:
-            h.cancel_asked, h.looked = True, False  # looked at again in the next cycle
-            if h.job_id and h.pack:
-                by_job[h.job_id].append(h)
-        for job_id, mine in by_job.items():  # marked, then looked for a claim: see never_runs
-            started = [h for h in mine if not never_runs(h) and not (h.attempt_dir / RESULT).exists()]
-            if started or len(mine) == mine[0].pack["size"]:
-                ids.append(job_id)
-        if ids:
-            for attempt in range(3):
-                try:
-                    run_command(["scancel", *sorted(set(ids))])
-                    break
-                except SchedulerError:
-                    if attempt == 2:
-                        raise
-                    time.sleep(1)
-        for h in handles:
-            if h.job_id in ids:
-                h.cancel_sent = True
-        self._last_query = -math.inf  # ask again at once
+        self.cancels.cancel(handles)
+        self.rounds.soon()
 
     # --- re-attach -----------------------------------------------------------------------------
 
     def reattach(self, records: Sequence[tuple[dict, dict]]) -> list[Handle]:
         handles = []
-        self._unseen = bool(records)
+        self.rounds.unseen = bool(records)
         for cell, attempt in records:
             h = self.handle_from_record(cell, attempt)
             h.job_name, h.submitted_at = attempt.get("job_name"), attempt.get("submitted_at")
             h.array_task_id = attempt.get("array_task_id")
             handles.append(h)
-        self._adopt_by_name([h for h in handles if h.job_id is None and h.job_name])
-        return handles
-
-    def _adopt_by_name(self, orphans: Sequence[Handle]) -> list[Handle]:
-        """Attempts recorded before sbatch answered: find their jobs by name. A job whose
-        cells' folder was never named (the submitter died between sbatch and naming it) is
-        rolled forward when the staged folder is complete (named now: its tasks wait for it
-        up to a minute), else cancelled, its attempt LOST. Not found: asked again next time,
-        until the grace period. Returns the orphans the scheduler gave no answer about."""
-        if not orphans:
-            return []
-        found, answered = lookup_by_name(sorted({h.job_name for h in orphans}), self._since(orphans))
+        _, answered = self.commit.adopt([h for h in handles if h.job_id is None and h.job_name])
         if not answered:
-            self._outage(["sacct: no answer to the lookup by name"])
-        adopted = []
-        for h in orphans:
-            job_id = found.get((h.job_name, h.array_task_id))
-            if job_id:
-                h.job_id = job_id
-                h.record = {"array_job_id": job_id.split("_")[0], "adopted": True}
-                adopted.append(h)
-        cut_short = [h for h in adopted if not (self.tasks / h.job_name).is_dir()]
-        for name in {h.job_name for h in cut_short}:
-            if self._roll_forward(name):
-                cut_short = [h for h in cut_short if h.job_name != name]
-        if cut_short:
-            self._discard(cut_short, "its submission was cut short before its cells were written")
-        return [h for h in orphans if not h.job_id] if not answered else []
-
-    def _roll_forward(self, name: str) -> bool:
-        """Name the staged cells' folder of a chunk sbatch queued before its submitter died;
-        False when it is missing or incomplete (a file that does not parse)."""
-        staged = self.tasks / f".{name}"
-        try:
-            files = list(staged.glob("*.json"))
-            if not files or any(not isinstance(json.loads(f.read_text()).get("cells"), list) for f in files):
-                return False
-            os.rename(staged, self.tasks / name)
-        except (OSError, ValueError, AttributeError):
-            return False
-        log.info("rolled forward the submission of %s: its cells' folder is named", name)
-        return True
-
-
-def refused_cap(ours: int, refused: int) -> int:
-    """The queue cap after sbatch refused ``refused`` jobs for a limit while ``ours`` of the
-    run's were queued: the site allows fewer than ``ours + refused``. Half of the refused wave
-    is tried next; a single job waits until one of the run's own ends (with none queued, until
-    LIMIT_RETRY_S has passed)."""
-    return ours + refused // 2
+            self.rounds.note_failures(["sacct: no answer to the lookup by name"])
+        return handles

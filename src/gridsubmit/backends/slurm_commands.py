@@ -1,7 +1,7 @@
 """SLURM's commands and their answers: run one, parse sacct and squeue, find jobs by name.
 
 Parsing is pure (tested on recorded output); the calls are thin. A call that fails raises
-SchedulerError: no answer is no evidence (see SlurmBackend's status rounds).
+SchedulerError: no answer is no evidence (see slurm_status).
 """
 
 from __future__ import annotations
@@ -9,6 +9,9 @@ from __future__ import annotations
 import logging
 import re
 import subprocess
+import time
+import uuid
+from typing import Iterable
 
 from ..states import JobState, from_slurm
 from .base import SchedulerError
@@ -18,6 +21,18 @@ log = logging.getLogger(__name__)
 SACCT_FIELDS = "JobID,JobName,State,ExitCode,NodeList,MaxRSS,Elapsed,AllocTRES"
 # what an attempt holds of a sacct or squeue row (besides node)
 ROW_FIELDS = ("scheduler_state", "scheduler_exit_code", "elapsed", "max_rss", "pending_reason", "stuck", "alloc_tres")
+
+
+def new_job_name(run_id: str) -> str:
+    """A fresh name for one array chunk of a run: its jobs are found by it (adoption, ghosts)."""
+    return f"gs-{run_id}-{uuid.uuid4().hex[:6]}"
+
+
+def since(submitted: Iterable[float | None]) -> str:
+    """sacct's -S for jobs submitted at these times (unknown: now), with five minutes to
+    spare: job ids are reused when a cluster is reset, and older jobs must not answer."""
+    first = min((at or time.time() for at in submitted), default=time.time())
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(first - 300))
 
 
 def run_command(argv: list[str], timeout: float = 60) -> str:
