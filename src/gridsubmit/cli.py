@@ -369,16 +369,14 @@ def cmd_status(args) -> int:
         manifest = run.manifest
         cell = run.cell(args.cell, manifest)
         if args.json:
-            json.dump(cell, sys.stdout, indent=1)
-            print()
+            _print_json(cell)
         else:
             print(report.cell_text(cell, run.root, cell.get("stale") or [], manifest.get("submissions", [])))
             _print_notes(manifest)
         return 0
     manifest = run.select(_selected(args), args.state)  # every cell without filters
     if args.json:
-        json.dump(manifest, sys.stdout, indent=1)
-        print()
+        _print_json(manifest)
         return 0
     print(f"run {manifest['run_id']} · {manifest['cluster'].get('backend')} ({manifest['cluster'].get('name')}) · {run.root}")
     stale = stale_of(manifest)
@@ -475,10 +473,9 @@ def cmd_report(args) -> int:
     tables = [compare.table(manifest, ok, *compare.parse_spec(spec), args.reference) for spec in args.compare]
     out = sys.stderr if args.json else sys.stdout  # --json: stdout holds the JSON only
     if args.json:
-        json.dump({"run_id": manifest["run_id"], "artifact_root": str(run.root), "contributing": ok,
-                   "not_included": [{"key": k, "why": why} for k, why in missing], "metrics": report.metric_rows(shown),
-                   "comparability": comparable, "gpu_hours": book, "compare": tables}, sys.stdout, indent=1)  # fmt: skip
-        print()
+        _print_json({"run_id": manifest["run_id"], "artifact_root": str(run.root), "contributing": ok,
+                     "not_included": [{"key": k, "why": why} for k, why in missing], "metrics": report.metric_rows(shown),
+                     "comparability": comparable, "gpu_hours": book, "compare": tables})  # fmt: skip
     else:
         print(report.metrics_table(shown))
         print("\n" + report.completeness_text(manifest, stale))
@@ -546,13 +543,16 @@ def _report_runs(args) -> int:
     return 0
 
 
+def _print_json(obj) -> None:
+    print(json.dumps(obj, indent=1))
+
+
 def cmd_runs(args) -> int:
     from .runs import list_runs, runs_table
 
     listing = list_runs(args.folder)
     if args.json:
-        json.dump(listing, sys.stdout, indent=1)
-        print()
+        _print_json(listing)
     else:
         print(runs_table(listing))
     return 0
@@ -563,8 +563,7 @@ def cmd_clean(args) -> int:
 
     out = clean(args.artifact_root, dry_run=args.dry_run)
     if args.json:
-        json.dump(out, sys.stdout, indent=1)
-        print()
+        _print_json(out)
     else:
         print(clean_text(out))
     return 0
@@ -578,8 +577,7 @@ def cmd_diff(args) -> int:
     for manifest in (a, b):
         _print_notes(manifest)
     if args.json:
-        json.dump(d, sys.stdout, indent=1)
-        print()
+        _print_json(d)
         for warning in d["warnings"]:  # in the JSON too, but seen here
             print(f"gridsubmit: warning: {warning}", file=sys.stderr)
     else:
