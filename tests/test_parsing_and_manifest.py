@@ -65,7 +65,7 @@ def _manifest(states):
     for i, attempts in enumerate(states):
         jobs.append({"key": f"dose_{i + 1}/dense/train", "dose": i + 1, "view": "dense", "split": "train",
                      "state": attempts[-1] if attempts else "PLANNED", "retry_base": 0, "cancel_requested": False,
-                     "metrics": None, "missing": [], "inputs": {"phase_c_npz": f"/in/{i}.npz"}, "pointers": {},
+                     "metrics": None, "missing": [], "inputs": {"phase_c_npz": f"/in/{i}.npz"}, "pointers": {}, "sought": {},
                      "output_dir": f"/o/{i}", "expected_outputs": [], "attempts": [{"attempt": n + 1, "state": s, "returncode": None,
                                                                    "stdout": "o", "stderr": "e"} for n, s in enumerate(attempts)]})  # fmt: skip
     return {"jobs": jobs, "run_id": "r", "artifact_root": "/x", "cluster": {"backend": "local", "name": "l"}}

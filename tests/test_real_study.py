@@ -102,6 +102,7 @@ def test_submit_from_the_study_repository_runs_every_cell_there_with_its_reconst
 def test_a_missing_reconstruction_leaves_the_flag_out_and_is_recorded(study, tmp_path):
     repo, roots, _ = study
     gone = roots["phase_f"] / "dose_500_dense_test" / "dose_500" / "dense" / "test" / "ptychi_reconstruction.npz"
+    content = gone.read_bytes()
     gone.unlink()
     executor = GridExecutor(tmp_path / "run", {"backend": "local", "time": "5:00", "max_parallel": 2, "gpus": []})
     grid = executor.plan(load_study(None, roots), workdir=repo, filters=_only(500, "dense"))
@@ -118,6 +119,10 @@ def test_a_missing_reconstruction_leaves_the_flag_out_and_is_recorded(study, tmp
     assert cells["dose_500/dense/test"]["inputs"]["reconstruction"] is None
     assert {r["model"] for r in cells["dose_500/dense/test"]["metrics"]} == {"PtychoPINN", "Baseline"}
     assert "--tike_recon_path" in cells["dose_500/dense/train"]["argv"]
+    assert run.stale() == {}
+    gone.write_bytes(content)  # the reconstruction appears after the run: its result lacks the pty-chi rows
+    assert run.stale() == {"dose_500/dense/test": [f"input reconstruction: appeared ({gone})"]}
+    assert Run.open(run.root).manifest["n_stale"] == 1
 
 
 def _only(dose, view):

@@ -111,6 +111,21 @@ def test_truth_table_every_view_gives_each_cell_the_same_verdict(finished, tmp_p
     assert failed == {CELL} and manifest["n_failed"] == 1 and manifest["n_success"] == 11
 
 
+def test_a_study_file_given_by_a_relative_path_is_judged_the_same_from_any_directory(tmp_path, monkeypatch):
+    study = make_study(tmp_path / "study")
+    monkeypatch.chdir(study.parent)
+    root = tmp_path / "run"
+    assert run_cli("submit", "--study", study.name, "--artifact-root", root, "--quiet") == 0
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / study.name).write_text(study.read_text())  # a file of the same name, unchanged
+    set_option(study, ms_ssim_sigma=2.0)
+    for cwd in (study.parent, tmp_path, elsewhere):
+        status = json.loads(gridsubmit("status", root, "--json", cwd=cwd).stdout)
+        assert status["n_stale"] == 12, cwd
+        assert gridsubmit("report", root, "--require-complete", cwd=cwd).returncode == 1, cwd
+
+
 def test_the_api_runs_again_a_job_whose_options_changed_and_never_counts_a_stale_cell_as_success(tmp_path):
     from study_layout import build_study_tree, make_study_repo, studylib_env  # the real study's stand-in
 

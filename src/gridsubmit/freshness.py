@@ -11,6 +11,7 @@ their verdict from :func:`judge`, so they never disagree.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,10 +32,12 @@ class Freshness:
 
 def study_file_record(study) -> dict | None:
     """What ``submit`` records of a study read from a file, to notice later edits: its
-    path, content digest and the roots given beside it (``--phase-c-root`` ...)."""
+    absolute path (status and report run from anywhere), content digest and the roots given
+    beside it (``--phase-c-root`` ..., absolute already)."""
     if not study.digest:
         return None
-    return {"path": study.source, "sha256": study.digest, "roots": {k: str(v) for k, v in study.given_roots.items()}}
+    return {"path": os.path.abspath(study.source), "sha256": study.digest,
+            "roots": {k: str(v) for k, v in study.given_roots.items()}}  # fmt: skip
 
 
 def judge(manifest: dict) -> Freshness:
@@ -61,8 +64,12 @@ def reasons(last: dict, plan: dict, workdir: str, hasher: prov.Hasher | None = N
     """Why the attempt ``last`` no longer matches ``plan`` (a cell's argv, options and input
     paths) run in ``workdir`` with its inputs (and ``code``, the script and code_paths) as they
     are on disk now; empty when it does."""
+    sought = plan.get("sought") or {}  # an absent optional input that is there now has appeared
+    inputs = {name: prov.identity(path) if path is not None else
+              prov.identity(sought[name]) if name in sought and os.path.exists(sought[name]) else None
+              for name, path in plan["inputs"].items()}  # fmt: skip
     now = {"argv": list(plan["argv"] or last.get("argv") or []), "workdir": str(workdir), "options": plan["options"],
-           "inputs": {name: prov.identity(path) for name, path in plan["inputs"].items()}}  # fmt: skip
+           "inputs": inputs}
     return prov.changes(last, now, hasher, code)
 
 
@@ -73,6 +80,8 @@ def _replanned(manifest: dict, notes: list[str]) -> dict[str, dict] | None:
     if not record:
         return None
     path = Path(record["path"])
+    if not path.is_absolute():  # recorded as typed by an older gridsubmit: from where it ran
+        path = Path((manifest.get("context") or {}).get("workdir") or manifest["artifact_root"]) / path
     digest = file_digest(path)
     if digest is None:
         notes.append(f"study file {path} is gone; cells are judged against the plan of the last submit")
@@ -92,7 +101,7 @@ def _replanned(manifest: dict, notes: list[str]) -> dict[str, dict] | None:
         notes.append(f"study file {path} changed since the last submit and cannot be planned now ({exc}); "
                      "cells are judged against the plan of the last submit")  # fmt: skip
         return None
-    return {str(job.key): {"argv": list(job.argv), "options": dict(job.options),
+    return {str(job.key): {"argv": list(job.argv), "options": dict(job.options), "sought": {n: str(p) for n, p in job.sought.items()},
                            "inputs": {n: None if p is None else str(p) for n, p in job.inputs.items()}} for job in grid.jobs}  # fmt: skip
 
 

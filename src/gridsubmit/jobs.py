@@ -40,8 +40,10 @@ class Cell:
     """Everything needed to run one cell of the grid: its inputs, its output folder and its argv.
 
     ``inputs`` maps each input name to its resolved path, or None for an optional input
-    that is absent; ``pointers`` records, for inputs found through a JSON file, that file
-    and the field read; ``missing`` says, one line per input, why a BLOCKED cell cannot run."""
+    that is absent; ``sought`` where such an input was looked for (it may appear later, and
+    then the cell's result is stale); ``pointers`` records, for inputs found through a JSON
+    file, that file and the field read; ``missing`` says, one line per input, why a BLOCKED
+    cell cannot run."""
 
     key: JobKey
     inputs: Mapping[str, Path | None]
@@ -51,6 +53,7 @@ class Cell:
     missing: tuple[str, ...] = field(default=())
     pointers: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
     expected_outputs: tuple[str, ...] = ()
+    sought: Mapping[str, Path] = field(default_factory=dict)
 
     @property
     def blocked(self) -> bool:

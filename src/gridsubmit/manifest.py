@@ -66,6 +66,7 @@ def cell_record(job, resources: dict) -> dict:
         "split": job.key.split,
         "inputs": {name: None if path is None else str(path) for name, path in job.inputs.items()},
         "pointers": {name: dict(p) for name, p in job.pointers.items()},
+        "sought": {name: str(path) for name, path in job.sought.items()},
         "output_dir": str(job.output_dir),
         "expected_outputs": list(job.expected_outputs),
         "options": dict(job.options),
@@ -105,7 +106,7 @@ def new_manifest(grid, profile, artifact_root: Path, run_id: str, context: dict)
     }
 
 
-PLANNED_FIELDS = ("inputs", "pointers", "output_dir", "expected_outputs", "options", "argv", "resources", "missing")
+PLANNED_FIELDS = ("inputs", "sought", "pointers", "output_dir", "expected_outputs", "options", "argv", "resources", "missing")
 
 
 @dataclass(frozen=True)

@@ -442,6 +442,7 @@ def _cell(study: Study, key: JobKey, preset: Mapping[str, Any], roots: Mapping[s
     values.update(options)
     inputs: dict[str, Path | None] = {}
     pointers: dict[str, dict[str, str]] = {}
+    sought: dict[str, Path] = {}  # absent optional inputs: where they were looked for
     missing: list[str] = []
     for iname, spec in study.inputs.items():
         deps = [dep for dep in _deps(spec, key.view) if dep in study.inputs] if iname not in preset else []
@@ -455,10 +456,14 @@ def _cell(study: Study, key: JobKey, preset: Mapping[str, Any], roots: Mapping[s
             continue
         if iname in preset:
             path, problem = _given(iname, preset[iname], spec, workdir)
+            looked_at = _at(preset[iname], workdir)
         else:
             path, problem, pointer = _resolve(study, iname, spec, key.view, values, workdir)
             if pointer:
                 pointers[iname] = pointer
+            looked_at = _looked_at(study, spec, key.view, values, workdir, pointer)
+        if path is None and problem is None and looked_at is not None:
+            sought[iname] = looked_at
         if problem:
             missing.append(problem)
         elif path is not None or spec.optional:
@@ -470,7 +475,8 @@ def _cell(study: Study, key: JobKey, preset: Mapping[str, Any], roots: Mapping[s
     values["output_dir"] = output_dir if output_dir.is_absolute() else workdir / output_dir
     renderable = all(values.get(n) is not None for n, s in study.inputs.items() if not s.optional)
     argv = render_argv(study.command, values) if renderable else ()
-    return Cell(key, inputs, values["output_dir"], options, argv, tuple(missing), pointers, study.expected_outputs)
+    return Cell(key, inputs, values["output_dir"], options, argv, tuple(missing), pointers, study.expected_outputs,
+                sought)
 
 
 def _deps(spec: InputSpec, view: str) -> list[str]:
@@ -488,6 +494,21 @@ def _render(study: Study, template: str, values: Mapping[str, Any], key: str) ->
     except KeyError as exc:  # a root the API caller did not set
         root = exc.args[0].removesuffix("_root")
         raise ConfigError(study.source, key, f"needs root {root!r}, which is not set (give it, or give this input per job)") from None
+
+
+def _at(value: Any, workdir: Path) -> Path | None:
+    if value is None:
+        return None
+    path = Path(value)
+    return path if path.is_absolute() else workdir / path
+
+
+def _looked_at(study: Study, spec: InputSpec, view: str, values: Mapping[str, Any], workdir: Path,
+               pointer: dict | None) -> Path | None:  # fmt: skip
+    """Where an input was looked for: its path, or the target its JSON file names."""
+    if spec.path is not None:
+        return _at(_render(study, _pick(spec.path, view), values, "inputs"), workdir)
+    return Path(pointer["target"]) if pointer and pointer.get("target") else None
 
 
 def _given(name: str, value: Any, spec: InputSpec, workdir: Path) -> tuple[Path | None, str | None]:
