@@ -166,3 +166,26 @@ def test_on_the_local_backend_the_profile_env_goes_over_the_captured_values(tmp_
     assert run_cli("submit", "--study", study, "--cluster", profile, "--artifact-root", root, "--quiet") == 0
     lines = (root / "dose_1000" / "dense" / "train" / "env.txt").read_text().splitlines()
     assert lines[0] == os.environ["PATH"] and lines[2:] == ["captured-x", "from-profile"]
+
+
+def test_on_the_local_backend_setup_lines_come_after_the_captured_values_and_the_profile_env(tmp_path, monkeypatch):
+    monkeypatch.setenv("SITE_X", "captured-x")
+    monkeypatch.setenv("PYTHONPATH", "/captured/py")
+    study, root = env_study(tmp_path), tmp_path / "run"
+    profile = write_profile(tmp_path / "local.yaml", env={"PROFILE_Y": "from-profile"},
+                            setup=["export PATH=/opt/x:$PATH", "export PYTHONPATH=/opt/py:$PYTHONPATH",
+                                   'export PROFILE_Y="$PROFILE_Y+setup"'])  # fmt: skip
+    assert run_cli("submit", "--study", study, "--cluster", profile, "--artifact-root", root, "--quiet") == 0
+    path, pythonpath, site_x, profile_y = (root / "dose_1000" / "dense" / "train" / "env.txt").read_text().splitlines()
+    assert path.startswith("/opt/x:") and path.removeprefix("/opt/x:") == os.environ["PATH"]
+    assert pythonpath == "/opt/py:/captured/py"
+    assert (site_x, profile_y) == ("captured-x", "from-profile+setup")  # setup saw the profile's env, and goes over it
+
+
+def test_a_local_setup_line_that_fails_is_shown_as_the_cell_s_error(tmp_path, capsys):
+    study, root = env_study(tmp_path), tmp_path / "run"
+    profile = write_profile(tmp_path / "local.yaml", setup=["echo 'module: command not found' >&2", "exit 3"])
+    assert run_cli("submit", "--study", study, "--cluster", profile, "--artifact-root", root, "--quiet") == 1
+    cell = json.loads((root / "comparison_manifest.json").read_text())["jobs"][0]
+    assert cell["state"] != "COMPLETED" and "module: command not found" in cell["attempts"][-1]["error"]
+    assert not (root / "dose_1000" / "dense" / "train" / "env.txt").exists()

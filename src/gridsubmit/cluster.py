@@ -44,10 +44,10 @@ class Resources:
 
 RESOURCE_KEYS = {"time", "gpus_per_job", "partition", "gpu_type", "cpus_per_task", "mem", "account", "qos", "constraint"}
 SLURM_ONLY = {"partition", "gpu_type", "cpus_per_task", "mem", "account", "qos", "constraint", "gpu_request",
-              "array_parallelism", "max_array_size", "setup", "use_srun", "sbatch_extra", "warn_signal",
+              "array_parallelism", "max_array_size", "use_srun", "sbatch_extra", "warn_signal",
               "cells_per_job", "max_queued"}  # fmt: skip
 LOCAL_ONLY = {"max_parallel", "gpus"}
-TOP_KEYS = RESOURCE_KEYS | SLURM_ONLY | LOCAL_ONLY | {"backend", "name", "env", "capture_env", "python", "poll_interval", "retry",
+TOP_KEYS = RESOURCE_KEYS | SLURM_ONLY | LOCAL_ONLY | {"backend", "name", "env", "capture_env", "setup", "python", "poll_interval", "retry",
                                                       "overrides", "notify", "notify_timeout"}  # fmt: skip
 RETRYABLE = {JobState.LOST, JobState.NODE_FAIL, JobState.PREEMPTED, JobState.TIMEOUT, JobState.OUT_OF_MEMORY}
 

@@ -3,8 +3,9 @@
 At most ``max_parallel`` cells run at once, each with its own GPU ids in
 ``CUDA_VISIBLE_DEVICES``. A cell's process is started only when a slot is free: the runner
 writes the cell's spec (``spec.json`` in its attempt folder) and starts
-``python -m gridsubmit.task spec.json``, the same stdlib-only node task a SLURM job runs. It
-runs in its own session (a terminal's Ctrl-C or hangup reaches the runner, not the cells),
+``python -m gridsubmit.task spec.json``, the same stdlib-only node task a SLURM job runs
+(through ``/bin/sh`` after the profile's ``setup`` lines, when it has any, in the order of a
+SLURM job script: captured variables, then ``env``, then ``setup``). It runs in its own session (a terminal's Ctrl-C or hangup reaches the runner, not the cells),
 with no stdin, and its own messages go to ``task.log`` in the attempt folder (it never
 holds the submitter's stdout: ``gridsubmit submit | tee log`` ends when gridsubmit does).
 Nothing is started ahead and nothing waits: one interpreter per cell, none in between.
@@ -148,7 +149,8 @@ class LocalBackend(Backend):
     def describe(self, submissions: Sequence[Submission]) -> str:
         head = f"local backend: {len(submissions)} job(s), at most {self.max_parallel} at once, " \
                f"{self.gpus_per_job} GPU(s) each, GPUs {','.join(self.free_gpus) or 'none'}"
-        return head + "\n" + super().describe(submissions)
+        setup = "".join(f"\nsetup (before each cell's task): {line}" for line in self.profile.setup)
+        return head + setup + "\n" + super().describe(submissions)
 
     def job_log(self, h: Handle) -> Path | None:
         return h.attempt_dir / TASK_LOG
@@ -193,15 +195,20 @@ class LocalBackend(Backend):
         visible = ",".join(gpus)
         spec = self.task_spec(sub)
         spec.update(time_limit_s=sub.resources.time_s, kill_grace_s=KILL_GRACE_S)
+        env = {**os.environ, "CUDA_VISIBLE_DEVICES": visible}
+        argv = [sys.executable, "-m", "gridsubmit.task", str(h.attempt_dir / SPEC)]
+        if self.profile.setup:  # the order of a SLURM job: captured, then env, then setup; the task lays nothing over them
+            env.update(spec["env"])
+            spec["env"] = {}
+            argv = ["/bin/sh", "-c", "\n".join([*self.profile.setup, 'exec "$@"']), "gridsubmit-setup", *argv]
         spec["env"]["CUDA_VISIBLE_DEVICES"] = visible  # over whatever the run captured: this slot's GPUs
         h.attempt_dir.mkdir(parents=True, exist_ok=True)
         write_json_atomic(h.attempt_dir / SPEC, {"cells": [spec]}, sync=False)  # read at once by the task
         point("granted")
         try:
-            with open(h.attempt_dir / TASK_LOG, "ab") as log:
-                proc = subprocess.Popen([sys.executable, "-m", "gridsubmit.task", str(h.attempt_dir / SPEC)],
-                                        stdin=subprocess.DEVNULL, stdout=log, stderr=log, cwd=h.attempt_dir,
-                                        env={**os.environ, "CUDA_VISIBLE_DEVICES": visible}, start_new_session=True)  # fmt: skip
+            with open(h.attempt_dir / TASK_LOG, "ab") as log:  # the setup lines' own words go there too
+                proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, cwd=h.attempt_dir,
+                                        env=env, start_new_session=True)  # fmt: skip
         except OSError as exc:  # nothing started: the attempt says why, and is judged like any that never ran
             write_json_atomic(h.attempt_dir / RESULT, {"started": False, "ended_at": time.time(),
                                                        "error": f"never started: cannot start the task: {exc}"})  # fmt: skip
