@@ -254,8 +254,9 @@ def test_a_command_killed_from_outside_is_no_oom_kill_whatever_the_kernel_log_sa
 
 
 def slurm_grid(slurm_scripted):
-    """4 cells in two resource groups: two arrays, two sbatch calls."""
-    return slurm_scripted({"*": "sleep-ok:2"}, doses=(1000, 10000), splits=("train",),
+    """4 cells in two resource groups: two arrays, two sbatch calls. Each runs long enough for
+    the runner to see it running and save more than once (the points counted: saved:2, ...)."""
+    return slurm_scripted({"*": "sleep-ok:3"}, doses=(1000, 10000), splits=("train",),
                           overrides=[{"match": {"dose": 1000}, "set": {"time": "0:09:00"}}])  # fmt: skip
 
 
