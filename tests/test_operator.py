@@ -119,6 +119,31 @@ def test_ctrl_c_in_a_local_wait_detaches_and_the_run_goes_on_to_the_end(scripted
         assert len((Path(cell["output_dir"]) / "runs.log").read_text().splitlines()) == 1
 
 
+# Python started with this sitecustomize gets Ctrl-C the moment it first imports $INTERRUPT_AT_IMPORT
+INTERRUPT_AT_IMPORT = ("import os, signal, sys\n"
+                       "class Interrupt:\n"
+                       "    def find_spec(self, name, path=None, target=None):\n"
+                       "        if name == os.environ.get('INTERRUPT_AT_IMPORT'):\n"
+                       "            os.kill(os.getpid(), signal.SIGINT)\n"
+                       "sys.meta_path.insert(0, Interrupt())\n")  # fmt: skip
+
+
+@pytest.mark.parametrize("module", ["gridsubmit.cli", "gridsubmit.api", "gridsubmit.study"])
+def test_ctrl_c_while_the_command_starts_exits_130_with_one_line_and_no_traceback(tmp_path, module):
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(INTERRUPT_AT_IMPORT)
+    env = {**os.environ, "INTERRUPT_AT_IMPORT": module,
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")]))}  # fmt: skip
+    script = Path(sys.executable).with_name("gridsubmit")  # the console script, where it is installed
+    for command in [[sys.executable, "-m", "gridsubmit"], *([[str(script)]] if script.exists() else [])]:
+        out = subprocess.run([*command, "status", str(tmp_path / "run")], capture_output=True, text=True, env=env,
+                             timeout=60)  # fmt: skip
+        lines = [line for line in out.stderr.splitlines() if line.strip()]
+        assert out.returncode == 130 and "Traceback" not in out.stderr and len(lines) <= 1, (command, out.stderr)
+        assert lines == ["gridsubmit: interrupted"] and out.stdout == ""
+
+
 def test_plan_argv_without_an_artifact_root_says_its_output_folders_are_placeholders(scripted, tmp_path, capsys,
                                                                                     monkeypatch):  # fmt: skip
     study, profile, root = scripted({}, doses=(1000,))
