@@ -6,12 +6,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from conftest import cells, gridsubmit_process, load_manifest, run_cli, wait_for
+from gridsubmit.fileio import read_json
 
 
 def test_a_failed_cells_reason_is_its_last_stderr_line_in_the_summary_status_and_logs(scripted, capsys):
@@ -102,14 +102,20 @@ def test_a_profile_python_expands_home_and_variables_and_refuses_an_unset_one(tm
 
 
 def test_ctrl_c_in_a_local_wait_detaches_and_the_run_goes_on_to_the_end(scripted, tmp_path):
-    study, profile, root = scripted({"*": "sleep-ok:2"}, doses=(1000,))
+    study, profile, root = scripted({"*": "sleep-ok:5"}, doses=(1000,))
     with open(tmp_path / "submit.log", "w") as log:  # killed right after its job ids are on disk
         subprocess.run([sys.executable, "-m", "gridsubmit", "submit", "--study", str(study), "--cluster", str(profile),
                         "--artifact-root", str(root), "--quiet"], stdout=log, stderr=log,
                        env={**os.environ, "GRIDSUBMIT_CRASH_AT": "handles-saved"}, timeout=60)  # fmt: skip
+    assert (root / ".gridsubmit" / "holder.json").exists()  # left by the crashed submit: no sign of `wait`
+    saved = load_manifest(root)["updated_at"]
     waiter = gridsubmit_process("wait", root, "--quiet")
-    wait_for(lambda: (root / ".gridsubmit" / "holder.json").exists(), what="wait to take the run")
-    time.sleep(0.5)
+
+    def attached() -> bool:  # it holds the run, and its runner has saved the manifest once it took the cells over
+        holder = read_json(root / ".gridsubmit" / "holder.json") or {}
+        return holder.get("pid") == waiter.pid and load_manifest(root)["updated_at"] > saved
+
+    wait_for(attached, what="wait to take the run over")
     waiter.send_signal(signal.SIGINT)
     out, _ = waiter.communicate(timeout=60)
     assert waiter.returncode == 130 and "detached; a background runner goes on" in out and "Traceback" not in out, out
