@@ -477,7 +477,7 @@ def cmd_report(args) -> int:
                      "not_included": [{"key": k, "why": why} for k, why in missing], "metrics": report.metric_rows(shown),
                      "comparability": comparable, "gpu_hours": book, "compare": tables})  # fmt: skip
     else:
-        print(report.metrics_table(shown))
+        print(report.metrics_table(shown, missing))
         print("\n" + report.completeness_text(manifest, stale))
         print("\n" + comparability.text(comparable))
         print("\n" + ledger.text(book))
@@ -527,7 +527,7 @@ def _report_runs(args) -> int:
         incomplete += len(missing)
         print(f"== run {label}: {manifest['study'].get('name')}, created {report.local_time(manifest.get('created_at'))}, "
               f"run id {manifest['run_id']}")  # fmt: skip
-        print(report.metrics_table(report.only(manifest, ok)))
+        print(report.metrics_table(report.only(manifest, ok), missing))
         print("\n" + report.completeness_text(manifest, stale) + "\n")
         _print_notes(manifest)
         shown.append((label, report.only(manifest, ok)))
