@@ -134,7 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--json", action="store_true", help="completeness, metrics, comparability, GPU-hours (and "
                            "the --compare tables) as JSON")
             p.add_argument("--compare", action="append", default=[], metavar="METRIC[:PART]", help="a table of one metric "
-                           "(amplitude by default, or :phase): rows dose x view (x split), a column per model, the best "
+                           "(amplitude by default, or :phase; a single-value metric takes no part): rows dose x view (x split), a column per model, the best "
                            "marked; with --csv, the CSV holds these tables (repeatable)")
             p.add_argument("--reference", metavar="MODEL", help="--compare and the HTML page: each model's difference "
                            "from this one")
@@ -470,7 +470,7 @@ def cmd_report(args) -> int:
     ok, missing, _ = report.completeness(manifest, stale)
     shown = report.only(manifest, ok)
     comparable, book = run.comparability(manifest), run.ledger(manifest)
-    tables = [compare.table(manifest, ok, *compare.parse_spec(spec), args.reference) for spec in args.compare]
+    tables = [compare.table(manifest, ok, *compare.parse_spec(spec, manifest), args.reference) for spec in args.compare]
     out = sys.stderr if args.json else sys.stdout  # --json: stdout holds the JSON only
     if args.json:
         _print_json({"run_id": manifest["run_id"], "artifact_root": str(run.root), "contributing": ok,
