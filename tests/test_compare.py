@@ -114,6 +114,15 @@ def test_a_single_value_metric_has_no_amplitude_or_phase_label_and_takes_no_part
     assert "computation_time_s is a single value, not an amplitude/phase pair" in bad.stderr
 
 
+def test_compare_of_a_metric_the_run_does_not_have_exits_2_naming_it_and_the_runs_metrics(study_run):
+    root, tmp = study_run
+    bad = gridsubmit("report", root, "--compare", "nosuch", "--compare", "psnr", cwd=tmp)
+    assert bad.returncode == 2 and bad.stdout == "", bad.stdout
+    assert "no metric 'nosuch'" in bad.stderr
+    listed = bad.stderr.split("its metrics: ")[1].strip().split(", ")
+    assert {"psnr", "ssim", "computation_time_s", "registration_offset_dy"} <= set(listed), listed
+
+
 def test_a_metric_of_no_known_direction_marks_nothing():
     manifest = {"jobs": [{"key": "a", "dose": 1, "view": "v", "split": "s", "state": "COMPLETED", "attempts": [{}],
                           "metrics": [{"model": "m", "metric": "registration_offset_dy", "amplitude": None, "phase": None,

@@ -25,14 +25,18 @@ MISSING = "missing"
 
 def parse_spec(text: str, manifest: dict | None = None) -> tuple[str, str | None]:
     """``METRIC[:amplitude|phase]`` -> (metric, part); the part is None when not given (the
-    amplitude, or the value of a single-value metric). With ``manifest``, a part of a metric its
-    cells have single values of is a UsageError."""
+    amplitude, or the value of a single-value metric). With ``manifest``, a metric its cells
+    have no values of (when they have some), or a part of a single-value metric, is a UsageError
+    that lists the metrics the run has."""
     metric, _, part = text.partition(":")
     metric = _name(metric)
     part = part.strip().lower() or None
     if not metric or part not in (*PARTS, None):
         raise UsageError(f"--compare {text!r}: expected METRIC[:amplitude|phase], e.g. psnr:phase")
     rows = report.metric_rows(manifest) if manifest is not None else []
+    if rows and metric not in {_name(r["metric"]) for r in rows}:
+        raise UsageError(f"--compare {text!r}: this run has no metric {metric!r}; its metrics: "
+                         + ", ".join(report.metric_grid(rows)[0]))  # fmt: skip
     if rows and part and _single(rows, metric):
         raise UsageError(f"--compare {text!r}: {metric} is a single value, not an amplitude/phase pair: "
                          f"give --compare {metric}")  # fmt: skip
