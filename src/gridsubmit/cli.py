@@ -513,6 +513,12 @@ def _report_runs(args) -> int:
     if args.html:
         raise UsageError("--html takes one run; give one artifact root (or use `gridsubmit diff A B`)")
     runs = [(str(root), Run.open(root)) for root in args.artifact_root]
+    given: dict[Path, str] = {}
+    for label, run in runs:
+        if run.root in given:
+            same = "is given twice" if label == given[run.root] else f"and {given[run.root]} are the same run ({run.root})"
+            raise UsageError(f"{label} {same}: give each run once")
+        given[run.root] = label
     manifests = [(label, run.manifest) for label, run in runs]
     filters = _selected(args)
     present = {axis: {cell[axis] for _, m in manifests for cell in m["jobs"]} for axis in ("dose", "view", "split")}
