@@ -150,6 +150,24 @@ def test_ctrl_c_while_the_command_starts_exits_130_with_one_line_and_no_tracebac
         assert lines == ["gridsubmit: interrupted"] and out.stdout == ""
 
 
+def test_quiet_submit_and_wait_print_only_the_closing_summary(scripted, capsys):
+    study, profile, root = scripted({}, doses=(1000,))
+    submit = ["submit", "--study", study, "--cluster", profile, "--artifact-root", root, "--quiet"]
+    assert run_cli(*submit) == 0
+    out, err = capsys.readouterr()
+    assert out.splitlines() == ["4 cells: 4 completed, 0 failed, 0 cancelled, 0 blocked",
+                                "ran now: 4 (4 COMPLETED); ended before this command: 0"] and err == ""  # fmt: skip
+    assert run_cli(*submit) == 0  # nothing to run: no status table either
+    out, err = capsys.readouterr()
+    assert [line.split(":")[0] for line in out.splitlines()] == ["nothing to run", "4 cells", "ran now"] and err == ""
+    assert run_cli("wait", root, "--quiet") == 0
+    assert capsys.readouterr().out.splitlines() == ["4 cells: 4 completed, 0 failed, 0 cancelled, 0 blocked",
+                                                    "ran now: 0; ended before this command: 4"]  # fmt: skip
+    assert run_cli("wait", root) == 0  # without --quiet: the table, then the same lines
+    out = capsys.readouterr().out
+    assert "dose_1000/dense/train" in out and out.endswith("ran now: 0; ended before this command: 4\n")
+
+
 def test_plan_argv_without_an_artifact_root_says_its_output_folders_are_placeholders(scripted, tmp_path, capsys,
                                                                                     monkeypatch):  # fmt: skip
     study, profile, root = scripted({}, doses=(1000,))

@@ -23,6 +23,7 @@ ROOT_FLAGS = ("phase_c", "phase_e", "phase_f")
 TIMED_OUT = 3  # `wait --timeout` passed; the run goes on
 PLAN_ROOT = Path("runs/plan")  # `plan` without --artifact-root: where the output folders it shows would be
 STUCK = 4  # `wait --fail-on-held`: a job is held or cannot start by itself; the run goes on
+QUIET_HELP = "print only errors, warnings and the closing summary: no progress display, no status table"
 
 
 def _filters(p: argparse.ArgumentParser) -> None:
@@ -93,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="artifact root of an earlier run: a cell that ran there from the same command, working "
                    "directory, options and inputs, and whose outputs are unchanged, is copied, not run (repeatable)")  # fmt: skip
     p.add_argument("--dry-run", action="store_true", help="print what would be submitted; submit nothing")
-    p.add_argument("--quiet", action="store_true", help="no progress display")
+    p.add_argument("--quiet", action="store_true", help=QUIET_HELP)
     _knob_args(p)
 
     for name, text in (("status", "show the state of every cell (read-only)"),
@@ -112,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
                            metavar="STATE", help="only the cells in this state (repeatable): "
                            + ", ".join(JobState.__members__))  # fmt: skip
         if name == "wait":
-            p.add_argument("--quiet", action="store_true", help="no progress display")
+            p.add_argument("--quiet", action="store_true", help=QUIET_HELP)
             p.add_argument("--timeout", type=float, help=f"give up after this many seconds (exit {TIMED_OUT}); the run goes on")
             p.add_argument("--cancel-on-interrupt", action="store_true", help="Ctrl-C cancels the local run's cells "
                            "(default: Ctrl-C detaches and a background runner goes on)")
@@ -181,7 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="the whole loop on a synthetic study")
     p.add_argument("--artifact-root", type=Path, help="default: gridsubmit-demo/<time>")
     p.add_argument("--cluster", type=Path, help="cluster profile YAML (default: local backend)")
-    p.add_argument("--quiet", action="store_true", help="no progress display")
+    p.add_argument("--quiet", action="store_true", help="no progress display, no status table")
     return parser
 
 
@@ -293,7 +294,7 @@ def cmd_submit(args) -> int:
     if not due and finished(preview):  # recorded all the same: the stale marks, the history
         print(f"nothing to run: every cell of {root} has run (`--rerun-failed`, `--rerun-stale`, `--rerun-all`, "
               "`--rerun CELL` run cells again)")  # fmt: skip
-    elif args.wait:
+    elif args.wait and not args.quiet:
         print(f"artifact root: {root}  ({len(due)} to run, {len(grid.blocked)} blocked; "
               f"backend {executor.profile.backend}; working directory {grid.workdir})")  # fmt: skip
     before = Run(root).ended()
@@ -308,7 +309,7 @@ def cmd_submit(args) -> int:
             print(f"{later} cell(s) wait for room in the queue (max_queued: {executor.profile.max_queued}); "
                   f"`gridsubmit wait {root}` submits them as jobs end")  # fmt: skip
         return 0
-    _print_outcome(run, before)
+    _print_outcome(run, before, table=not args.quiet)
     return run.exit_status
 
 
@@ -324,11 +325,13 @@ def _print_reuse(run: Run) -> None:
             print(f"  {key}: {why}")
 
 
-def _print_outcome(run: Run, before: set[tuple[str, int]]) -> None:
-    """Every cell's state, and which attempts ended in this command (the others ended before)."""
+def _print_outcome(run: Run, before: set[tuple[str, int]], table: bool = True) -> None:
+    """Every cell's state (unless not ``table``), the cells by outcome, and which attempts ended
+    in this command (the others ended before)."""
     m = run.manifest
-    print("\n" + report.status_table(m, stale_of(m)))
-    print(f"\n{_summary(m)}")
+    if table:
+        print("\n" + report.status_table(m, stale_of(m)) + "\n")
+    print(_summary(m))
     copied = {c["key"] for c in m["jobs"] if c["attempts"] and c["attempts"][-1].get("reused")}
     now = {key for key, _ in run.ended() - before} - copied
     reused = {key for key, n in run.ended() - before if key in copied}
@@ -405,7 +408,7 @@ def cmd_wait(args) -> int:
     before = run.ended()
     run.wait(timeout=args.timeout, progress=Progress(quiet=args.quiet), fail_on_stuck=args.fail_on_held,
              cancel_on_interrupt=args.cancel_on_interrupt, knobs=_knobs(args))  # fmt: skip
-    _print_outcome(run, before)
+    _print_outcome(run, before, table=not args.quiet)
     return run.exit_status
 
 
