@@ -95,6 +95,34 @@ def test_report_compare_puts_the_models_side_by_side_with_the_best_marked_and_mi
     assert bad.returncode == 2 and "no such model" in bad.stderr and "PtychoPINN" in bad.stderr
 
 
+def test_a_single_value_metric_has_no_amplitude_or_phase_label_and_takes_no_part(study_run):
+    root, tmp = study_run
+    proc = gridsubmit("report", root, "--compare", "computation_time_s", "--reference", "Baseline", cwd=tmp)
+    assert proc.returncode == 0, proc.stderr
+    title = next(line for line in proc.stdout.splitlines() if line.startswith("computation_time_s"))
+    assert title == "computation_time_s: no known better direction; differences from Baseline"
+    times = values(root, "computation_time_s", "value")
+    rows = {tuple(line.split()[:3]): line.split()[3:] for line in proc.stdout[proc.stdout.index(title):].splitlines()[3:]}
+    assert float(rows[("500", "dense", "train")][1]) == pytest.approx(times[(500, "dense", "train")]["Baseline"], abs=1e-3)
+    out = tmp / "time.csv"
+    assert gridsubmit("report", root, "--compare", "computation_time_s", "--csv", out, cwd=tmp).returncode == 0
+    assert {r["part"] for r in csv.DictReader(open(out))} == {"value"}
+    data = json.loads(gridsubmit("report", root, "--json", "--compare", "registration-offset-dy", cwd=tmp).stdout)
+    assert [(t["metric"], t["part"]) for t in data["compare"]] == [("registration_offset_dy", "value")]
+    bad = gridsubmit("report", root, "--compare", "computation_time_s:phase", cwd=tmp)
+    assert bad.returncode == 2 and bad.stdout == ""
+    assert "computation_time_s is a single value, not an amplitude/phase pair" in bad.stderr
+
+
+def test_compare_of_a_metric_the_run_does_not_have_exits_2_naming_it_and_the_runs_metrics(study_run):
+    root, tmp = study_run
+    bad = gridsubmit("report", root, "--compare", "nosuch", "--compare", "psnr", cwd=tmp)
+    assert bad.returncode == 2 and bad.stdout == "", bad.stdout
+    assert "no metric 'nosuch'" in bad.stderr
+    listed = bad.stderr.split("its metrics: ")[1].strip().split(", ")
+    assert {"psnr", "ssim", "computation_time_s", "registration_offset_dy"} <= set(listed), listed
+
+
 def test_a_metric_of_no_known_direction_marks_nothing():
     manifest = {"jobs": [{"key": "a", "dose": 1, "view": "v", "split": "s", "state": "COMPLETED", "attempts": [{}],
                           "metrics": [{"model": "m", "metric": "registration_offset_dy", "amplitude": None, "phase": None,

@@ -6,12 +6,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from conftest import cells, gridsubmit_process, load_manifest, run_cli, wait_for
+from gridsubmit.fileio import read_json
 
 
 def test_a_failed_cells_reason_is_its_last_stderr_line_in_the_summary_status_and_logs(scripted, capsys):
@@ -102,14 +102,20 @@ def test_a_profile_python_expands_home_and_variables_and_refuses_an_unset_one(tm
 
 
 def test_ctrl_c_in_a_local_wait_detaches_and_the_run_goes_on_to_the_end(scripted, tmp_path):
-    study, profile, root = scripted({"*": "sleep-ok:2"}, doses=(1000,))
+    study, profile, root = scripted({"*": "sleep-ok:5"}, doses=(1000,))
     with open(tmp_path / "submit.log", "w") as log:  # killed right after its job ids are on disk
         subprocess.run([sys.executable, "-m", "gridsubmit", "submit", "--study", str(study), "--cluster", str(profile),
                         "--artifact-root", str(root), "--quiet"], stdout=log, stderr=log,
                        env={**os.environ, "GRIDSUBMIT_CRASH_AT": "handles-saved"}, timeout=60)  # fmt: skip
+    assert (root / ".gridsubmit" / "holder.json").exists()  # left by the crashed submit: no sign of `wait`
+    saved = load_manifest(root)["updated_at"]
     waiter = gridsubmit_process("wait", root, "--quiet")
-    wait_for(lambda: (root / ".gridsubmit" / "holder.json").exists(), what="wait to take the run")
-    time.sleep(0.5)
+
+    def attached() -> bool:  # it holds the run, and its runner has saved the manifest once it took the cells over
+        holder = read_json(root / ".gridsubmit" / "holder.json") or {}
+        return holder.get("pid") == waiter.pid and load_manifest(root)["updated_at"] > saved
+
+    wait_for(attached, what="wait to take the run over")
     waiter.send_signal(signal.SIGINT)
     out, _ = waiter.communicate(timeout=60)
     assert waiter.returncode == 130 and "detached; a background runner goes on" in out and "Traceback" not in out, out
@@ -117,6 +123,49 @@ def test_ctrl_c_in_a_local_wait_detaches_and_the_run_goes_on_to_the_end(scripted
     for cell in cells(root).values():
         assert cell["state"] == "COMPLETED" and len(cell["attempts"]) == 1
         assert len((Path(cell["output_dir"]) / "runs.log").read_text().splitlines()) == 1
+
+
+# Python started with this sitecustomize gets Ctrl-C the moment it first imports $INTERRUPT_AT_IMPORT
+INTERRUPT_AT_IMPORT = ("import os, signal, sys\n"
+                       "class Interrupt:\n"
+                       "    def find_spec(self, name, path=None, target=None):\n"
+                       "        if name == os.environ.get('INTERRUPT_AT_IMPORT'):\n"
+                       "            os.kill(os.getpid(), signal.SIGINT)\n"
+                       "sys.meta_path.insert(0, Interrupt())\n")  # fmt: skip
+
+
+@pytest.mark.parametrize("module", ["gridsubmit.cli", "gridsubmit.api", "gridsubmit.study"])
+def test_ctrl_c_while_the_command_starts_exits_130_with_one_line_and_no_traceback(tmp_path, module):
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(INTERRUPT_AT_IMPORT)
+    env = {**os.environ, "INTERRUPT_AT_IMPORT": module,
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")]))}  # fmt: skip
+    script = Path(sys.executable).with_name("gridsubmit")  # the console script, where it is installed
+    for command in [[sys.executable, "-m", "gridsubmit"], *([[str(script)]] if script.exists() else [])]:
+        out = subprocess.run([*command, "status", str(tmp_path / "run")], capture_output=True, text=True, env=env,
+                             timeout=60)  # fmt: skip
+        lines = [line for line in out.stderr.splitlines() if line.strip()]
+        assert out.returncode == 130 and "Traceback" not in out.stderr and len(lines) <= 1, (command, out.stderr)
+        assert lines == ["gridsubmit: interrupted"] and out.stdout == ""
+
+
+def test_quiet_submit_and_wait_print_only_the_closing_summary(scripted, capsys):
+    study, profile, root = scripted({}, doses=(1000,))
+    submit = ["submit", "--study", study, "--cluster", profile, "--artifact-root", root, "--quiet"]
+    assert run_cli(*submit) == 0
+    out, err = capsys.readouterr()
+    assert out.splitlines() == ["4 cells: 4 completed, 0 failed, 0 cancelled, 0 blocked",
+                                "ran now: 4 (4 COMPLETED); ended before this command: 0"] and err == ""  # fmt: skip
+    assert run_cli(*submit) == 0  # nothing to run: no status table either
+    out, err = capsys.readouterr()
+    assert [line.split(":")[0] for line in out.splitlines()] == ["nothing to run", "4 cells", "ran now"] and err == ""
+    assert run_cli("wait", root, "--quiet") == 0
+    assert capsys.readouterr().out.splitlines() == ["4 cells: 4 completed, 0 failed, 0 cancelled, 0 blocked",
+                                                    "ran now: 0; ended before this command: 4"]  # fmt: skip
+    assert run_cli("wait", root) == 0  # without --quiet: the table, then the same lines
+    out = capsys.readouterr().out
+    assert "dose_1000/dense/train" in out and out.endswith("ran now: 0; ended before this command: 4\n")
 
 
 def test_plan_argv_without_an_artifact_root_says_its_output_folders_are_placeholders(scripted, tmp_path, capsys,

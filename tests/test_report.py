@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import yaml
 
+from conftest import run_cli
 from gridsubmit import report
 from gridsubmit.demo import compare
 from gridsubmit.demo.generate import make_study
@@ -189,6 +190,23 @@ def test_a_cell_in_full_says_an_absent_optional_input_is_absent_not_none():
 def test_without_metrics_the_table_says_so_in_one_line():
     assert report.metrics_table(manifest(cell(1000), cell(1000, state="FAILED"))).count("\n") == 0
     assert "no metrics" in report.metrics_table(manifest(cell(1000)))
+
+
+def test_a_report_of_a_run_whose_cells_are_all_stale_says_so_where_the_metrics_would_be(finished, tmp_path, capsys):
+    study, root = finished
+    data = yaml.safe_load(study.read_text())
+    data["options"] = {"ms_ssim_sigma": 2.0}  # the study file edited after the run: every cell stale
+    study.write_text(yaml.safe_dump(data, sort_keys=False))
+    capsys.readouterr()
+    assert run_cli("report", root, "--html", tmp_path / "r.html", "--require-complete") == 1
+    out, err = capsys.readouterr()
+    said = "the 12 completed cell(s) are stale and excluded (`submit --rerun-stale` runs them again)"
+    assert out.splitlines()[0] == f"(no metrics: {said})" and "comparison_metrics.csv" not in out
+    assert f"No metrics: {said}." in (tmp_path / "r.html").read_text()
+    assert all(line.startswith("gridsubmit: ") and line.count("gridsubmit: ") == 1 for line in err.splitlines()), err
+    assert err.count("changed since the last submit") == 1 and err.endswith("12 cell(s) do not contribute\n")
+    assert run_cli("report", root, "--plot", tmp_path / "p.png") == 2
+    assert "nothing to plot: no cell contributes metrics" in capsys.readouterr().err
 
 
 def test_a_manifest_written_before_the_tidy_format_still_reports():

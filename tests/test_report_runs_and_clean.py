@@ -54,6 +54,19 @@ def test_report_of_two_runs_writes_one_csv_with_a_run_column_and_one_plot(tmp_pa
     assert "--html takes one run" in capsys.readouterr().err
 
 
+def test_report_of_the_same_run_given_twice_exits_2_naming_it_and_writes_nothing(finished, tmp_path, capsys):
+    _, root = finished
+    (tmp_path / "link").symlink_to(root)
+    out_csv = tmp_path / "both.csv"
+    capsys.readouterr()
+    assert run_cli("report", root, root, "--csv", out_csv) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err == f"gridsubmit: error: {root} is given twice: give each run once\n"
+    assert run_cli("report", root, tmp_path / "link", "--csv", out_csv) == 2
+    assert f"{tmp_path / 'link'} and {root} are the same run ({root})" in capsys.readouterr().err
+    assert not out_csv.exists()
+
+
 def test_clean_removes_superseded_attempts_freeing_what_the_dry_run_said_and_every_view_still_works(tmp_path, capsys):
     spec = tmp_path / "behaviours.json"
     spec.write_text(json.dumps({"dose_1000/dense/train": "big:200000", "dose_1000/sparse/test": "sleep-ok:0.2"}))

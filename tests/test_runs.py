@@ -5,7 +5,7 @@ import os
 
 import yaml
 
-from conftest import CELLCMD, cells, load_manifest, run_cli, wait_for
+from conftest import CELLCMD, cells, load_manifest, rewrite_npz, run_cli, wait_for
 from gridsubmit.demo.generate import make_study
 
 
@@ -58,6 +58,20 @@ def test_runs_lists_a_finished_a_running_and_a_failed_run_each_as_it_is(tmp_path
     finally:
         os.chmod(base / "unreadable", 0o755) if (base / "unreadable").exists() else None
         run_cli("cancel", going)
+
+
+def test_runs_counts_the_stale_cells_that_status_shows(finished, tmp_path, capsys):
+    _, root = finished
+    rewrite_npz(cells(root)["dose_1000/dense/train"]["inputs"]["phase_c_npz"])  # one input changed on disk
+    capsys.readouterr()
+    assert run_cli("status", root) == 0
+    assert "12 cells: COMPLETED 12 (1 of them stale" in capsys.readouterr().out
+    assert run_cli("runs", tmp_path) == 0
+    line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("run "))
+    assert "COMPLETED 12 (1 stale)" in line, line
+    assert run_cli("runs", tmp_path, "--json") == 0
+    [row] = json.loads(capsys.readouterr().out)["runs"]
+    assert row["counts"] == {"COMPLETED": 12} and row["stale"] == 1
 
 
 def test_runs_shows_gpu_hours_once_a_manifest_has_a_ledger(tmp_path, capsys):

@@ -23,6 +23,7 @@ ROOT_FLAGS = ("phase_c", "phase_e", "phase_f")
 TIMED_OUT = 3  # `wait --timeout` passed; the run goes on
 PLAN_ROOT = Path("runs/plan")  # `plan` without --artifact-root: where the output folders it shows would be
 STUCK = 4  # `wait --fail-on-held`: a job is held or cannot start by itself; the run goes on
+QUIET_HELP = "print only errors, warnings and the closing summary: no progress display, no status table"
 
 
 def _filters(p: argparse.ArgumentParser) -> None:
@@ -93,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="artifact root of an earlier run: a cell that ran there from the same command, working "
                    "directory, options and inputs, and whose outputs are unchanged, is copied, not run (repeatable)")  # fmt: skip
     p.add_argument("--dry-run", action="store_true", help="print what would be submitted; submit nothing")
-    p.add_argument("--quiet", action="store_true", help="no progress display")
+    p.add_argument("--quiet", action="store_true", help=QUIET_HELP)
     _knob_args(p)
 
     for name, text in (("status", "show the state of every cell (read-only)"),
@@ -112,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
                            metavar="STATE", help="only the cells in this state (repeatable): "
                            + ", ".join(JobState.__members__))  # fmt: skip
         if name == "wait":
-            p.add_argument("--quiet", action="store_true", help="no progress display")
+            p.add_argument("--quiet", action="store_true", help=QUIET_HELP)
             p.add_argument("--timeout", type=float, help=f"give up after this many seconds (exit {TIMED_OUT}); the run goes on")
             p.add_argument("--cancel-on-interrupt", action="store_true", help="Ctrl-C cancels the local run's cells "
                            "(default: Ctrl-C detaches and a background runner goes on)")
@@ -134,7 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--json", action="store_true", help="completeness, metrics, comparability, GPU-hours (and "
                            "the --compare tables) as JSON")
             p.add_argument("--compare", action="append", default=[], metavar="METRIC[:PART]", help="a table of one metric "
-                           "(amplitude by default, or :phase): rows dose x view (x split), a column per model, the best "
+                           "(amplitude by default, or :phase; a single-value metric takes no part): rows dose x view (x split), a column per model, the best "
                            "marked; with --csv, the CSV holds these tables (repeatable)")
             p.add_argument("--reference", metavar="MODEL", help="--compare and the HTML page: each model's difference "
                            "from this one")
@@ -181,7 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="the whole loop on a synthetic study")
     p.add_argument("--artifact-root", type=Path, help="default: gridsubmit-demo/<time>")
     p.add_argument("--cluster", type=Path, help="cluster profile YAML (default: local backend)")
-    p.add_argument("--quiet", action="store_true", help="no progress display")
+    p.add_argument("--quiet", action="store_true", help="no progress display, no status table")
     return parser
 
 
@@ -293,7 +294,7 @@ def cmd_submit(args) -> int:
     if not due and finished(preview):  # recorded all the same: the stale marks, the history
         print(f"nothing to run: every cell of {root} has run (`--rerun-failed`, `--rerun-stale`, `--rerun-all`, "
               "`--rerun CELL` run cells again)")  # fmt: skip
-    elif args.wait:
+    elif args.wait and not args.quiet:
         print(f"artifact root: {root}  ({len(due)} to run, {len(grid.blocked)} blocked; "
               f"backend {executor.profile.backend}; working directory {grid.workdir})")  # fmt: skip
     before = Run(root).ended()
@@ -308,7 +309,7 @@ def cmd_submit(args) -> int:
             print(f"{later} cell(s) wait for room in the queue (max_queued: {executor.profile.max_queued}); "
                   f"`gridsubmit wait {root}` submits them as jobs end")  # fmt: skip
         return 0
-    _print_outcome(run, before)
+    _print_outcome(run, before, table=not args.quiet)
     return run.exit_status
 
 
@@ -324,11 +325,13 @@ def _print_reuse(run: Run) -> None:
             print(f"  {key}: {why}")
 
 
-def _print_outcome(run: Run, before: set[tuple[str, int]]) -> None:
-    """Every cell's state, and which attempts ended in this command (the others ended before)."""
+def _print_outcome(run: Run, before: set[tuple[str, int]], table: bool = True) -> None:
+    """Every cell's state (unless not ``table``), the cells by outcome, and which attempts ended
+    in this command (the others ended before)."""
     m = run.manifest
-    print("\n" + report.status_table(m, stale_of(m)))
-    print(f"\n{_summary(m)}")
+    if table:
+        print("\n" + report.status_table(m, stale_of(m)) + "\n")
+    print(_summary(m))
     copied = {c["key"] for c in m["jobs"] if c["attempts"] and c["attempts"][-1].get("reused")}
     now = {key for key, _ in run.ended() - before} - copied
     reused = {key for key, n in run.ended() - before if key in copied}
@@ -405,7 +408,7 @@ def cmd_wait(args) -> int:
     before = run.ended()
     run.wait(timeout=args.timeout, progress=Progress(quiet=args.quiet), fail_on_stuck=args.fail_on_held,
              cancel_on_interrupt=args.cancel_on_interrupt, knobs=_knobs(args))  # fmt: skip
-    _print_outcome(run, before)
+    _print_outcome(run, before, table=not args.quiet)
     return run.exit_status
 
 
@@ -470,14 +473,14 @@ def cmd_report(args) -> int:
     ok, missing, _ = report.completeness(manifest, stale)
     shown = report.only(manifest, ok)
     comparable, book = run.comparability(manifest), run.ledger(manifest)
-    tables = [compare.table(manifest, ok, *compare.parse_spec(spec), args.reference) for spec in args.compare]
+    tables = [compare.table(manifest, ok, *compare.parse_spec(spec, manifest), args.reference) for spec in args.compare]
     out = sys.stderr if args.json else sys.stdout  # --json: stdout holds the JSON only
     if args.json:
         _print_json({"run_id": manifest["run_id"], "artifact_root": str(run.root), "contributing": ok,
                      "not_included": [{"key": k, "why": why} for k, why in missing], "metrics": report.metric_rows(shown),
                      "comparability": comparable, "gpu_hours": book, "compare": tables})  # fmt: skip
     else:
-        print(report.metrics_table(shown))
+        print(report.metrics_table(shown, missing))
         print("\n" + report.completeness_text(manifest, stale))
         print("\n" + comparability.text(comparable))
         print("\n" + ledger.text(book))
@@ -513,6 +516,12 @@ def _report_runs(args) -> int:
     if args.html:
         raise UsageError("--html takes one run; give one artifact root (or use `gridsubmit diff A B`)")
     runs = [(str(root), Run.open(root)) for root in args.artifact_root]
+    given: dict[Path, str] = {}
+    for label, run in runs:
+        if run.root in given:
+            same = "is given twice" if label == given[run.root] else f"and {given[run.root]} are the same run ({run.root})"
+            raise UsageError(f"{label} {same}: give each run once")
+        given[run.root] = label
     manifests = [(label, run.manifest) for label, run in runs]
     filters = _selected(args)
     present = {axis: {cell[axis] for _, m in manifests for cell in m["jobs"]} for axis in ("dose", "view", "split")}
@@ -527,7 +536,7 @@ def _report_runs(args) -> int:
         incomplete += len(missing)
         print(f"== run {label}: {manifest['study'].get('name')}, created {report.local_time(manifest.get('created_at'))}, "
               f"run id {manifest['run_id']}")  # fmt: skip
-        print(report.metrics_table(report.only(manifest, ok)))
+        print(report.metrics_table(report.only(manifest, ok), missing))
         print("\n" + report.completeness_text(manifest, stale) + "\n")
         _print_notes(manifest)
         shown.append((label, report.only(manifest, ok)))

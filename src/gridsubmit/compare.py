@@ -23,31 +23,57 @@ HTML_TABLES = [(m, p) for m in ("psnr", "ssim", "ms_ssim") for p in PARTS]  # wh
 MISSING = "missing"
 
 
-def parse_spec(text: str) -> tuple[str, str]:
-    """``METRIC[:amplitude|phase]`` -> (metric, part); the part defaults to amplitude."""
+def parse_spec(text: str, manifest: dict | None = None) -> tuple[str, str | None]:
+    """``METRIC[:amplitude|phase]`` -> (metric, part); the part is None when not given (the
+    amplitude, or the value of a single-value metric). With ``manifest``, a metric its cells
+    have no values of (when they have some), or a part of a single-value metric, is a UsageError
+    that lists the metrics the run has."""
     metric, _, part = text.partition(":")
-    metric = metric.strip().lower().replace("-", "_")
-    part = (part or "amplitude").strip().lower()
-    if not metric or part not in PARTS:
+    metric = _name(metric)
+    part = part.strip().lower() or None
+    if not metric or part not in (*PARTS, None):
         raise UsageError(f"--compare {text!r}: expected METRIC[:amplitude|phase], e.g. psnr:phase")
+    rows = report.metric_rows(manifest) if manifest is not None else []
+    if rows and metric not in {_name(r["metric"]) for r in rows}:
+        raise UsageError(f"--compare {text!r}: this run has no metric {metric!r}; its metrics: "
+                         + ", ".join(report.metric_grid(rows)[0]))  # fmt: skip
+    if rows and part and _single(rows, metric):
+        raise UsageError(f"--compare {text!r}: {metric} is a single value, not an amplitude/phase pair: "
+                         f"give --compare {metric}")  # fmt: skip
     return metric, part
 
 
-def table(manifest: dict, contributing: list[str], metric: str, part: str = "amplitude",
+def _name(metric: str) -> str:
+    return metric.strip().lower().replace("-", "_")
+
+
+def _single(rows: list[dict], metric: str) -> bool:
+    """The metric has values and no amplitude or phase (registration offsets, computation time)."""
+    mine = [r for r in rows if _name(r["metric"]) == metric]
+    return bool(mine) and all(r["amplitude"] is None and r["phase"] is None for r in mine)
+
+
+def table(manifest: dict, contributing: list[str], metric: str, part: str | None = None,
           reference: str | None = None) -> dict:  # fmt: skip
     """``{"metric", "part", "better", "models", "reference", "split_column", "rows": [{"dose", "view",
     "split", "key", "values": {model: number | None}, "best": [models], "delta": {model: number | None},
-    "missing": why | None}]}``. ``contributing``: the cells whose metrics count (report.completeness)."""
+    "missing": why | None}]}``. ``contributing``: the cells whose metrics count (report.completeness).
+    ``part``: amplitude (the default) or phase; "value" (the default) for a single-value metric."""
     ok = set(contributing)
     rows, models = [], []
     splits = list(dict.fromkeys(c["split"] for c in manifest["jobs"]))
+    if part is None:
+        part = "value" if _single(report.metric_rows(manifest), metric) else "amplitude"
     for cell in manifest["jobs"]:
         values: dict[str, float | None] = {}
         if cell["key"] in ok:
             for r in report.metric_rows({"jobs": [cell]}):
-                if r["metric"].lower().replace("-", "_") != metric:
+                if _name(r["metric"]) != metric:
                     continue
-                v = r[part] if r["amplitude"] is not None or r["phase"] is not None else (r["value"] if part == "amplitude" else None)
+                if part == "value" or (r["amplitude"] is None and r["phase"] is None):  # older wide CSVs: amplitude
+                    v = r["value"] if part in ("value", "amplitude") else None
+                else:
+                    v = r[part]
                 values[r["model"]] = v
                 if r["model"] not in models:
                     models.append(r["model"])
@@ -98,7 +124,7 @@ def text(t: dict) -> str:
         cells = [(_num(v) + ("*" if m in r["best"] else "")) if v is not None else MISSING for m, v in r["values"].items()]
         rows.append([*lead, *cells, *(_signed(r["delta"].get(m)) or MISSING for m in deltas)])
     direction = {"higher": "higher is better", "lower": "lower is better", None: "no known better direction"}[t["better"]]
-    title = f"{t['metric']} ({t['part']}): {direction}" + ("; * marks the best of each row" if t["better"] else "")
+    title = (t["metric"] if t["part"] == "value" else f"{t['metric']} ({t['part']})") + f": {direction}" + ("; * marks the best of each row" if t["better"] else "")
     if ref:
         title += f"; differences from {ref}"
     if not t["models"]:

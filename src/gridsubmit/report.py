@@ -27,6 +27,7 @@ CSV_FIELDS = ("dose", "view", "split", "model", "metric", "amplitude", "phase", 
 PREFERRED = ("mae", "mse", "psnr", "ssim", "ms_ssim", "frc50")
 SCALARS = ("registration_offset_dy", "registration_offset_dx", "computation_time_s")
 PLOTTED = (("psnr", "PSNR (dB)"), ("ssim", "SSIM"), ("ms_ssim", "MS-SSIM"))
+STALE = "stale: "  # how completeness says why a stale cell does not contribute
 
 
 def table(header: list[str], rows: list[list[str]]) -> str:
@@ -142,7 +143,7 @@ def completeness(manifest: dict, stale: dict[str, list[str]]) -> tuple[list[str]
         elif cell["state"] != JobState.COMPLETED:
             why = cell["state"] + (f": {last['error']}" if last.get("error") else "")
         elif cell["key"] in stale:
-            why = "stale: " + "; ".join(stale[cell["key"]])
+            why = STALE + "; ".join(stale[cell["key"]])
         elif gone:
             why = f"{', '.join(gone)} no longer in {cell['output_dir']}"
         elif cell.get("metrics_error"):
@@ -186,18 +187,33 @@ def metric_rows(manifest: dict) -> list[dict]:
     return rows
 
 
-def metrics_table(manifest: dict) -> str:
+def metrics_table(manifest: dict, excluded: Iterable[tuple[str, str]] = ()) -> str:
     """One line per cell x model, a column per metric (amplitude/phase pairs), then the
-    cells whose metrics file could not be parsed."""
+    cells whose metrics file could not be parsed. ``excluded``: the cells left out and why
+    (:func:`completeness`), to say why there are no metrics when none are left."""
     rows = metric_rows(manifest)
     errors = [f"{c['key']}: metrics not read: {c['metrics_error']}" for c in manifest["jobs"] if c.get("metrics_error")]
     if not rows:
-        head = "(no metrics could be read)" if errors else "(no metrics: no completed cell wrote comparison_metrics.csv)"
+        head = "(no metrics could be read)" if errors else f"(no metrics: {why_no_metrics(excluded)})"
         return "\n".join([head, *errors])
     metrics, lines = metric_grid(rows)
     text = table(["dose", "view", "split", "model", *metrics],
                  [[*key, *(shown(by[m]) if m in by else "" for m in metrics)] for key, by in lines.items()])  # fmt: skip
     return "\n".join(["pairs are amplitude/phase", text] + ([""] + errors if errors else []))
+
+
+def why_no_metrics(excluded: Iterable[tuple[str, str]] = ()) -> str:
+    """Why no cell contributes metrics, from the cells left out and why (:func:`completeness`)."""
+    excluded = list(excluded)
+    stale = sum(1 for _, why in excluded if why.startswith(STALE))
+    if stale:
+        others = len(excluded) - stale
+        return (f"{'the ' * (not others)}{stale} completed cell(s) are stale and excluded"
+                + (f", and {others} other cell(s) do not contribute" if others else "")
+                + " (`submit --rerun-stale` runs them again)")  # fmt: skip
+    if excluded:
+        return f"none of the {len(excluded)} cell(s) contributes"
+    return "no completed cell wrote comparison_metrics.csv"
 
 
 def metric_grid(rows: list[dict]) -> tuple[list[str], dict[tuple, dict[str, dict]]]:
@@ -281,7 +297,7 @@ def plot(manifest: dict | None, path: Path, doses: Iterable[int] | None = None,
     manifests = [m for _, m in runs] if runs else [manifest]
     rows = [{**r, "run": i} for i, m in enumerate(manifests) for r in metric_rows(m)]
     if not rows:
-        raise UsageError("nothing to plot: no completed cell has metrics")
+        raise UsageError("nothing to plot: no cell contributes metrics")
     # (metric, column) -> series label -> [(dose, y)]
     points: dict[tuple[str, str], dict[tuple, list]] = {}
     for r in rows:

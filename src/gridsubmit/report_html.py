@@ -123,7 +123,7 @@ def _page(manifest: dict, stale: dict[str, list[str]]) -> dict:
         "notes": [str(n) for n in (manifest.get("freshness") or {}).get("notes", [])],
         "incomplete": [{"key": key, "reason": reason, "anchor": anchors.get(key)} for key, reason in incomplete],
         "flagged": [{"key": key, "reason": reason, "anchor": anchors.get(key)} for key, reason in flagged],
-        "metrics": _metrics(shown, anchors),
+        "metrics": {**_metrics(shown, anchors), "none": report.why_no_metrics(incomplete)},
         "plot": _plot(shown, [cell["dose"] for cell in jobs]),  # a dose without a result is marked, not bridged
         "submissions": _submissions(manifest),
         "cells": [_cell(manifest, cell, anchor, root) for cell, anchor in zip(jobs, ids)],

@@ -4,7 +4,8 @@ An artifact root is a folder holding ``comparison_manifest.json``. :func:`find_r
 the folder itself and in folders up to ``DEPTH`` levels below it, never inside an artifact
 root (its ``logs/`` and output folders hold no other runs), nor in hidden folders (``.git``,
 ``.venv``, ``.gridsubmit``) or folders it cannot read (skipped, and counted). For each root
-only its manifest and ``.gridsubmit/holder.json`` are read: no attempt's files.
+only its manifest and ``.gridsubmit/holder.json`` are read, and what :func:`freshness.judge`
+reads to tell its stale cells (as ``status`` does): no attempt's files.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from . import freshness
 from . import manifest as mf
 from .errors import UsageError
 from .progress import format_counts
@@ -65,8 +67,9 @@ def gpu_hours(manifest: dict) -> float | None:
 
 
 def describe(root: Path, base: Path) -> dict:
-    """One root's line: study, backend, created, last update, cells by state, runner, GPU-hours.
-    A manifest that cannot be read gives a line with its ``error``."""
+    """One root's line: study, backend, created, last update, cells by state, the COMPLETED
+    ones that are stale (judged now, as ``status`` does), runner, GPU-hours. A manifest that
+    cannot be read gives a line with its ``error``."""
     shown = os.path.relpath(root, base) if root != base else "."
     try:
         manifest = mf.load(root)
@@ -86,6 +89,7 @@ def describe(root: Path, base: Path) -> dict:
         "updated_at": manifest.get("updated_at"),
         "cells": len(manifest["jobs"]),
         "counts": counts,
+        "stale": len(freshness.judge(manifest).stale),
         "finished": mf.finished(manifest),
         "runner": None if who is None else {k: who.get(k) for k in ("pid", "host", "command", "since")},
         "gpu_hours": gpu_hours(manifest),
@@ -109,7 +113,8 @@ def runs_table(listing: dict) -> str:
             continue
         runner = run["runner"]
         rows.append([run["root"], run["study"] or "?", run["backend"] or "?", local_time(run["created_at"]),
-                     local_time(run["updated_at"]), run["cells"], format_counts(run["counts"]) or "-",
+                     local_time(run["updated_at"]), run["cells"],
+                     (format_counts(run["counts"]) or "-") + (f" ({run['stale']} stale)" if run["stale"] else ""),
                      "-" if run["gpu_hours"] is None else f"{run['gpu_hours']:.2f}",
                      f"{runner.get('command', '?')} pid {runner.get('pid', '?')}@{runner.get('host', '?')}" if runner
                      else "-"])  # fmt: skip
