@@ -200,7 +200,7 @@ def test_a_report_of_a_run_whose_cells_are_all_stale_says_so_where_the_metrics_w
     capsys.readouterr()
     assert run_cli("report", root, "--html", tmp_path / "r.html", "--require-complete") == 1
     out, err = capsys.readouterr()
-    said = "the 12 completed cell(s) are stale and excluded (`submit --rerun-stale` runs them again)"
+    said = "the 12 completed cell(s) are stale and excluded; `submit --rerun-stale` runs them again"
     assert out.splitlines()[0] == f"(no metrics: {said})" and "comparison_metrics.csv" not in out
     assert f"No metrics: {said}." in (tmp_path / "r.html").read_text()
     assert all(line.startswith("gridsubmit: ") and line.count("gridsubmit: ") == 1 for line in err.splitlines()), err

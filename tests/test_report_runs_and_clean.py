@@ -51,7 +51,10 @@ def test_report_of_two_runs_writes_one_csv_with_a_run_column_and_one_plot(tmp_pa
     assert styles == {str(a): {"-"}, str(b): {"--"}}  # one line style per run
     capsys.readouterr()
     assert run_cli("report", a, b, "--html", tmp_path / "x.html") == 2
-    assert "--html takes one run" in capsys.readouterr().err
+    assert "--html: one run only" in capsys.readouterr().err
+    for flags in (["--json"], ["--compare", "psnr"], ["--reference", "Baseline"], ["--require-consistent"]):
+        assert run_cli("report", a, b, *flags) == 2, flags  # never silently left out
+        assert f"{flags[0]}: one run only" in capsys.readouterr().err
 
 
 def test_report_of_the_same_run_given_twice_exits_2_naming_it_and_writes_nothing(finished, tmp_path, capsys):

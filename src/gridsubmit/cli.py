@@ -513,8 +513,12 @@ def cmd_report(args) -> int:
 
 def _report_runs(args) -> int:
     """Several runs: each one's table and completeness, one CSV with a run column, one plot."""
-    if args.html:
-        raise UsageError("--html takes one run; give one artifact root (or use `gridsubmit diff A B`)")
+    one_run = {"--html": args.html, "--json": args.json, "--compare": args.compare, "--reference": args.reference,
+               "--ledger-csv": args.ledger_csv, "--require-consistent": args.require_consistent,
+               "--colour-by": args.colour_by}  # fmt: skip
+    flags = [flag for flag, value in one_run.items() if value]
+    if flags:
+        raise UsageError(f"{', '.join(flags)}: one run only; give one artifact root (or use `gridsubmit diff A B`)")
     runs = [(str(root), Run.open(root)) for root in args.artifact_root]
     given: dict[Path, str] = {}
     for label, run in runs:

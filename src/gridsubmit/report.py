@@ -210,7 +210,7 @@ def why_no_metrics(excluded: Iterable[tuple[str, str]] = ()) -> str:
         others = len(excluded) - stale
         return (f"{'the ' * (not others)}{stale} completed cell(s) are stale and excluded"
                 + (f", and {others} other cell(s) do not contribute" if others else "")
-                + " (`submit --rerun-stale` runs them again)")  # fmt: skip
+                + "; `submit --rerun-stale` runs them again")  # fmt: skip
     if excluded:
         return f"none of the {len(excluded)} cell(s) contributes"
     return "no completed cell wrote comparison_metrics.csv"
