@@ -1,5 +1,6 @@
 """Reuse across artifact roots: what another run computed from the same thing is copied, not run."""
 
+import hashlib
 import json
 import os
 import shutil
@@ -131,8 +132,9 @@ def test_an_edit_that_keeps_a_source_file_s_size_and_time_is_seen_by_its_content
     before = metrics.stat()
     metrics.write_text(metrics.read_text().replace("30.5", "77.5"))
     os.utime(metrics, ns=(before.st_atime_ns, before.st_mtime_ns))
+    os.utime(a / "dose_1000/dense/test" / "runs.log")  # touched, not changed: still reused
     recorded = cells(a)[key]["attempts"][-1]["outputs"]
-    assert prov.outputs_record(a / key, content=False)["digest"] == recorded["digest"]  # sizes and times as recorded
+    assert prov.outputs_record(a / key)["digest"] == recorded["digest"]  # the listing: sizes and times as recorded
     capsys.readouterr()
     assert run_cli("submit", "--study", study_a, "--cluster", profile, "--artifact-root", b, "--reuse-from", a, "--quiet") == 0
     out = capsys.readouterr().out
@@ -146,6 +148,20 @@ def test_an_edit_that_keeps_a_source_file_s_size_and_time_is_seen_by_its_content
         assert last["reused"]["root"] == str(a) and len(runs_of(b, other)) == 1
         assert last["outputs"]["sha256"] == cells(a)[other]["attempts"][-1]["outputs"]["sha256"]
         assert sorted(last["outputs"]["sha256"]) == ["comparison_metrics.csv", "runs.log"]
+
+
+def test_the_outputs_record_holds_each_file_s_content_digest_and_never_opens_a_fifo(tmp_path):
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "recon.npz").write_bytes(b"\0" * (5 << 20))  # more than one chunk
+    (tmp_path / "comparison_metrics.csv").write_text("model,mae,psnr\npinn,0.1,30.5\n")
+    os.symlink("comparison_metrics.csv", tmp_path / "latest.csv")
+    os.mkfifo(tmp_path / "pipe")  # opening it would wait for a writer
+    record = prov.outputs_record(tmp_path)
+    assert record["files"] == 4 and record["sha256"] == {
+        "comparison_metrics.csv": hashlib.sha256(b"model,mae,psnr\npinn,0.1,30.5\n").hexdigest()[:16],
+        "latest.csv": hashlib.sha256(b"comparison_metrics.csv").hexdigest()[:16],  # a link: its target, as copied
+        "pipe": None,  # nothing to confirm: a source holding it is not reused
+        "sub/recon.npz": hashlib.sha256(b"\0" * (5 << 20)).hexdigest()[:16]}  # fmt: skip
 
 
 def test_a_source_recorded_before_content_checks_is_run_not_reused(tmp_path, capsys):

@@ -162,12 +162,12 @@ def judged(cell: dict) -> dict | None:
     return cell["attempts"][-1]
 
 
-def outputs_record(folder: str | Path, content: bool = True) -> dict | None:
+def outputs_record(folder: str | Path) -> dict | None:
     """``{"files", "bytes", "digest", "sha256"}`` of every file under ``folder``: ``digest`` of
     the listing (relative path, size, modification time in ns), and ``sha256``, relative path
-    -> 16 hex digits of its content, since a size and a time can be put back after an edit
-    (``touch -r``) and only the content says a copy is what the attempt wrote. Without
-    ``content``, the listing only (``stat``, no file is read). None when it cannot be listed."""
+    -> 16 hex digits of its content (every file is read), since a size and a time can be put
+    back after an edit (``touch -r``) and only the content says a copy is what the attempt
+    wrote. None when the folder cannot be listed."""
     folder = Path(folder)
     entries, digests = [], {}
     try:
@@ -178,15 +178,11 @@ def outputs_record(folder: str | Path, content: bool = True) -> dict | None:
                 st = os.lstat(path)
                 rel = os.path.relpath(path, folder)
                 entries.append((rel, st.st_size, st.st_mtime_ns))
-                if content:
-                    digests[rel] = _content(path, st)
+                digests[rel] = _content(path, st)
     except OSError:
         return None
     digest = hashlib.sha256(json.dumps(entries).encode()).hexdigest()[:16]
-    out = {"files": len(entries), "bytes": sum(e[1] for e in entries), "digest": digest}
-    if content:
-        out["sha256"] = digests
-    return out
+    return {"files": len(entries), "bytes": sum(e[1] for e in entries), "digest": digest, "sha256": digests}
 
 
 def _content(path: str, st: os.stat_result) -> str | None:
