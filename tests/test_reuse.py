@@ -1,7 +1,9 @@
 """Reuse across artifact roots: what another run computed from the same thing is copied, not run."""
 
+import hashlib
 import json
 import os
+import shutil
 from pathlib import Path
 
 import jsonschema
@@ -9,6 +11,7 @@ import yaml
 
 from conftest import CELLCMD, cells, load_manifest, run_cli
 from gridsubmit import Run
+from gridsubmit import provenance as prov
 from gridsubmit.demo.generate import make_study
 from gridsubmit.diff import diff_runs
 from gridsubmit.report_html import render_html
@@ -108,6 +111,7 @@ def test_a_source_whose_output_folder_changed_since_its_attempt_ended_is_run_not
     assert run_cli("submit", "--study", study_a, "--cluster", profile, "--artifact-root", b, "--reuse-from", a, "--quiet") == 0
     out = capsys.readouterr().out
     assert "dose_1000/sparse/train: " in out and "output folder changed since the attempt ended" in out
+    assert "comparison_metrics.csv: content differs" in out
     cb = cells(b)
     assert "reused" not in cb["dose_1000/sparse/train"]["attempts"][-1]
     assert len(runs_of(b, "dose_1000/sparse/train")) == 1 and runs_of(b, "dose_1000/sparse/train") != runs_of(a, "dose_1000/sparse/train")
@@ -115,6 +119,90 @@ def test_a_source_whose_output_folder_changed_since_its_attempt_ended_is_run_not
     refused = load_manifest(b)["submissions"][-1]["reuse"]["refused"]
     assert list(refused) == ["dose_1000/sparse/train"] and str(a) in refused["dose_1000/sparse/train"]
     assert all("reused" in cb[k]["attempts"][-1] for k in SHARED if k != "dose_1000/sparse/train")
+
+
+def test_an_edit_that_keeps_a_source_file_s_size_and_time_is_seen_by_its_content_and_the_cell_runs(tmp_path, capsys):
+    """An audit changes a metrics figure in place, at the same size, and puts the file's time
+    back as `touch -r` does: the listing is as recorded, the content is not."""
+    study_a, _, profile = two_studies(tmp_path)
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert run_cli("submit", "--study", study_a, "--cluster", profile, "--artifact-root", a, "--quiet") == 0
+    key = "dose_1000/sparse/train"
+    metrics = a / key / "comparison_metrics.csv"
+    before = metrics.stat()
+    metrics.write_text(metrics.read_text().replace("30.5", "77.5"))
+    os.utime(metrics, ns=(before.st_atime_ns, before.st_mtime_ns))
+    os.utime(a / "dose_1000/dense/test" / "runs.log")  # touched, not changed: still reused
+    recorded = cells(a)[key]["attempts"][-1]["outputs"]
+    assert prov.outputs_record(a / key)["digest"] == recorded["digest"]  # the listing: sizes and times as recorded
+    capsys.readouterr()
+    assert run_cli("submit", "--study", study_a, "--cluster", profile, "--artifact-root", b, "--reuse-from", a, "--quiet") == 0
+    out = capsys.readouterr().out
+    assert f"{key}: {a} {key} attempt 1: its output folder changed since the attempt ended" in out
+    assert "comparison_metrics.csv: content differs" in out
+    cb = cells(b)
+    assert "reused" not in cb[key]["attempts"][-1] and len(runs_of(b, key)) == 1 and runs_of(b, key) != runs_of(a, key)
+    assert "77.5" not in (b / key / "comparison_metrics.csv").read_text() and "77.5" not in json.dumps(cb[key]["metrics"])
+    for other in set(SHARED) - {key}:  # unchanged sources are still reused, their copies read back
+        last = cb[other]["attempts"][-1]
+        assert last["reused"]["root"] == str(a) and len(runs_of(b, other)) == 1
+        assert last["outputs"]["sha256"] == cells(a)[other]["attempts"][-1]["outputs"]["sha256"]
+        assert sorted(last["outputs"]["sha256"]) == ["comparison_metrics.csv", "runs.log"]
+
+
+def test_the_outputs_record_holds_each_file_s_content_digest_and_never_opens_a_fifo(tmp_path):
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "recon.npz").write_bytes(b"\0" * (5 << 20))  # more than one chunk
+    (tmp_path / "comparison_metrics.csv").write_text("model,mae,psnr\npinn,0.1,30.5\n")
+    os.symlink("comparison_metrics.csv", tmp_path / "latest.csv")
+    os.mkfifo(tmp_path / "pipe")  # opening it would wait for a writer
+    record = prov.outputs_record(tmp_path)
+    assert record["files"] == 4 and record["sha256"] == {
+        "comparison_metrics.csv": hashlib.sha256(b"model,mae,psnr\npinn,0.1,30.5\n").hexdigest()[:16],
+        "latest.csv": hashlib.sha256(b"comparison_metrics.csv").hexdigest()[:16],  # a link: its target, as copied
+        "pipe": None,  # nothing to confirm: a source holding it is not reused
+        "sub/recon.npz": hashlib.sha256(b"\0" * (5 << 20)).hexdigest()[:16]}  # fmt: skip
+
+
+def test_a_source_recorded_before_content_checks_is_run_not_reused(tmp_path, capsys):
+    study_a, _, profile = two_studies(tmp_path)
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert run_cli("submit", "--study", study_a, "--cluster", profile, "--artifact-root", a, "--quiet") == 0
+    manifest = load_manifest(a)
+    for cell in manifest["jobs"]:  # as an older gridsubmit wrote it: sizes and times only
+        for attempt in cell["attempts"]:
+            attempt["outputs"].pop("sha256")
+    (a / "comparison_manifest.json").write_text(json.dumps(manifest))
+    capsys.readouterr()
+    assert run_cli("submit", "--study", study_a, "--cluster", profile, "--artifact-root", b, "--reuse-from", a, "--quiet") == 0
+    assert "predates content checks" in capsys.readouterr().out
+    refused = load_manifest(b)["submissions"][-1]["reuse"]["refused"]
+    assert sorted(refused) == sorted(SHARED) and all("predates content checks" in why for why in refused.values())
+    assert all(len(runs_of(b, k)) == 1 and runs_of(b, k) != runs_of(a, k) for k in SHARED)
+
+
+def test_a_copy_that_is_not_what_the_source_wrote_is_refused_and_the_cell_runs(tmp_path, monkeypatch):
+    from gridsubmit import GridExecutor, load_study
+
+    study_a, _, profile = two_studies(tmp_path)
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert run_cli("submit", "--study", study_a, "--cluster", profile, "--artifact-root", a, "--quiet") == 0
+    copytree = shutil.copytree
+
+    def bad_copy(src, dst, **kw):  # a copy that goes wrong after the source was confirmed
+        copytree(src, dst, **kw)
+        with open(Path(dst) / "comparison_metrics.csv", "a") as fh:
+            fh.write("pinn,0.1,77.5\n")
+
+    monkeypatch.setattr(shutil, "copytree", bad_copy)
+    executor = GridExecutor(b, profile)
+    run = executor.submit(executor.plan(load_study(study_a)), wait=True, reuse_from=[a], timeout=120)
+    assert run.exit_status == 0
+    refused = run.manifest["submissions"][-1]["reuse"]["refused"]
+    assert sorted(refused) == sorted(SHARED)
+    assert all("the copy is not what the attempt wrote (comparison_metrics.csv: content differs)" in why for why in refused.values())
+    for key in SHARED:
+        assert len(runs_of(b, key)) == 1 and "77.5" not in (b / key / "comparison_metrics.csv").read_text()
 
 
 def test_a_stale_source_cell_is_not_reused(tmp_path, capsys):

@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import shlex
+import stat
 import subprocess
 import time
 from pathlib import Path
@@ -47,15 +48,24 @@ class Hasher:
             return None
         key = (path, st.st_size, st.st_mtime_ns)
         if key not in self._seen:
-            h = hashlib.sha256()
-            try:
-                with open(path, "rb") as fh:
-                    while chunk := fh.read(HASH_CHUNK):
-                        h.update(chunk)
-            except OSError:  # unreadable now: no digest, judged by size and mtime
+            digest = sha256_file(path)
+            if digest is None:  # unreadable now: no digest, judged by size and mtime
                 return None
-            self._seen[key] = h.hexdigest()
+            self._seen[key] = digest
         return self._seen[key]
+
+
+def sha256_file(path: str | Path) -> str | None:
+    """sha256 of a file's content, read in chunks (outputs can be reconstructions of hundreds
+    of MB); None when it cannot be read."""
+    h = hashlib.sha256()
+    try:
+        with open(path, "rb") as fh:
+            while chunk := fh.read(HASH_CHUNK):
+                h.update(chunk)
+    except OSError:
+        return None
+    return h.hexdigest()
 
 
 def ran_from(cell: dict, workdir: str, hasher: Hasher | None = None) -> dict:
@@ -153,21 +163,38 @@ def judged(cell: dict) -> dict | None:
 
 
 def outputs_record(folder: str | Path) -> dict | None:
-    """``{"files", "bytes", "digest"}`` of every file under ``folder`` (relative path, size,
-    modification time in ns; ``stat`` only, no file is read); None when it cannot be listed."""
+    """``{"files", "bytes", "digest", "sha256"}`` of every file under ``folder``: ``digest`` of
+    the listing (relative path, size, modification time in ns), and ``sha256``, relative path
+    -> 16 hex digits of its content (every file is read), since a size and a time can be put
+    back after an edit (``touch -r``) and only the content says a copy is what the attempt
+    wrote. None when the folder cannot be listed."""
     folder = Path(folder)
-    entries = []
+    entries, digests = [], {}
     try:
         for here, dirs, files in os.walk(folder, onerror=_raise):
             dirs.sort()
             for name in sorted(files):
                 path = os.path.join(here, name)
                 st = os.lstat(path)
-                entries.append((os.path.relpath(path, folder), st.st_size, st.st_mtime_ns))
+                rel = os.path.relpath(path, folder)
+                entries.append((rel, st.st_size, st.st_mtime_ns))
+                digests[rel] = _content(path, st)
     except OSError:
         return None
     digest = hashlib.sha256(json.dumps(entries).encode()).hexdigest()[:16]
-    return {"files": len(entries), "bytes": sum(e[1] for e in entries), "digest": digest}
+    return {"files": len(entries), "bytes": sum(e[1] for e in entries), "digest": digest, "sha256": digests}
+
+
+def _content(path: str, st: os.stat_result) -> str | None:
+    """16 hex digits of a file's content (a link's: its target, as the copy keeps links);
+    None for what cannot be read, or is no file (a FIFO would block): nothing to confirm."""
+    if stat.S_ISLNK(st.st_mode):
+        try:
+            return hashlib.sha256(os.readlink(path).encode()).hexdigest()[:16]
+        except OSError:
+            return None
+    digest = sha256_file(path) if stat.S_ISREG(st.st_mode) else None
+    return digest and digest[:16]
 
 
 def _raise(exc: OSError) -> None:

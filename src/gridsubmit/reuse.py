@@ -13,11 +13,13 @@ Never reused:
 * a source cell that is stale (:func:`gridsubmit.freshness.judge`), or whose last attempt
   recorded no fingerprint;
 * a source whose output folder changed since its attempt ended. When an attempt COMPLETES,
-  the runner records ``outputs``: the number of files in its output folder, their bytes and a
-  digest of every file's relative path, size and modification time (:func:`provenance.outputs_record`;
-  ``stat`` only, nothing is read). The source folder is listed again before and after the
-  copy; any difference (a file added, removed, rewritten or touched) refuses the reuse, and
-  so does an attempt without that record (written by an older gridsubmit);
+  the runner records ``outputs``: the number of files in its output folder, their bytes, a
+  digest of the listing and the sha256 of every file's content
+  (:func:`provenance.outputs_record`). Sizes and times alone can be put back after an edit
+  (``touch -r``), so the source's files are read again before the copy and the copy is read
+  back after it; a file whose content differs, a file gone or added refuses the reuse, named,
+  and so does an attempt without content digests (written by an older gridsubmit: a check
+  that cannot confirm is no check);
 * a copy that lacks one of the cell's ``expected_outputs``.
 
 Files are copied (``shutil.copy2``: contents, modes and times), not hard-linked: the study's
@@ -139,7 +141,7 @@ def apply(manifest: dict, sources: list[Source], due: list[dict], *, backend: st
         if why:
             refused[cell["key"]] = f"{where}: {why}"
             continue
-        why = _copy(source, other, last, cell)
+        why, outputs = _copy(other, last, cell)
         if why:
             refused[cell["key"]] = f"{where}: {why}"
             continue
@@ -158,7 +160,7 @@ def apply(manifest: dict, sources: list[Source], due: list[dict], *, backend: st
                               "state": JobState.COMPLETED.value, "submitted_at": now, "ended_at": now, "returncode": 0,
                               "dir": str(rel), "stdout": str(rel / STDOUT), "stderr": str(rel / STDERR),
                               "resources": dict(cell.get("resources") or {}), "reused": origin,
-                              "outputs": prov.outputs_record(cell["output_dir"])})  # fmt: skip
+                              "outputs": outputs})  # fmt: skip
         cell["metrics"], cell["metrics_error"], cell["metrics_warning"] = read_metrics(Path(cell["output_dir"]) / METRICS_FILE)
         cell["stale"] = []
         reused[cell["key"]] = where
@@ -166,36 +168,68 @@ def apply(manifest: dict, sources: list[Source], due: list[dict], *, backend: st
 
 
 def _refusal(source: Source, cell: dict, last: dict) -> str | None:
-    """Why a source cell whose fingerprint matches may not be reused, or None."""
+    """Why a source cell whose fingerprint matches may not be reused, or None. Its files are
+    read here, before anything is copied: a size and a time can be put back after an edit, so
+    only their content confirms them, and a changed source leaves nothing in this root."""
     if cell["key"] in source.stale:
         return "stale in its run (" + "; ".join(source.stale[cell["key"]]) + ")"
-    recorded = last.get("outputs")
-    if not recorded:
-        return "its attempt recorded no listing of its output folder to check a copy against"
+    if "outputs" in last and last["outputs"] is None:
+        return "its output folder could not be listed when the attempt ended: nothing to check it against"
+    if "sha256" not in (last.get("outputs") or {}):
+        return ("its attempt predates content checks (an older gridsubmit recorded its outputs' sizes and times "
+                "at most, which an edit can keep): nothing confirms the folder holds what it wrote")  # fmt: skip
     now = prov.outputs_record(cell["output_dir"])
     if now is None:
         return f"its output folder {cell['output_dir']} cannot be read"
-    if now["digest"] != recorded.get("digest"):
-        return (f"its output folder changed since the attempt ended ({recorded.get('files')} files, {recorded.get('bytes')} "
-                f"bytes then; {now['files']} files, {now['bytes']} bytes now, or a file rewritten or touched)")  # fmt: skip
-    return None
+    changed = _differences(last["outputs"]["sha256"], now["sha256"])
+    return f"its output folder changed since the attempt ended ({changed})" if changed else None
 
 
-def _copy(source: Source, other: dict, last: dict, cell: dict) -> str | None:
-    """Copy the source's output folder into the cell's; why it failed, or None."""
+def _copy(other: dict, last: dict, cell: dict) -> tuple[str | None, dict | None]:
+    """Copy the source's output folder into the cell's and read the copy back: (why it is not
+    what the source attempt wrote, None), or (None, the copy's ``outputs`` record)."""
     src, dst = Path(other["output_dir"]), Path(cell["output_dir"])
+    wrote = last["outputs"]["sha256"]
     try:
         dst.mkdir(parents=True, exist_ok=True)
         shutil.copytree(src, dst, dirs_exist_ok=True, symlinks=True)
     except (OSError, shutil.Error) as exc:
-        return f"copying {src} to {dst} failed: {exc}"
-    after = prov.outputs_record(src)
-    if after is None or after["digest"] != (last.get("outputs") or {}).get("digest"):
-        return "its output folder changed while it was copied"
+        return _undo(dst, wrote, f"copying {src} to {dst} failed: {exc}")
+    copy = prov.outputs_record(dst)
+    if copy is None:
+        return _undo(dst, wrote, f"its copy {dst} cannot be read")
+    # files this root held before are not the source's to confirm
+    wrong = _differences(wrote, {name: d for name, d in copy["sha256"].items() if name in wrote})
+    if wrong:
+        return _undo(dst, wrote, f"the copy is not what the attempt wrote ({wrong})")
     gone = [name for name in cell.get("expected_outputs", []) if not (dst / name).is_file()]
     if gone:
-        return f"the copy lacks {', '.join(gone)}"
-    return None
+        return _undo(dst, wrote, f"the copy lacks {', '.join(gone)}")
+    return None, copy
+
+
+def _undo(dst: Path, names: Iterable[str], why: str) -> tuple[str, None]:
+    """Remove the copied files again, so that the cell's own run does not find them (a log it
+    appends to, a reconstruction it does not rewrite); (why, None)."""
+    for name in names:
+        try:
+            os.unlink(dst / name)
+        except OSError:
+            pass  # never copied
+    return why, None
+
+
+def _differences(wrote: dict, now: dict) -> str:
+    """The files whose content differs from what the attempt wrote (relative path -> digest),
+    or that are gone, new or unreadable, in a few words; '' when all are as written."""
+    kinds = {"content differs": [n for n in wrote if now.get(n) and wrote[n] and now[n] != wrote[n]],
+             "cannot be read": [n for n in wrote if n in now and not (now[n] and wrote[n])],
+             "gone": [n for n in wrote if n not in now], "added": [n for n in now if n not in wrote]}  # fmt: skip
+    return "; ".join(f"{_few(names)}: {kind}" for kind, names in kinds.items() if names)
+
+
+def _few(names: list[str], n: int = 3) -> str:
+    return ", ".join(names[:n]) + (f" and {len(names) - n} more" if len(names) > n else "")
 
 
 def _origin_submission(manifest: dict, attempt: dict) -> dict | None:

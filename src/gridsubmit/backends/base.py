@@ -310,7 +310,8 @@ class Backend(ABC):
                 problem = f"{METRICS_FILE} was not written by this attempt (it is an earlier attempt's)"
             else:
                 metrics, problem, warning = read_metrics(h.output_dir / METRICS_FILE)
-            fields["outputs"] = prov.outputs_record(h.output_dir)  # what a reuse from another root checks a copy against
+            # each file read once, here: what a reuse from another root checks the source and its copy against
+            fields["outputs"] = prov.outputs_record(h.output_dir)
         return Observation(h.key, h.attempt, state, fields, metrics, problem, warning)
 
     def handle_from_record(self, cell: dict, attempt: dict) -> Handle:
