@@ -1,4 +1,4 @@
-"""Helpers shared by the SLURM benchmarks (not a benchmark).
+"""Helpers shared by the benchmarks (not a benchmark).
 
 Scheduler calls are counted by wrapper scripts put first on PATH: each logs its name and the
 time, then runs the real command. Studies are bare grids (no roots, no inputs, no expected
@@ -215,3 +215,21 @@ def cells_per_job_supported() -> bool:
     except ConfigError as exc:
         return exc.key != "cells_per_job" and "cells_per_job" not in str(exc)
     return True
+
+
+# The study's 12 ComparisonJobs over a tree of its layout (tests/study_layout.py), as code for a
+# child interpreter (any gridsubmit version) to run: it needs `tree` bound, and binds `jobs`.
+STUDY_JOBS = r"""
+from dataclasses import dataclass
+
+@dataclass
+class ComparisonJob:
+    dose: int; view: str; split: str
+    phase_c_npz: Path; pinn_checkpoint: Path; baseline_checkpoint: Path; phase_f_manifest: Path
+    ms_ssim_sigma: float = 1.0; skip_registration: bool = False; register_ptychi_only: bool = True
+
+jobs = [ComparisonJob(d, v, s, tree / f"phase_c/dose_{d}" / (f"patched_{s}.npz" if v == "dense" else f"{v}/{v}_{s}.npz"),
+                      tree / f"phase_e/dose_{d}/{v}/gs2/wts.h5.zip", tree / f"phase_e/dose_{d}/baseline/gs1/wts.h5.zip",
+                      tree / f"phase_f/dose_{d}_{v}_{s}/manifest.json")
+        for d in (1000, 10000, 100000) for v in ("dense", "sparse") for s in ("train", "test")]
+"""

@@ -28,6 +28,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from benchlib import STUDY_JOBS
+
 HERE = Path(__file__).resolve().parent
 AFTER_SRC = HERE.parent / "src"
 EVICT = r"""
@@ -56,22 +58,13 @@ print(json.dumps({"s": statistics.median(times), "content": "sha256" in record})
 """
 GRID = EVICT + r"""
 import json, sys, time
-from dataclasses import dataclass
 from pathlib import Path
 from gridsubmit import Run, execute_comparison_jobs
 
 tree, source, copy, writer, mb, cells = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]), sys.argv[4], sys.argv[5], int(sys.argv[6])
 
-@dataclass
-class ComparisonJob:
-    dose: int; view: str; split: str
-    phase_c_npz: Path; pinn_checkpoint: Path; baseline_checkpoint: Path; phase_f_manifest: Path
-    ms_ssim_sigma: float = 1.0; skip_registration: bool = False; register_ptychi_only: bool = True
-
-jobs = [ComparisonJob(d, v, s, tree / f"phase_c/dose_{d}" / (f"patched_{s}.npz" if v == "dense" else f"{v}/{v}_{s}.npz"),
-                      tree / f"phase_e/dose_{d}/{v}/gs2/wts.h5.zip", tree / f"phase_e/dose_{d}/baseline/gs1/wts.h5.zip",
-                      tree / f"phase_f/dose_{d}_{v}_{s}/manifest.json")
-        for d in (1000, 10000, 100000) for v in ("dense", "sparse") for s in ("train", "test")][:cells]
+""" + STUDY_JOBS + r"""
+jobs = jobs[:cells]
 study = {"command": ["{python}", writer, "{output_dir}", mb], "expected_outputs": ["comparison_metrics.csv"]}
 cluster = {"backend": "local", "name": "bench", "time": "10:00", "max_parallel": 2, "gpus": [],
            "poll_interval": {"min": 0.02, "max": 0.05}}
