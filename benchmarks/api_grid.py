@@ -20,7 +20,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from benchlib import STUDY_JOBS
+from benchlib import STUDY_JOBS, unpack
 
 HERE = Path(__file__).resolve().parent
 AFTER_SRC = HERE.parent / "src"
@@ -60,15 +60,12 @@ def main() -> None:
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="gridsubmit-bench-") as tmp:
         work = Path(tmp)
-        before = work / "before"
-        before.mkdir()
-        archive = subprocess.run(["git", "-C", str(HERE.parent), "archive", args.before, "src"], capture_output=True, check=True)
-        subprocess.run(["tar", "-x", "-C", str(before)], input=archive.stdout, check=True)
+        before = unpack(args.before, work / "before")
         sys.path.insert(0, str(AFTER_SRC))
         from gridsubmit.demo.generate import make_study
 
         make_study(work / "tree")
-        results = {"before": run(before / "src", work / "tree", work, args.repeat),
+        results = {"before": run(before, work / "tree", work, args.repeat),
                    "after": run(AFTER_SRC, work / "tree", work, args.repeat)}  # fmt: skip
     print(f"execute_comparison_jobs, 12 cells of `true`, 2 slots, median of {args.repeat} (load average "
           f"{os.getloadavg()[0]:.2f})\n")

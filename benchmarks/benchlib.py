@@ -233,3 +233,12 @@ jobs = [ComparisonJob(d, v, s, tree / f"phase_c/dose_{d}" / (f"patched_{s}.npz" 
                       tree / f"phase_f/dose_{d}_{v}_{s}/manifest.json")
         for d in (1000, 10000, 100000) for v in ("dense", "sparse") for s in ("train", "test")]
 """
+
+
+def unpack(rev: str, into: Path) -> Path:
+    """The source tree of ``rev`` (this repository's git history), for PYTHONPATH."""
+    into.mkdir(parents=True)
+    repo = Path(__file__).resolve().parent.parent
+    archive = subprocess.run(["git", "-C", str(repo), "archive", rev, "src"], capture_output=True, check=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
+    return into / "src"

@@ -42,6 +42,8 @@ from pathlib import Path
 
 import yaml
 
+from benchlib import unpack
+
 HERE = Path(__file__).resolve().parent
 AFTER_SRC = HERE.parent / "src"
 TICK = os.sysconf("SC_CLK_TCK")
@@ -226,14 +228,6 @@ def idle_cost(src: Path, work: Path, window: float, cells: int = 5, slots: int =
 
 
 # --- the comparison ----------------------------------------------------------------------------------
-
-
-def unpack(rev: str, into: Path) -> Path:
-    """The source tree of ``rev`` (this repository's git history), for PYTHONPATH."""
-    into.mkdir(parents=True)
-    archive = subprocess.run(["git", "-C", str(HERE.parent), "archive", rev, "src"], capture_output=True, check=True).stdout
-    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
-    return into / "src"
 
 
 def measure(src: Path, work: Path, args, command: list[str]) -> dict:

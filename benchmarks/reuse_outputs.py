@@ -28,7 +28,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from benchlib import STUDY_JOBS
+from benchlib import STUDY_JOBS, unpack
 
 HERE = Path(__file__).resolve().parent
 AFTER_SRC = HERE.parent / "src"
@@ -126,11 +126,8 @@ def main() -> None:
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="gridsubmit-bench-") as tmp:
         work = Path(tmp)
-        before = work / "before"
-        before.mkdir()
-        archive = subprocess.run(["git", "-C", str(HERE.parent), "archive", args.before, "src"], capture_output=True, check=True)
-        subprocess.run(["tar", "-x", "-C", str(before)], input=archive.stdout, check=True)
-        versions = {"before": before / "src", "after": AFTER_SRC}
+        before = unpack(args.before, work / "before")
+        versions = {"before": before, "after": AFTER_SRC}
 
         print(f"1. outputs_record of one output folder (what _observe records per COMPLETED attempt), median of "
               f"{args.repeat}\n")  # fmt: skip
