@@ -20,7 +20,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from benchlib import STUDY_JOBS, unpack
+from benchlib import STUDY_JOBS, byte_compiled, unpack
 
 HERE = Path(__file__).resolve().parent
 AFTER_SRC = HERE.parent / "src"
@@ -66,7 +66,7 @@ def main() -> None:
 
         make_study(work / "tree")
         results = {"before": run(before, work / "tree", work, args.repeat),
-                   "after": run(AFTER_SRC, work / "tree", work, args.repeat)}  # fmt: skip
+                   "after": run(byte_compiled(AFTER_SRC), work / "tree", work, args.repeat)}  # fmt: skip
     print(f"execute_comparison_jobs, 12 cells of `true`, 2 slots, median of {args.repeat} (load average "
           f"{os.getloadavg()[0]:.2f})\n")
     print(f"{'':34}{'before (' + args.before + ')':>20}{'after (this checkout)':>24}")

@@ -8,6 +8,7 @@ outputs) of 4 cells per dose, as in benchmarks/slurm_grid.py.
 from __future__ import annotations
 
 import bisect
+import compileall
 import os
 import re
 import shutil
@@ -241,4 +242,12 @@ def unpack(rev: str, into: Path) -> Path:
     repo = Path(__file__).resolve().parent.parent
     archive = subprocess.run(["git", "-C", str(repo), "archive", rev, "src"], capture_output=True, check=True).stdout
     subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
-    return into / "src"
+    return byte_compiled(into / "src")
+
+
+def byte_compiled(src: Path) -> Path:
+    """``src`` with its modules byte-compiled, as pip leaves an installed package: each child
+    interpreter then loads them instead of compiling them at every start (as it would for ever
+    where PYTHONDONTWRITEBYTECODE is set), which is what a user's installation costs."""
+    compileall.compile_dir(str(src), quiet=1)
+    return src

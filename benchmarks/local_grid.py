@@ -3,7 +3,9 @@
 Each figure is measured for two versions of gridsubmit: this checkout's ``src`` ("after")
 and the commit given by ``--before`` (default a29ed50, the last one that started cells
 through submitit's LocalExecutor), unpacked with ``git archive`` into a temporary folder
-and run with ``PYTHONPATH`` pointing at its ``src``. Every run is a child process
+and run with ``PYTHONPATH`` pointing at its ``src``. Both sources are byte-compiled first, as
+pip leaves an installed package (where PYTHONDONTWRITEBYTECODE is set, every interpreter would
+otherwise compile gridsubmit's modules at each start: about 9 ms per node task here). Every run is a child process
 (``gridsubmit submit`` through ``gridsubmit.cli.main``, timed from the call, so the
 interpreter's own start and imports are left out of the wall times).
 
@@ -42,7 +44,7 @@ from pathlib import Path
 
 import yaml
 
-from benchlib import unpack
+from benchlib import byte_compiled, unpack
 
 HERE = Path(__file__).resolve().parent
 AFTER_SRC = HERE.parent / "src"
@@ -254,7 +256,8 @@ def main() -> None:
     command = args.command or ["sleep", f"{args.seconds:g}"]
     ideal = args.cells * args.seconds / args.slots if not args.command else 0.0
     work = Path(tempfile.mkdtemp(prefix="gridsubmit-bench-"))
-    versions = {f"before ({args.before})": unpack(args.before, work / "before"), "after (this checkout)": AFTER_SRC}
+    versions = {f"before ({args.before})": unpack(args.before, work / "before"),
+                "after (this checkout)": byte_compiled(AFTER_SRC)}
     results = {name: measure(src, work / name.split()[0], args, command) for name, src in versions.items()}
 
     names = list(results)

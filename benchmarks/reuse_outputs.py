@@ -28,7 +28,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from benchlib import STUDY_JOBS, unpack
+from benchlib import STUDY_JOBS, byte_compiled, unpack
 
 HERE = Path(__file__).resolve().parent
 AFTER_SRC = HERE.parent / "src"
@@ -127,7 +127,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="gridsubmit-bench-") as tmp:
         work = Path(tmp)
         before = unpack(args.before, work / "before")
-        versions = {"before": before, "after": AFTER_SRC}
+        versions = {"before": before, "after": byte_compiled(AFTER_SRC)}
 
         print(f"1. outputs_record of one output folder (what _observe records per COMPLETED attempt), median of "
               f"{args.repeat}\n")  # fmt: skip
