@@ -455,15 +455,13 @@ def _cell(study: Study, key: JobKey, preset: Mapping[str, Any], roots: Mapping[s
             inputs[iname] = values[iname] = None
             continue
         if iname in preset:
-            path, problem = _given(iname, preset[iname], spec, workdir)
-            looked_at = _at(preset[iname], workdir)
+            path, problem, absent_at = _given(iname, preset[iname], spec, workdir)
         else:
-            path, problem, pointer = _resolve(study, iname, spec, key.view, values, workdir)
+            path, problem, absent_at, pointer = _resolve(study, iname, spec, key.view, values, workdir)
             if pointer:
                 pointers[iname] = pointer
-            looked_at = _looked_at(study, spec, key.view, values, workdir, pointer)
-        if path is None and problem is None and looked_at is not None:
-            sought[iname] = looked_at
+        if absent_at is not None:
+            sought[iname] = absent_at
         if problem:
             missing.append(problem)
         elif path is not None or spec.optional:
@@ -496,52 +494,39 @@ def _render(study: Study, template: str, values: Mapping[str, Any], key: str) ->
         raise ConfigError(study.source, key, f"needs root {root!r}, which is not set (give it, or give this input per job)") from None
 
 
-def _at(value: Any, workdir: Path) -> Path | None:
-    if value is None:
-        return None
+def _absolute(value: Any, workdir: Path) -> Path:
     path = Path(value)
     return path if path.is_absolute() else workdir / path
 
 
-def _looked_at(study: Study, spec: InputSpec, view: str, values: Mapping[str, Any], workdir: Path,
-               pointer: dict | None) -> Path | None:  # fmt: skip
-    """Where an input was looked for: its path, or the target its JSON file names."""
-    if spec.path is not None:
-        return _at(_render(study, _pick(spec.path, view), values, "inputs"), workdir)
-    return Path(pointer["target"]) if pointer and pointer.get("target") else None
-
-
-def _given(name: str, value: Any, spec: InputSpec, workdir: Path) -> tuple[Path | None, str | None]:
-    if value is None:
-        return None, None if spec.optional else f"{name}: not given"
-    path = Path(value)
-    path = path if path.is_absolute() else workdir / path
+def _exists(name: str, path: Path, spec: InputSpec, why: str) -> tuple[Path | None, str | None, Path | None]:
+    """(path, None, None) when it exists; else, for an optional input, (None, None, path: where
+    it was looked for), and for any other (path, why the cell is blocked, None)."""
     if path.exists():
-        return path, None
-    return (None, None) if spec.optional else (path, f"{name}: {path} does not exist")
+        return path, None, None
+    return (None, None, path) if spec.optional else (path, f"{name}: {path} {why}", None)
+
+
+def _given(name: str, value: Any, spec: InputSpec, workdir: Path) -> tuple[Path | None, str | None, Path | None]:
+    """An input given per job: as :func:`_exists`."""
+    if value is None:
+        return None, None if spec.optional else f"{name}: not given", None
+    return _exists(name, _absolute(value, workdir), spec, "does not exist")
 
 
 def _resolve(study: Study, name: str, spec: InputSpec, view: str, values: Mapping[str, Any],
-             workdir: Path) -> tuple[Path | None, str | None, dict | None]:  # fmt: skip
-    """(path or None, why the cell is blocked or None, the pointer read or None)."""
+             workdir: Path) -> tuple[Path | None, str | None, Path | None, dict | None]:  # fmt: skip
+    """As :func:`_exists`, and the pointer read (or None)."""
     if spec.path is not None:
-        path = Path(_render(study, _pick(spec.path, view), values, f"inputs.{name}"))
-        path = path if path.is_absolute() else workdir / path
-        if path.exists():
-            return path, None, None
-        return (None, None, None) if spec.optional else (path, f"{name}: {path} does not exist", None)
-    pointer = Path(_render(study, _pick(spec.json or {}, view), values, f"inputs.{name}.json"))
-    pointer = pointer if pointer.is_absolute() else workdir / pointer
+        path = _absolute(_render(study, _pick(spec.path, view), values, f"inputs.{name}"), workdir)
+        return (*_exists(name, path, spec, "does not exist"), None)
+    pointer = _absolute(_render(study, _pick(spec.json or {}, view), values, f"inputs.{name}.json"), workdir)
     record = {"file": str(pointer), "field": spec.field or ""}
     target, problem = read_pointer(pointer, spec.field or "", spec.join)
     if problem:
-        return None, f"{name}: {problem}", record
+        return None, f"{name}: {problem}", None, record
     record["target"] = str(target)
-    if target.exists():
-        return target, None, record
-    if spec.optional:
-        return None, None, record
-    return target, f"{name}: {target} does not exist (named by field '{spec.field}' of {pointer})", record
+    return (*_exists(name, target, spec, f"does not exist (named by field '{spec.field}' of {pointer})"), record)
 
 
 def read_pointer(pointer: Path, field_path: str, join: str | None) -> tuple[Path, str | None]:

@@ -247,7 +247,7 @@ class Backend(ABC):
             # only what changed: nothing new about an attempt that runs on is the usual case
             if result is not None or state is not h.state or info is not h.seen and info != h.seen:
                 h.seen = info
-                observations.append(self._observe(h, state, result, info))
+                observations.append(self._observe(h, state, result, info, evidence.outputs_wrong))
             h.state = state
         return observations
 
@@ -265,7 +265,8 @@ class Backend(ABC):
         wrong = tuple(missing_outputs(h, result)) if result is not None and result.get("returncode") == 0 else ()
         return Evidence(result, scheduled, info, silent, unclaimed, h.cancel_asked, wrong)
 
-    def _observe(self, h: Handle, state: JobState, result: dict | None, info: dict) -> Observation:
+    def _observe(self, h: Handle, state: JobState, result: dict | None, info: dict,
+                 outputs_wrong: tuple[str, ...] = ()) -> Observation:  # fmt: skip
         # a packed cell's scheduler figures are its whole job's: kept as the pack's
         fields: dict[str, Any] = {"job_id": h.job_id, **h.record, **job_fields(info, h.pack)}
         if result is not None and state.terminal:
@@ -298,7 +299,7 @@ class Backend(ABC):
             if said:  # the job's own words: a missing module, a failed setup line, the scheduler's kill
                 fields["error"] += f"; its log {log} says: {said}"
         if state is JobState.FAILED and result is not None and result.get("returncode") == 0:
-            fields["error"] = f"exit 0 but {', '.join(missing_outputs(h, result))}"
+            fields["error"] = f"exit 0 but {', '.join(outputs_wrong)}"
         metrics, problem, warning = None, None, None
         if state.terminal and state is not JobState.COMPLETED:  # what the operator reads; logs stay on disk
             fields["stdout_tail"] = tail(h.attempt_dir / STDOUT)
